@@ -1,0 +1,63 @@
+"""``python -m tlx +experiment=small_data``: train a transfer-learning classifier as the Hydra config says."""
+
+from __future__ import annotations
+
+import logging
+import math
+import sys
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.errors import InstantiationException
+from hydra.types import RunMode
+from omegaconf import DictConfig
+
+from tlx.backbones import ConfigError
+from tlx.results import resume_command, write_results
+
+log = logging.getLogger("tlx")
+
+
+def _user_error(e: BaseException) -> str | None:
+    """The one-line message for errors the user can fix, else None."""
+    cause = e
+    while cause is not None:
+        if isinstance(cause, ConfigError):
+            return str(cause)
+        cause = cause.__cause__ or cause.__context__
+    if isinstance(e, InstantiationException):
+        return str(e).strip().splitlines()[-1] + " (check the config keys against conf/)"
+    return None
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+def main(cfg: DictConfig) -> float:
+    """Hydra entry point; returns ``cfg.metric`` for sweepers (NaN for a failed job in a sweep)."""
+    from tlx.run import train  # heavy imports after Hydra has parsed the command line
+
+    hc = HydraConfig.get()
+    out_dir = Path(hc.runtime.output_dir)
+    multirun = hc.mode == RunMode.MULTIRUN
+    try:
+        results = train(cfg, out_dir)
+    except KeyboardInterrupt:
+        write_results(out_dir, {"status": "interrupted"})
+        log.error("interrupted; resume with: %s", resume_command(out_dir))
+        sys.exit(130)
+    except Exception as e:
+        message = _user_error(e)
+        if not multirun and message is None:
+            raise
+        if multirun:
+            write_results(out_dir, {"status": "failed", "error": message or f"{type(e).__name__}: {e}"})
+            log.error("job failed (the sweep goes on): %s", message or f"{type(e).__name__}: {e}",
+                      exc_info=message is None)
+            return math.nan
+        print(f"tlx: error: {message}", file=sys.stderr)
+        sys.exit(2)
+    return float(results["metrics"].get(cfg.metric) or math.nan)
+
+
+if __name__ == "__main__":
+    main()

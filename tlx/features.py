@@ -1,0 +1,232 @@
+"""The frozen-feature cache: compute the frozen part of the network once per input, train the rest from disk.
+
+An entry is one file ``<cache dir>/<key[:2]>/<key>.pt`` holding the activations of every image of one split at
+the cut point. The key is a hash of everything the activations depend on: backbone name, a hash of the weights
+actually loaded, the cut point, the transform, the number of augmented views, and the ordered image list with
+each image's content hash (file bytes, or the idx array's hash for Fashion-MNIST). Content hashes rather than
+size+mtime: a copied dataset still hits, and a photo replaced by another of the same size still misses.
+Entries are written to a temporary file and renamed, so a killed run leaves nothing a later run would trust, and
+two jobs writing the same entry at once each rename a complete file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from tlx.backbones import ConfigError
+from tlx.data import ImageData
+from tlx.heads import Network
+
+log = logging.getLogger(__name__)
+
+FORMAT = 1
+Cut = int | str | None
+
+
+def default_cache_dir() -> Path:
+    """``$TLX_CACHE_DIR``, else ``$XDG_CACHE_HOME/tlx``, else ``~/.cache/tlx``."""
+    if os.environ.get("TLX_CACHE_DIR"):
+        return Path(os.environ["TLX_CACHE_DIR"]).expanduser()
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")).expanduser() / "tlx"
+
+
+def find_cut(net: Network) -> Cut:
+    """Where the frozen part of ``net`` ends and the trainable part begins.
+
+    Returns ``"pooled"`` when the whole backbone is frozen, the index of the first chain element with a
+    trainable parameter when the trainable part is a tail of the chain, ``len(chain)`` when only the pooling
+    side trains, and None when no such cut exists (everything trains, or the architecture is not a chain).
+    """
+    trainable = {n.removeprefix("backbone.") for n, p in net.named_parameters() if p.requires_grad
+                 and n.startswith("backbone.")}
+    if not trainable:
+        return "pooled"
+    if not net.chain:
+        return None
+    for i, (_, module) in enumerate(net.chain):
+        if any(p.requires_grad for p in module.parameters()):
+            return i if i > 0 else None
+    return len(net.chain)
+
+
+class FeatureCache:
+    """Where and whether cached activations are used.
+
+    Args:
+        enabled: ``auto`` (use it whenever the frozen part ends where the trainable part begins and no random
+            augmentation runs before it), ``true`` (the same, but an error when that is impossible) or ``false``.
+        dir: cache directory; default ``$TLX_CACHE_DIR`` or the user's cache directory (``~/.cache/tlx``).
+        views: augmented views stored per training image; epoch e trains on view ``e % views``. With
+            ``views > 1`` the training transform is random (``data.augment``) and still cached.
+        max_gb: refuse (warn, and train through the backbone) when the entries of one run would be larger.
+        dtype: ``float32`` (exact) or ``float16`` (half the disk).
+    """
+
+    def __init__(self, enabled: bool | str = "auto", dir: str | None = None, views: int = 1, max_gb: float = 4.0,
+                 dtype: str = "float32") -> None:
+        if str(enabled) not in ("auto", "True", "False", "true", "false"):
+            raise ConfigError(f"cache.enabled must be auto, true or false, got {enabled}")
+        if int(views) < 1:
+            raise ConfigError(f"cache.views must be >= 1, got {views}")
+        if dtype not in ("float32", "float16"):
+            raise ConfigError(f"cache.dtype must be float32 or float16, got {dtype}")
+        self.enabled = str(enabled).lower()
+        self.root = Path(dir).expanduser() if dir else default_cache_dir()
+        self.views, self.max_bytes, self.dtype = int(views), float(max_gb) * 2**30, getattr(torch, dtype)
+
+    def path(self, key: str) -> Path:
+        return self.root / key[:2] / f"{key}.pt"
+
+    def load(self, key: str) -> torch.Tensor | None:
+        """The stored activations for ``key``, or None (missing or unreadable entries are misses)."""
+        path = self.path(key)
+        if not path.is_file():
+            return None
+        try:
+            entry = torch.load(path, map_location="cpu", weights_only=True)
+            if entry.get("format") == FORMAT and entry.get("key") == key:
+                return entry["features"]
+        except Exception as e:  # a damaged file is a miss, never a crash
+            log.warning("ignoring unreadable cache entry %s (%s)", path, e)
+        return None
+
+    def save(self, key: str, features: torch.Tensor, meta: dict[str, Any]) -> None:
+        """Store atomically: write a uniquely named temporary file in the same folder, then rename it."""
+        path = self.path(key)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{path.name}.{os.getpid()}.{time.time_ns()}.tmp")
+            torch.save({"format": FORMAT, "key": key, "meta": meta, "features": features}, tmp)
+            os.replace(tmp, path)
+        except OSError as e:
+            raise ConfigError(f"cannot write the feature cache at {self.root} ({e.strerror or e}); set "
+                              "cache.dir=<writable folder> or TLX_CACHE_DIR, or cache.enabled=false") from e
+
+
+def cache_key(parts: dict[str, Any]) -> str:
+    """A stable hash of the key parts (JSON with sorted keys)."""
+    return hashlib.blake2b(json.dumps(parts, sort_keys=True, default=str).encode(), digest_size=20).hexdigest()
+
+
+def use_cached_features(net: Network, data: ImageData, cache: FeatureCache, backbone_name: str, weights_hash: str,
+                        seed: int, device: torch.device, train_bn: bool = False) -> dict[str, Any]:
+    """Fill ``data.features`` from the cache (extracting what is missing) when the cut allows it.
+
+    Returns what results.json records: whether it was used, hits and misses, the cut and extraction time.
+    """
+    info: dict[str, Any] = {"used": False, "cut": None, "hits": 0, "misses": 0, "extract_s": 0.0}
+    if cache.enabled == "false":
+        return info
+    cut = find_cut(net)
+    reason = None
+    if cut is None:
+        reason = "the trainable part does not start at a cut point of the backbone"
+    elif data.augment and cache.views == 1:
+        reason = "random augmentation runs before the cut (set cache.views>1 to cache augmented views)"
+    elif train_bn:
+        reason = "frozen BatchNorm layers before the cut update their statistics (freeze.train_bn=true)"
+    if reason:
+        if cache.enabled == "true":
+            raise ConfigError(f"cache.enabled=true but the feature cache cannot be used: {reason}; "
+                              "set cache.enabled=auto")
+        log.info("feature cache not used: %s", reason)
+        return info
+    info["cut"] = cut if cut == "pooled" else f"{cut}:{net.chain[cut][0] if cut < len(net.chain) else 'features'}"
+    net.eval()
+    estimate = _estimate_bytes(net, cut, data, cache)
+    if estimate > cache.max_bytes:
+        msg = (f"the feature cache for this run would take {estimate / 2**30:.1f} GiB, over cache.max_gb="
+               f"{cache.max_bytes / 2**30:.1f}")
+        if cache.enabled == "true":
+            raise ConfigError(f"{msg}; raise cache.max_gb, cut later (larger freeze.n), or cache.dtype=float16")
+        log.warning("%s: training through the frozen backbone instead", msg)
+        return info
+    for split, samples in data.samples.items():
+        views = cache.views if split == "train" else 1
+        augment = split == "train" and data.augment
+        transform = data.train_transform if augment else data.eval_transform
+        parts = {
+            "format": FORMAT, "backbone": backbone_name, "weights": weights_hash, "cut": info["cut"],
+            "transform": repr(transform), "views": views, "aug_seed": seed if augment else None,
+            "dtype": str(cache.dtype),
+            "images": hashlib.blake2b("\n".join(f"{samples.ids[i]}\t{samples.fingerprint(i)}"
+                                                for i in range(len(samples))).encode()).hexdigest(),
+        }
+        key = cache_key(parts)
+        features = cache.load(key)
+        if features is None:
+            t0 = time.perf_counter()
+            features = torch.cat([
+                extract(net, cut, data.loader(data.dataset(split, train_transform=augment)), device, cache.dtype,
+                        desc=f"extracting {split}" + (f" view {v + 1}/{views}" if views > 1 else ""),
+                        seed=seed * 1000 + v if augment else None)
+                for v in range(views)
+            ])
+            info["extract_s"] += time.perf_counter() - t0
+            cache.save(key, features, {**parts, "n": len(samples), "shape": list(features.shape)})
+            info["misses"] += 1
+            log.info("cache miss for %s: extracted %s in %.1fs", split, tuple(features.shape),
+                     time.perf_counter() - t0)
+        else:
+            info["hits"] += 1
+            log.info("cache hit for %s: %s from %s", split, tuple(features.shape), cache.path(key))
+        data.features[split] = (features, views)
+    info["used"] = True
+    info["extract_s"] = round(info["extract_s"], 3)
+    return info
+
+
+def extract(net: Network, cut: int | str, loader: torch.utils.data.DataLoader, device: torch.device,
+            dtype: torch.dtype = torch.float32, desc: str = "extracting", seed: int | None = None) -> torch.Tensor:
+    """Run the frozen part of ``net`` over ``loader`` once, in order; returns the activations on the CPU."""
+    if seed is not None:
+        torch.manual_seed(seed)
+    net.eval().to(device)
+    out = []
+    with torch.inference_mode():
+        for x, _ in tqdm(loader, desc=desc, leave=False, disable=None):
+            x = x.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)  # (B, C, H, W), NHWC
+            out.append(net.forward_to(x, cut).to(dtype).contiguous().cpu())
+    return torch.cat(out)
+
+
+def _estimate_bytes(net: Network, cut: int | str, data: ImageData, cache: FeatureCache) -> float:
+    size = data.data_config["input_size"]
+    with torch.inference_mode():
+        one = net.forward_to(torch.zeros(1, *size), cut).numel()
+    n = sum(len(s) * (cache.views if split == "train" else 1) for split, s in data.samples.items())
+    return float(n * one * torch.empty((), dtype=cache.dtype).element_size())
+
+
+def list_entries(root: Path) -> list[dict[str, Any]]:
+    """Every entry in the cache folder with its size and metadata."""
+    rows = []
+    for path in sorted(root.glob("*/*.pt")):
+        try:
+            meta = torch.load(path, map_location="cpu", weights_only=True).get("meta", {})
+        except Exception:
+            meta = {"unreadable": True}
+        rows.append({"key": path.stem, "bytes": path.stat().st_size, "backbone": meta.get("backbone"),
+                     "cut": meta.get("cut"), "n": meta.get("n"), "shape": meta.get("shape")})
+    return rows
+
+
+def clear(root: Path) -> int:
+    """Remove every entry and leftover temporary file; returns how many files went."""
+    files = list(root.glob("*/*.pt")) + list(root.glob("*/.*.tmp"))
+    for f in files:
+        f.unlink(missing_ok=True)
+    for d in root.glob("*"):
+        if d.is_dir() and not any(d.iterdir()):
+            shutil.rmtree(d, ignore_errors=True)
+    return len(files)

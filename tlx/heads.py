@@ -1,0 +1,150 @@
+"""Classifier heads that replace the 1000-way ImageNet softmax, and the network they form with the backbone."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from tlx.backbones import Backbone, ConfigError
+
+log = logging.getLogger(__name__)
+
+
+class LinearHead(nn.Module):
+    """A new softmax layer on the pooled backbone features."""
+
+    def __init__(self, backbone: Backbone, num_classes: int, dropout: float = 0.0) -> None:
+        super().__init__()
+        _check_common(num_classes, dropout)
+        self.new_backbone_modules: list[str] = []
+        self.drop = nn.Dropout(dropout)
+        self.fc = nn.Linear(backbone.num_features, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.drop(x))  # (B, F) -> (B, K)
+
+
+class MLPHead(nn.Module):
+    """New hidden layer(s) with dropout, then the softmax layer, on the pooled backbone features."""
+
+    def __init__(self, backbone: Backbone, num_classes: int, hidden: Sequence[int] = (512,), dropout: float = 0.2) -> None:
+        super().__init__()
+        _check_common(num_classes, dropout)
+        if not hidden or any(int(h) < 1 for h in hidden):
+            raise ConfigError(f"head.hidden must be a non-empty list of positive widths, got {list(hidden)}")
+        self.new_backbone_modules: list[str] = []
+        layers: list[nn.Module] = []
+        width = backbone.num_features
+        for h in hidden:
+            layers += [nn.Linear(width, int(h)), nn.ReLU(inplace=True), nn.Dropout(dropout)]
+            width = int(h)
+        layers.append(nn.Linear(width, num_classes))
+        self.mlp = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.mlp(x)  # (B, F) -> (B, K)
+
+
+class ReinitLastHead(nn.Module):
+    """Drop the backbone's last ``n`` pretrained stages and put new, randomly initialised layers in their place.
+
+    The new layers are a 1x1 conv + BatchNorm + ReLU at the position of the first dropped chain element (the
+    other dropped elements become identities), so the backbone's own pooling still applies; this module then
+    holds the dropout and the softmax layer. The new conv maps to ``hidden`` channels, by default the width the
+    dropped stages produced, so whatever the architecture does after its last stage still fits.
+    """
+
+    def __init__(
+        self, backbone: Backbone, num_classes: int, n: int = 1, hidden: int | None = None, dropout: float = 0.2
+    ) -> None:
+        super().__init__()
+        _check_common(num_classes, dropout)
+        if not backbone.chain:
+            raise ConfigError(f"head=reinit_last needs a chain-structured CNN; '{backbone.name}' is not one: "
+                              "use head=linear or head=mlp with freeze=last_n")
+        stages = backbone.stage_groups()
+        if not 1 <= n < len(stages):
+            raise ConfigError(f"head.n={n} but '{backbone.name}' has {len(stages)} stages; use 1 <= head.n <= "
+                              f"{len(stages) - 1}")
+        dropped_params = {p for stage in stages[-n:] for p in stage}
+        first = next(i for i, (name, _) in enumerate(backbone.chain)
+                     if any(p.startswith(name + ".") for p in dropped_params))
+        size = min(int(backbone.data_config["input_size"][-1]), 64)
+        x = torch.zeros(1, 3, size, size)
+        with torch.no_grad():
+            for _, module in backbone.chain[:first]:
+                x = module(x)
+            in_ch = x.shape[1]
+            for _, module in backbone.chain[first:]:
+                x = module(x)
+            out_ch = x.shape[1]  # (B, C, H, W) at the end of forward_features
+        width = int(hidden) if hidden else out_ch
+        new = nn.Sequential(nn.Conv2d(in_ch, width, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True))
+        dropped = [name for name, _ in backbone.chain[first:]]
+        for i, name in enumerate(dropped):
+            _set_submodule(backbone.model, name, new if i == 0 else nn.Identity())
+        backbone.chain[first:] = [(name, new if i == 0 else backbone.model.get_submodule(name))
+                                  for i, name in enumerate(dropped)]
+        if width != out_ch:
+            with torch.no_grad():
+                backbone.num_features = backbone.model.eval()(torch.zeros(1, 3, size, size)).shape[-1]
+        self.new_backbone_modules = [dropped[0]]
+        log.info("reinit_last: dropped %s, new 1x1 conv %d -> %d channels", dropped, in_ch, width)
+        self.drop = nn.Dropout(dropout)
+        self.fc = nn.Linear(backbone.num_features, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.drop(x))  # (B, F) -> (B, K)
+
+
+class Network(nn.Module):
+    """Backbone (without its ImageNet classifier) followed by the new head.
+
+    ``forward_from(x, cut)`` runs only the part after a cut point, for training on cached activations:
+    ``cut == "pooled"`` means ``x`` are pooled features, an int ``i`` means ``x`` is the input of chain element i.
+    """
+
+    def __init__(self, backbone: Backbone, head: nn.Module) -> None:
+        super().__init__()
+        self.backbone = backbone.model
+        self.head = head
+        self.chain = backbone.chain  # plain list: the modules are registered under self.backbone already
+        self.new_prefixes = ["head"] + [f"backbone.{n}" for n in head.new_backbone_modules]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.backbone(x))  # (B, 3, H, W) -> (B, F) -> (B, K)
+
+    def forward_to(self, x: torch.Tensor, cut: int | str) -> torch.Tensor:
+        """The frozen part: images -> activation at the cut."""
+        if cut == "pooled":
+            return self.backbone(x)
+        for _, module in self.chain[:cut]:
+            x = module(x)
+        return x
+
+    def forward_from(self, x: torch.Tensor, cut: int | str) -> torch.Tensor:
+        """The trainable part: activation at the cut -> logits."""
+        if cut != "pooled":
+            for _, module in self.chain[cut:]:
+                x = module(x)
+            x = self.backbone.forward_head(x, pre_logits=True)
+        return self.head(x)
+
+    def is_new(self, param_name: str) -> bool:
+        """Whether a parameter belongs to a layer tlx created (head, replacement layers) rather than a pretrained one."""
+        return any(param_name == p or param_name.startswith(p + ".") for p in self.new_prefixes)
+
+
+def _check_common(num_classes: int, dropout: float) -> None:
+    if num_classes < 2:
+        raise ConfigError(f"need at least 2 classes, found {num_classes}: add a folder per class")
+    if not 0.0 <= dropout < 1.0:
+        raise ConfigError(f"head.dropout must be in [0, 1), got {dropout}")
+
+
+def _set_submodule(root: nn.Module, name: str, module: nn.Module) -> None:
+    parent, _, leaf = name.rpartition(".")
+    setattr(root.get_submodule(parent) if parent else root, leaf, module)

@@ -1,0 +1,146 @@
+"""The LightningModule: network, loss, torchmetrics per stage, optimizer parameter groups."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from torch import nn
+from torchmetrics import MetricCollection
+from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix, MulticlassF1Score
+
+from tlx.backbones import ConfigError
+from tlx.freeze import Freeze
+from tlx.heads import Network
+
+log = logging.getLogger(__name__)
+
+
+class Optim:
+    """Optimizer and schedule settings.
+
+    Args:
+        name: ``adamw`` or ``sgd`` (momentum, nesterov).
+        lr: learning rate of the new layers.
+        weight_decay: decoupled (AdamW) or L2 (SGD) weight decay.
+        momentum: SGD momentum.
+        backbone_lr_mult: learning rate of trainable pretrained layers, relative to ``lr``.
+        scheduler: ``cosine`` (to 0 over the run, per step) or ``none``.
+        label_smoothing: cross-entropy label smoothing.
+    """
+
+    def __init__(self, name: str = "adamw", lr: float = 1e-3, weight_decay: float = 0.01, momentum: float = 0.9,
+                 backbone_lr_mult: float = 1.0, scheduler: str = "cosine", label_smoothing: float = 0.0) -> None:
+        if name not in ("adamw", "sgd"):
+            raise ConfigError(f"optim.name must be adamw or sgd, got {name}")
+        if not float(lr) > 0:
+            raise ConfigError(f"optim.lr must be > 0, got {lr}")
+        if float(backbone_lr_mult) < 0:
+            raise ConfigError(f"optim.backbone_lr_mult must be >= 0, got {backbone_lr_mult}")
+        if scheduler not in ("cosine", "none"):
+            raise ConfigError(f"optim.scheduler must be cosine or none, got {scheduler}")
+        if not 0.0 <= float(label_smoothing) < 1.0:
+            raise ConfigError(f"optim.label_smoothing must be in [0, 1), got {label_smoothing}")
+        self.name, self.lr, self.weight_decay, self.momentum = name, float(lr), float(weight_decay), float(momentum)
+        self.backbone_lr_mult, self.scheduler = float(backbone_lr_mult), scheduler
+        self.label_smoothing = float(label_smoothing)
+
+    def create(self, groups: list[dict[str, Any]]) -> torch.optim.Optimizer:
+        """The optimizer over ``groups`` (each with its own ``lr``)."""
+        if self.name == "sgd":
+            return torch.optim.SGD(groups, lr=self.lr, momentum=self.momentum, nesterov=True,
+                                   weight_decay=self.weight_decay)
+        return torch.optim.AdamW(groups, lr=self.lr, weight_decay=self.weight_decay)
+
+
+class TransferModule(pl.LightningModule):
+    """Backbone + new head, trained with cross-entropy.
+
+    Args:
+        net: the network, already frozen by ``freeze``.
+        freeze: the freeze regime (re-applied to BatchNorm/dropout after every ``train()``).
+        optim: optimizer settings.
+        num_classes: number of classes.
+        seed: reseeds the global RNG at every epoch start (dropout), so a resumed run continues exactly.
+    """
+
+    def __init__(self, net: Network, freeze: Freeze, optim: Optim, num_classes: int, seed: int = 0) -> None:
+        super().__init__()
+        self.net, self.freeze, self.optim, self.seed = net, freeze, optim, seed
+        self.cut: int | str | None = None  # set when training from cached activations
+        self.channels_last = False
+        self.loss = nn.CrossEntropyLoss(label_smoothing=optim.label_smoothing)
+        scalar = MetricCollection({"acc": MulticlassAccuracy(num_classes, average="micro"),
+                                   "f1": MulticlassF1Score(num_classes, average="macro")})
+        self.metrics = nn.ModuleDict({f"{s}_": scalar.clone(prefix=f"{s}/") for s in ("train", "val", "test")})
+        self.details = nn.ModuleDict({
+            f"{s}_": MetricCollection({"per_class_acc": MulticlassAccuracy(num_classes, average=None),
+                                 "confusion": MulticlassConfusionMatrix(num_classes)}) for s in ("val", "test")})
+        self.detail_results: dict[str, dict[str, list]] = {}
+        self.val_history: list[dict[str, Any]] = []  # one entry per validation epoch, to report the best one
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)  # (B, C, H, W) stored as NHWC
+        return self.net(x) if self.cut is None else self.net.forward_from(x, self.cut)
+
+    def train(self, mode: bool = True) -> TransferModule:
+        super().train(mode)
+        if mode:
+            self.freeze.apply_bn_policy(self.net)
+        return self
+
+    def on_train_epoch_start(self) -> None:
+        torch.manual_seed(self.seed * 100_003 + self.current_epoch)
+
+    def _step(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str) -> torch.Tensor:
+        x, y = batch
+        logits = self(x)  # (B, K)
+        loss = self.loss(logits, y)
+        self.metrics[f"{stage}_"].update(logits, y)
+        if f"{stage}_" in self.details:
+            self.details[f"{stage}_"].update(logits, y)
+        self.log(f"{stage}/loss", loss, on_step=False, on_epoch=True, prog_bar=stage != "test", batch_size=len(y))
+        self.log_dict(self.metrics[f"{stage}_"], on_step=False, on_epoch=True, prog_bar=stage == "val",
+                      batch_size=len(y))
+        return loss
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        return self._step(batch, "train")
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        self._step(batch, "val")
+
+    def test_step(self, batch: Any, batch_idx: int) -> None:
+        self._step(batch, "test")
+
+    def _store_details(self, stage: str) -> None:
+        out = self.details[f"{stage}_"].compute()
+        self.detail_results[stage] = {k: v.tolist() for k, v in out.items()}
+        self.details[f"{stage}_"].reset()
+
+    def on_validation_epoch_end(self) -> None:
+        self._store_details("val")
+        scalars = {k: float(v) for k, v in self.metrics["val_"].compute().items()}
+        self.val_history.append({"epoch": int(self.current_epoch), **scalars, **self.detail_results["val"]})
+
+    def on_test_epoch_end(self) -> None:
+        self._store_details("test")
+
+    def configure_optimizers(self) -> Any:
+        new, pretrained = [], []
+        for name, p in self.net.named_parameters():
+            if p.requires_grad:
+                (new if self.net.is_new(name) else pretrained).append(p)
+        # The backbone's multiplier is applied by the optimizer itself, as the lr of its own group.
+        groups = [{"params": new, "lr": self.optim.lr}]
+        if pretrained:
+            groups.append({"params": pretrained, "lr": self.optim.lr * self.optim.backbone_lr_mult})
+        optimizer = self.optim.create(groups)
+        if self.optim.scheduler == "none":
+            return optimizer
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}

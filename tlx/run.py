@@ -1,0 +1,120 @@
+"""The one orchestration function: config in, trained classifier and results.json out."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.callbacks import ModelCheckpoint
+from pytorch_lightning.loggers import CSVLogger
+
+from tlx.backbones import ConfigError
+from tlx.features import find_cut, use_cached_features
+from tlx.heads import Network
+from tlx.module import TransferModule
+from tlx.results import print_summary, read_results, resume_command, write_results
+
+log = logging.getLogger(__name__)
+
+def train(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
+    """Train and test one classifier as ``cfg`` says; write ``results.json`` into ``out_dir`` and return it."""
+    start = time.perf_counter()
+    out_dir = Path(out_dir)
+    done = read_results(out_dir)
+    if cfg.get("skip_done") and done and done.get("status") == "ok":
+        log.info("skipping %s: results.json is complete", out_dir)
+        return done
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    torch.set_num_threads(cfg.threads) if cfg.get("threads") else None
+
+    # Backbone first: its pretraining data config decides the transforms.
+    backbone = instantiate(cfg.backbone)
+    data = instantiate(cfg.data)(data_config=backbone.data_config)
+    data.seed = int(cfg.seed)
+    data.setup()
+    data.save_file_lists(out_dir / "files.json")
+
+    # New head for our classes, then the freeze regime over timm's own stages.
+    head = instantiate(cfg.head)(backbone=backbone, num_classes=len(data.classes))
+    net = Network(backbone, head)
+    freeze = instantiate(cfg.freeze)
+    params = freeze.apply(net, backbone.stage_groups(exclude=set(head.new_backbone_modules)))
+    module = TransferModule(net, freeze, instantiate(cfg.optim), num_classes=len(data.classes), seed=int(cfg.seed))
+
+    # Frozen prefix: compute its activations once (or read them from the cache) and train only the rest.
+    if cfg.get("channels_last") and net.chain:
+        net.to(memory_format=torch.channels_last)  # faster convolutions on CPU (oneDNN) and tensor cores
+        module.channels_last = True
+    device = torch.device("cuda" if torch.cuda.is_available() and cfg.trainer.accelerator in ("auto", "gpu", "cuda")
+                          else "cpu")
+    cache = instantiate(cfg.cache)
+    cache_info = use_cached_features(net, data, cache, backbone.name, backbone.weights_hash, int(cfg.seed), device,
+                                     train_bn=freeze.train_bn)
+    if cache_info["used"]:
+        module.cut = find_cut(net)
+
+    checkpoint = ModelCheckpoint(dirpath=out_dir / "checkpoints", filename="best", monitor="val/acc", mode="max",
+                                 save_last=True)
+    trainer = instantiate(cfg.trainer, default_root_dir=out_dir, callbacks=[checkpoint, _OnInterrupt(out_dir)],
+                          logger=CSVLogger(out_dir, name="logs", version=""))
+    last = out_dir / "checkpoints" / "last.ckpt"
+    resume = last if cfg.get("resume") and last.is_file() else None
+    if cfg.get("resume") and resume is None:
+        log.warning("resume=true but %s does not exist: starting from the beginning", last)
+    t_fit = time.perf_counter()
+    trainer.fit(module, datamodule=data, ckpt_path=resume)
+    fit_s = time.perf_counter() - t_fit
+    t_test = time.perf_counter()
+    tested = trainer.test(module, datamodule=data, ckpt_path="best", verbose=False)[0]
+    test_s = time.perf_counter() - t_test
+
+    # Validation metrics of the epoch whose checkpoint is tested (the best val/acc; the first one on ties).
+    best = max(module.val_history, key=lambda h: h["val/acc"]) if module.val_history else {}
+    test_split = "test" if "test" in data.samples else "val"
+    results = {
+        "status": "ok",
+        "metrics": {**{k: v for k, v in best.items() if k.startswith("val/")},
+                    **{k: float(v) for k, v in tested.items()}},
+        "best_epoch": best.get("epoch"),
+        "per_class": {"classes": data.classes, **module.detail_results.get("test", {})},
+        "test_split": test_split,
+        "params": params,
+        "timing": {"total_s": round(time.perf_counter() - start, 3), "extract_s": cache_info["extract_s"],
+                   "fit_s": round(fit_s, 3), "test_s": round(test_s, 3)},
+        "data": data.counts(),
+        "cache": cache_info,
+        "weights": backbone.weights,
+        "seed": int(cfg.seed),
+        "backbone": backbone.name,
+        "head": OmegaConf.select(cfg, "head._target_").rsplit(".", 1)[-1],
+        "freeze": freeze.mode + (f"(n={freeze.n})" if freeze.mode == "last_n" else ""),
+        "epochs": int(trainer.current_epoch),
+        "checkpoint": str(Path(checkpoint.best_model_path).relative_to(out_dir)) if checkpoint.best_model_path else None,
+    }
+    if data.name == "fashion_mnist" or data.samples_per_class or data.fraction:
+        results["data"]["samples_per_class"] = data.samples_per_class
+        results["data"]["fraction"] = data.fraction
+    write_results(out_dir, results)
+    print_summary(results, out_dir)
+    return results
+
+__all__ = ["train", "ConfigError", "RESULTS"]
+
+
+class _OnInterrupt(pl.Callback):
+    """On Ctrl-C: record the run as interrupted (last.ckpt holds the last finished epoch) and say how to resume."""
+
+    def __init__(self, out_dir: Path) -> None:
+        self.out_dir = out_dir
+
+    def on_exception(self, trainer: pl.Trainer, module: pl.LightningModule, exception: BaseException) -> None:
+        if isinstance(exception, KeyboardInterrupt):
+            write_results(self.out_dir, {"status": "interrupted", "epochs_done": int(trainer.current_epoch)})
+            log.error("interrupted after %d epoch(s); resume with: %s", trainer.current_epoch,
+                      resume_command(self.out_dir))
