@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -21,11 +22,13 @@ from tlx.module import TransferModule
 from tlx.results import print_summary, read_results, resume_command, write_results
 
 log = logging.getLogger(__name__)
+warnings.filterwarnings("ignore", message=".*module\\(s\\) in eval mode at the start of training.*")  # frozen layers, on purpose
 
 def train(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     """Train and test one classifier as ``cfg`` says; write ``results.json`` into ``out_dir`` and return it."""
     start = time.perf_counter()
     out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
     done = read_results(out_dir)
     if cfg.get("skip_done") and done and done.get("status") == "ok":
         log.info("skipping %s: results.json is complete", out_dir)
@@ -58,10 +61,12 @@ def train(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
                                      train_bn=freeze.train_bn)
     if cache_info["used"]:
         module.cut = find_cut(net)
+    module.train()  # Lightning keeps each module's mode at fit start: new layers train, frozen ones stay in eval
 
-    checkpoint = ModelCheckpoint(dirpath=out_dir / "checkpoints", filename="best", monitor="val/acc", mode="max",
-                                 save_last=True)
-    trainer = instantiate(cfg.trainer, default_root_dir=out_dir, callbacks=[checkpoint, _OnInterrupt(out_dir)],
+    checkpoint = ModelCheckpoint(dirpath=out_dir / "checkpoints", filename="best", monitor="val/acc", mode="max")
+    # A second callback writes last.ckpt every epoch: Lightning >= 2.6's save_last only follows the best checkpoint.
+    latest = ModelCheckpoint(dirpath=out_dir / "checkpoints", filename="last", enable_version_counter=False)
+    trainer = instantiate(cfg.trainer, default_root_dir=out_dir, callbacks=[checkpoint, latest, _OnInterrupt(out_dir)],
                           logger=CSVLogger(out_dir, name="logs", version=""))
     last = out_dir / "checkpoints" / "last.ckpt"
     resume = last if cfg.get("resume") and last.is_file() else None

