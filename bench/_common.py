@@ -37,8 +37,10 @@ def machine() -> str:
 
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
-    return (f"{platform.processor() or platform.machine()}, {cores} cores, {gpu}, torch {torch.__version__}, "
-            f"{torch.get_num_threads()} threads")
+    return (
+        f"{platform.processor() or platform.machine()}, {cores} cores, {gpu}, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads"
+    )
 
 
 def photo_folder(root: Path, classes: int = 3, per_class: int = 40, size: tuple[int, int] = (1024, 768)) -> Path:

@@ -66,10 +66,10 @@ def main() -> None:
     steps = args.epochs * math.ceil(len(y) / 32)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
     best = (-1.0, None)
-    for epoch in range(args.epochs):
+    for _ in range(args.epochs):
         perm = torch.randperm(len(y))
         for i in range(0, len(y), 32):
-            idx = perm[i:i + 32]
+            idx = perm[i : i + 32]
             loss = torch.nn.functional.cross_entropy(head(x[idx]), y[idx])
             opt.zero_grad()
             loss.backward()

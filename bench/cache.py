@@ -20,13 +20,21 @@ import time
 from pathlib import Path
 
 import torch
-
 from _common import median, report, timed
 
 
 def _run(tmp: Path, name: str, *overrides: str) -> tuple[float, dict]:
-    wall = timed([sys.executable, "-m", "tlx", "+experiment=small_data", "trainer.enable_progress_bar=false",
-                  f"hydra.run.dir={tmp / name}", *overrides])
+    wall = timed(
+        [
+            sys.executable,
+            "-m",
+            "tlx",
+            "+experiment=small_data",
+            "trainer.enable_progress_bar=false",
+            f"hydra.run.dir={tmp / name}",
+            *overrides,
+        ]
+    )
     return wall, json.loads((tmp / name / "results.json").read_text())
 
 
@@ -53,8 +61,9 @@ def _extraction(repeats: int) -> dict:
     def bare_pass() -> None:
         with torch.no_grad():
             for split in data.samples:
-                for x, _ in torch.utils.data.DataLoader(data.dataset(split), batch_size=data.batch_size,
-                                                        num_workers=data.num_workers):
+                for x, _ in torch.utils.data.DataLoader(
+                    data.dataset(split), batch_size=data.batch_size, num_workers=data.num_workers
+                ):
                     plain(x)
 
     times: dict[str, list[float]] = {"tlx": [], "bare": []}
@@ -64,9 +73,12 @@ def _extraction(repeats: int) -> dict:
             fn()
             times[name].append(time.perf_counter() - t0)
     tlx_ips, bare_ips = n / median(times["tlx"]), n / median(times["bare"])
-    return {"extraction images": n, "extraction tlx images/s (median)": tlx_ips,
-            "extraction bare timm loop images/s (median)": bare_ips,
-            "extraction ratio tlx/bare (target >= 0.9)": tlx_ips / bare_ips}
+    return {
+        "extraction images": n,
+        "extraction tlx images/s (median)": tlx_ips,
+        "extraction bare timm loop images/s (median)": bare_ips,
+        "extraction ratio tlx/bare (target >= 0.9)": tlx_ips / bare_ips,
+    }
 
 
 def main() -> None:
@@ -90,17 +102,19 @@ def main() -> None:
     # Recomputing the backbone every epoch is the slow side: one run (minutes) is enough for the ratio.
     nocache_wall, res = _run(tmp, "nocache", "cache.enabled=false", epochs)
     fit_nocache = res["timing"]["fit_s"]
-    rows.update({
-        "epochs": args.epochs,
-        f"{args.epochs} epochs, recompute backbone: whole run s": nocache_wall,
-        f"{args.epochs} epochs, cached (cold, extracts once): whole run s (median)": median(cold),
-        "whole-run ratio recompute/cached (target >= 10)": nocache_wall / median(cold),
-        "fit s per epoch, recompute": fit_nocache / args.epochs,
-        "fit s per epoch, cached (median)": median(fit_cached) / args.epochs,
-        "per-epoch ratio recompute/cached": fit_nocache / median(fit_cached),
-        "second run (new lr, cache hit) s (median)": median(warm),
-        "first/second run ratio, imports included (target >= 3)": median(cold) / median(warm),
-    })
+    rows.update(
+        {
+            "epochs": args.epochs,
+            f"{args.epochs} epochs, recompute backbone: whole run s": nocache_wall,
+            f"{args.epochs} epochs, cached (cold, extracts once): whole run s (median)": median(cold),
+            "whole-run ratio recompute/cached (target >= 10)": nocache_wall / median(cold),
+            "fit s per epoch, recompute": fit_nocache / args.epochs,
+            "fit s per epoch, cached (median)": median(fit_cached) / args.epochs,
+            "per-epoch ratio recompute/cached": fit_nocache / median(fit_cached),
+            "second run (new lr, cache hit) s (median)": median(warm),
+            "first/second run ratio, imports included (target >= 3)": median(cold) / median(warm),
+        }
+    )
     rows.update(_extraction(args.repeats))
     report("cache", rows)
 

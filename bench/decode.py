@@ -16,8 +16,8 @@ import time
 from pathlib import Path
 
 import torch
-
 from _common import median, photo_folder, report
+
 from tlx.backbones import create_backbone
 from tlx.data import FolderData
 
@@ -70,16 +70,19 @@ def main() -> None:
 
     train_steps()
     trained = _rate(train_steps, 2 * len(x), args.repeats)
-    report("decode", {
-        "photos (1024x768 JPEG) -> 224 px": n,
-        "decode+transform images/s, 1 process, full-size decode": full,
-        "decode+transform images/s, 1 process, reduced-size JPEG decode": drafted,
-        "reduced-size decode speed-up": drafted / full,
-        f"tlx loader images/s ({data.num_workers} worker process(es))": delivered,
-        "backbone inference images/s (channels-last)": infer,
-        "backbone training images/s (forward+backward)": trained,
-        "loader / inference ratio (>= 1: decoding is not the bottleneck)": delivered / infer,
-    })
+    report(
+        "decode",
+        {
+            "photos (1024x768 JPEG) -> 224 px": n,
+            "decode+transform images/s, 1 process, full-size decode": full,
+            "decode+transform images/s, 1 process, reduced-size JPEG decode": drafted,
+            "reduced-size decode speed-up": drafted / full,
+            f"tlx loader images/s ({data.num_workers} worker process(es))": delivered,
+            "backbone inference images/s (channels-last)": infer,
+            "backbone training images/s (forward+backward)": trained,
+            "loader / inference ratio (>= 1: decoding is not the bottleneck)": delivered / infer,
+        },
+    )
 
 
 if __name__ == "__main__":

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
-
 from _common import median, photo_folder, report
+
 from tlx.backbones import create_backbone
 from tlx.data import FolderData
 from tlx.freeze import Freeze
@@ -56,8 +56,16 @@ def tlx_throughput(photos: Path, size: int, batch: int, steps: int) -> float:
     module = TransferModule(net, freeze, Optim(lr=1e-4, scheduler="none"), num_classes=len(data.classes))
     module.channels_last = True
     timer = _StepTimer()
-    trainer = pl.Trainer(max_steps=steps, limit_val_batches=0, enable_checkpointing=False, logger=False,
-                         enable_progress_bar=False, enable_model_summary=False, callbacks=[timer], accelerator="cpu")
+    trainer = pl.Trainer(
+        max_steps=steps,
+        limit_val_batches=0,
+        enable_checkpointing=False,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[timer],
+        accelerator="cpu",
+    )
     trainer.fit(module, datamodule=data)
     return (steps - WARMUP) * batch / (timer.ends[-1] - timer.starts[WARMUP])
 
@@ -97,15 +105,18 @@ def main() -> None:
         runs["plain_cl"].append(plain_throughput(photos, args.image_size, args.batch_size, args.steps, True))
         runs["plain"].append(plain_throughput(photos, args.image_size, args.batch_size, args.steps, False))
     tlx_ips, cl_ips, plain_ips = (median(runs[k]) for k in ("tlx", "plain_cl", "plain"))
-    report("finetune", {
-        "image size / batch / timed steps per run / runs": f"{args.image_size} / {args.batch_size} / "
-                                                           f"{args.steps - WARMUP} / {args.repeats}",
-        "tlx (Lightning) train images/s (median)": tlx_ips,
-        "plain loop, channels-last, train images/s (median)": cl_ips,
-        "plain loop, NCHW, train images/s (median)": plain_ips,
-        "ratio tlx / plain channels-last (target >= 0.95)": tlx_ips / cl_ips,
-        "ratio tlx / plain NCHW": tlx_ips / plain_ips,
-    })
+    report(
+        "finetune",
+        {
+            "image size / batch / timed steps per run / runs": f"{args.image_size} / {args.batch_size} / "
+            f"{args.steps - WARMUP} / {args.repeats}",
+            "tlx (Lightning) train images/s (median)": tlx_ips,
+            "plain loop, channels-last, train images/s (median)": cl_ips,
+            "plain loop, NCHW, train images/s (median)": plain_ips,
+            "ratio tlx / plain channels-last (target >= 0.95)": tlx_ips / cl_ips,
+            "ratio tlx / plain NCHW": tlx_ips / plain_ips,
+        },
+    )
 
 
 if __name__ == "__main__":

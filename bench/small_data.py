@@ -24,17 +24,31 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="tlx-bench-small-"))
     tlx, bare = [], []
     for r in range(args.repeats):
-        tlx.append(timed([sys.executable, "-m", "tlx", "+experiment=small_data", "trainer.enable_progress_bar=false",
-                          f"cache.dir={tmp / f'cache{r}'}", f"hydra.run.dir={tmp / f'run{r}'}"]))
+        tlx.append(
+            timed(
+                [
+                    sys.executable,
+                    "-m",
+                    "tlx",
+                    "+experiment=small_data",
+                    "trainer.enable_progress_bar=false",
+                    f"cache.dir={tmp / f'cache{r}'}",
+                    f"hydra.run.dir={tmp / f'run{r}'}",
+                ]
+            )
+        )
         bare.append(timed([sys.executable, "bench/bare_small_data.py"]))
-    report("small_data", {
-        "runs each": args.repeats,
-        "tlx small_data, cold cache: s (median)": median(tlx),
-        "bare PyTorch+timm script: s (median)": median(bare),
-        "ratio tlx/bare (target <= 1.2)": median(tlx) / median(bare),
-        "tlx runs s": str([round(t, 2) for t in tlx]),
-        "bare runs s": str([round(t, 2) for t in bare]),
-    })
+    report(
+        "small_data",
+        {
+            "runs each": args.repeats,
+            "tlx small_data, cold cache: s (median)": median(tlx),
+            "bare PyTorch+timm script: s (median)": median(bare),
+            "ratio tlx/bare (target <= 1.2)": median(tlx) / median(bare),
+            "tlx runs s": str([round(t, 2) for t in tlx]),
+            "bare runs s": str([round(t, 2) for t in bare]),
+        },
+    )
 
 
 if __name__ == "__main__":

@@ -25,9 +25,11 @@ def main(root: Path, out: Path) -> None:
     for name in CLASSES:
         label = FASHION_MNIST_CLASSES.index(name)
         pool = rng.permutation(np.flatnonzero(train_y == label))
-        picks = {"train": (train_x, pool[: SIZES["train"]]),
-                 "val": (train_x, pool[SIZES["train"]: SIZES["train"] + SIZES["val"]]),
-                 "test": (test_x, rng.permutation(np.flatnonzero(test_y == label))[: SIZES["test"]])}
+        picks = {
+            "train": (train_x, pool[: SIZES["train"]]),
+            "val": (train_x, pool[SIZES["train"] : SIZES["train"] + SIZES["val"]]),
+            "test": (test_x, rng.permutation(np.flatnonzero(test_y == label))[: SIZES["test"]]),
+        }
         for split, (x, rows) in picks.items():
             folder = out / split / name.lower().replace(" ", "_")
             folder.mkdir(parents=True, exist_ok=True)

@@ -17,11 +17,22 @@ from tlx.run import train
 from .test_data import make_folder
 
 
-def _setup(root, cache_dir, name="tf_efficientnet_lite0", pretrained=True, size=32, freeze=("head_only", None),
-           head=LinearHead, per_class=None, views=1, augment=False):
+def _setup(
+    root,
+    cache_dir,
+    name="tf_efficientnet_lite0",
+    pretrained=True,
+    size=32,
+    freeze=("head_only", None),
+    head=LinearHead,
+    per_class=None,
+    views=1,
+    augment=False,
+):
     backbone = create_backbone(name, pretrained=pretrained, image_size=size)
-    data = FolderData(root=str(root), data_config=backbone.data_config, num_workers=0, samples_per_class=per_class,
-                      augment=augment)
+    data = FolderData(
+        root=str(root), data_config=backbone.data_config, num_workers=0, samples_per_class=per_class, augment=augment
+    )
     data.setup()
     net = Network(backbone, head(backbone=backbone, num_classes=len(data.classes)))
     Freeze(*freeze).apply(net, backbone.stage_groups(exclude=set(net.head.new_backbone_modules)))
@@ -80,7 +91,7 @@ def test_augmented_views_are_cached_per_view(photos, cache_dir):
     n = len(data.samples["train"])
     feats, views = data.features["train"]
     assert views == 3 and feats.shape[0] == 3 * n
-    assert not torch.equal(feats[:n], feats[n:2 * n])  # different random crops/flips
+    assert not torch.equal(feats[:n], feats[n : 2 * n])  # different random crops/flips
     assert data.features["val"][0].shape[0] == len(data.samples["val"])
     info, _ = _setup(photos, cache_dir, augment=True)  # random augmentation with one view: not cacheable
     assert not info["used"]

@@ -11,8 +11,14 @@ from tlx.data import DemoData, FashionMNISTData, FolderData
 
 from .conftest import fashion_mnist_root
 
-CFG = {"input_size": (3, 32, 32), "interpolation": "bilinear", "mean": (0.5,) * 3, "std": (0.5,) * 3,
-       "crop_pct": 0.875, "crop_mode": "center"}
+CFG = {
+    "input_size": (3, 32, 32),
+    "interpolation": "bilinear",
+    "mean": (0.5,) * 3,
+    "std": (0.5,) * 3,
+    "crop_pct": 0.875,
+    "crop_mode": "center",
+}
 
 
 def make_folder(root, classes=("tigger", "misty", "neither"), n=6, size=(40, 30)):
@@ -24,8 +30,9 @@ def make_folder(root, classes=("tigger", "misty", "neither"), n=6, size=(40, 30)
         for i in range(n):
             mode, ext = modes[i % len(modes)]
             img = Image.fromarray(rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)).convert(mode)
-            img.save(root / c / f"{i}{ext}", format="PNG" if ext.lower() == ".png" else "JPEG") if mode != "RGBA" \
-                else img.save(root / c / f"{i}{ext}", format="PNG")
+            img.save(
+                root / c / f"{i}{ext}", format="PNG" if ext.lower() == ".png" else "JPEG"
+            ) if mode != "RGBA" else img.save(root / c / f"{i}{ext}", format="PNG")
     return root
 
 
@@ -62,8 +69,14 @@ def test_transforms_come_from_the_backbone():
     text = repr(data.eval_transform)
     assert "224" in text and "bicubic" in text.lower() and "0.5" in text  # lite0: 224 px, bicubic, mean=std=0.5
     data.setup()
-    assert data.counts() | {"classes": None} == {"train": 60, "val": 300, "test": 150, "classes": None,
-                                                  "num_classes": 3, "bad_images": 0}
+    assert data.counts() | {"classes": None} == {
+        "train": 60,
+        "val": 300,
+        "test": 150,
+        "classes": None,
+        "num_classes": 3,
+        "bad_images": 0,
+    }
 
 
 def test_samples_per_class_subset_is_saved(tmp_path):
@@ -86,8 +99,15 @@ def test_fashion_mnist_from_idx_files():
     root = fashion_mnist_root()
     if root is None:
         pytest.skip("Fashion-MNIST idx files not available")
-    data = FashionMNISTData(root=str(root), data_config=CFG, samples_per_class=3, val_per_class=5, test_per_class=4,
-                            classes=["Sandal", 9], num_workers=0)
+    data = FashionMNISTData(
+        root=str(root),
+        data_config=CFG,
+        samples_per_class=3,
+        val_per_class=5,
+        test_per_class=4,
+        classes=["Sandal", 9],
+        num_workers=0,
+    )
     data.setup()
     assert data.classes == ["Sandal", "Ankle boot"]
     assert {s: len(v) for s, v in data.samples.items()} == {"train": 6, "val": 10, "test": 8}

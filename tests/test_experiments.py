@@ -23,8 +23,13 @@ def test_experiment_composes_and_runs_tiny(experiment, make_cfg, tmp_path):
         root = fashion_mnist_root()
         if root is None:
             pytest.skip("Fashion-MNIST idx files not available")
-        cfg = make_cfg(f"+experiment={experiment}", f"data.root={root}", "data.samples_per_class=4",
-                       "data.val_per_class=5", "data.test_per_class=5")
+        cfg = make_cfg(
+            f"+experiment={experiment}",
+            f"data.root={root}",
+            "data.samples_per_class=4",
+            "data.val_per_class=5",
+            "data.test_per_class=5",
+        )
     OmegaConf.resolve(cfg)
     cfg.trainer.max_epochs = 1
     results = train(cfg, tmp_path)
@@ -50,8 +55,14 @@ def _metrics(run_dir: Path) -> dict:
 
 def test_rerun_from_saved_config_reproduces_metrics(tmp_path):
     first, second = tmp_path / "first", tmp_path / "second"
-    tiny = ["backbone.image_size=32", "data.samples_per_class=5", "data.num_workers=0", "trainer.max_epochs=3",
-            "head=mlp", f"cache.dir={tmp_path / 'cache'}"]
+    tiny = [
+        "backbone.image_size=32",
+        "data.samples_per_class=5",
+        "data.num_workers=0",
+        "trainer.max_epochs=3",
+        "head=mlp",
+        f"cache.dir={tmp_path / 'cache'}",
+    ]
     done = run_cli("+experiment=small_data", *tiny, f"hydra.run.dir={first}")
     assert done.returncode == 0, done.stderr[-2000:]
     assert "val/acc" in done.stdout  # the summary table
@@ -64,9 +75,16 @@ def test_rerun_from_saved_config_reproduces_metrics(tmp_path):
 
 def test_small_data_on_a_users_own_folder(tmp_path):
     photos = make_folder(tmp_path / "cats", classes=("tigger", "misty", "neither"), n=8)
-    done = run_cli("+experiment=small_data", "data=folder", f"data.root={photos}", "backbone.image_size=32",
-                   "trainer.max_epochs=2", "data.num_workers=0", f"cache.dir={tmp_path / 'cache'}",
-                   f"hydra.run.dir={tmp_path / 'run'}")
+    done = run_cli(
+        "+experiment=small_data",
+        "data=folder",
+        f"data.root={photos}",
+        "backbone.image_size=32",
+        "trainer.max_epochs=2",
+        "data.num_workers=0",
+        f"cache.dir={tmp_path / 'cache'}",
+        f"hydra.run.dir={tmp_path / 'run'}",
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     results = json.loads((tmp_path / "run" / "results.json").read_text())
     assert results["data"]["classes"] == ["misty", "neither", "tigger"]

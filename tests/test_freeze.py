@@ -58,8 +58,11 @@ def test_last_n_larger_than_stage_count_is_an_error():
 
 
 def _bn_state(net: Network, prefix: str = "") -> dict[str, torch.Tensor]:
-    return {k: v.clone() for k, v in net.state_dict().items()
-            if ("running_mean" in k or "running_var" in k) and k.startswith(prefix)}
+    return {
+        k: v.clone()
+        for k, v in net.state_dict().items()
+        if ("running_mean" in k or "running_var" in k) and k.startswith(prefix)
+    }
 
 
 @pytest.mark.parametrize("mode,n", [("head_only", None), ("last_n", 1)])
@@ -76,8 +79,9 @@ def test_frozen_batchnorm_statistics_do_not_move_in_a_training_step(mode, n):
     torch.nn.functional.cross_entropy(module(x), y).backward()
     optimizer.step()
     after = _bn_state(net)
-    trainable_bn = {k for k in before if k.replace("running_mean", "weight").replace("running_var", "weight")
-                    in _trainable(net)}
+    trainable_bn = {
+        k for k in before if k.replace("running_mean", "weight").replace("running_var", "weight") in _trainable(net)
+    }
     frozen = [k for k in before if k not in trainable_bn]
     assert frozen and all(torch.equal(before[k], after[k]) for k in frozen)
     if mode == "last_n":  # BatchNorm layers of the trainable stage do update

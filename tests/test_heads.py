@@ -43,8 +43,13 @@ def test_reinit_last_replaces_the_last_stages_with_new_layers(backbone):
     assert net(torch.zeros(2, 3, 64, 64)).shape == (2, 3)
     Freeze("head_only").apply(net, backbone.stage_groups(exclude=set(head.new_backbone_modules)))
     trainable = {n for n, p in net.named_parameters() if p.requires_grad}
-    assert trainable == {"backbone.blocks.6.0.weight", "backbone.blocks.6.1.weight", "backbone.blocks.6.1.bias",
-                         "head.fc.weight", "head.fc.bias"}
+    assert trainable == {
+        "backbone.blocks.6.0.weight",
+        "backbone.blocks.6.1.weight",
+        "backbone.blocks.6.1.bias",
+        "head.fc.weight",
+        "head.fc.bias",
+    }
     assert find_cut(net) == 8  # the cache stores the input of the new layers: blocks.5's output
 
 

@@ -12,8 +12,10 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
 from hydra.types import RunMode
 from omegaconf import DictConfig
+from omegaconf.errors import MissingMandatoryValue
 
 from tlx.backbones import ConfigError
+from tlx.devices import place_job, visible_gpus
 from tlx.results import resume_command, write_results
 
 log = logging.getLogger("tlx")
@@ -26,8 +28,14 @@ def _user_error(e: BaseException) -> str | None:
         if isinstance(cause, ConfigError):
             return str(cause)
         cause = cause.__cause__ or cause.__context__
+    if isinstance(e, MissingMandatoryValue):
+        return f"{e.full_key} has no value (??? in conf/); set {e.full_key}=<value> on the command line"
     if isinstance(e, InstantiationException):
-        return str(e).strip().splitlines()[-1] + " (check the config keys against conf/)"
+        # "Error in call to target 'X':\nTypeError(...)\nfull_key: optim": the error lines, then where
+        lines = str(e).strip().splitlines()
+        where = next((ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("full_key:")), None)
+        what = " ".join(ln for ln in lines if not ln.startswith(("full_key:", "object_type=")))
+        return f"{what}{f' (in {where})' if where else ''}; check the config keys against conf/"
     return None
 
 
@@ -39,6 +47,8 @@ def main(cfg: DictConfig) -> float:
     hc = HydraConfig.get()
     out_dir = Path(hc.runtime.output_dir)
     multirun = hc.mode == RunMode.MULTIRUN
+    if multirun:  # parallel sweep jobs (hydra/launcher=local_parallel) spread over the GPUs, job k on GPU k % n
+        place_job(cfg.trainer, hc.job.num, visible_gpus())
     try:
         results = train(cfg, out_dir)
     except KeyboardInterrupt:
@@ -51,8 +61,9 @@ def main(cfg: DictConfig) -> float:
             raise
         if multirun:
             write_results(out_dir, {"status": "failed", "error": message or f"{type(e).__name__}: {e}"})
-            log.error("job failed (the sweep goes on): %s", message or f"{type(e).__name__}: {e}",
-                      exc_info=message is None)
+            log.error(
+                "job failed (the sweep goes on): %s", message or f"{type(e).__name__}: {e}", exc_info=message is None
+            )
             return math.nan
         print(f"tlx: error: {message}", file=sys.stderr)
         sys.exit(2)

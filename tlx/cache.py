@@ -21,10 +21,13 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     rows = list_entries(root)
     for r in rows:
-        print(f"{r['key'][:16]}  {r['bytes'] / 2**20:9.1f} MiB  {r['backbone']}  cut={r['cut']}  n={r['n']}  "
-              f"shape={r['shape']}")
-    print(f"{len(rows)} entr{'y' if len(rows) == 1 else 'ies'}, {sum(r['bytes'] for r in rows) / 2**20:.1f} MiB "
-          f"in {root}")
+        print(
+            f"{r['key'][:16]}  {r['bytes'] / 2**20:9.1f} MiB  {r['backbone']}  cut={r['cut']}  n={r['n']}  "
+            f"shape={r['shape']}"
+        )
+    print(
+        f"{len(rows)} entr{'y' if len(rows) == 1 else 'ies'}, {sum(r['bytes'] for r in rows) / 2**20:.1f} MiB in {root}"
+    )
     return 0
 
 

@@ -47,8 +47,9 @@ def find_cut(net: Network) -> Cut:
     trainable parameter when the trainable part is a tail of the chain, ``len(chain)`` when only the pooling
     side trains, and None when no such cut exists (everything trains, or the architecture is not a chain).
     """
-    trainable = {n.removeprefix("backbone.") for n, p in net.named_parameters() if p.requires_grad
-                 and n.startswith("backbone.")}
+    trainable = {
+        n.removeprefix("backbone.") for n, p in net.named_parameters() if p.requires_grad and n.startswith("backbone.")
+    }
     if not trainable:
         return "pooled"
     if not net.chain:
@@ -72,8 +73,14 @@ class FeatureCache:
         dtype: ``float32`` (exact) or ``float16`` (half the disk).
     """
 
-    def __init__(self, enabled: bool | str = "auto", dir: str | None = None, views: int = 1, max_gb: float = 4.0,
-                 dtype: str = "float32") -> None:
+    def __init__(
+        self,
+        enabled: bool | str = "auto",
+        dir: str | None = None,
+        views: int = 1,
+        max_gb: float = 4.0,
+        dtype: str = "float32",
+    ) -> None:
         if str(enabled) not in ("auto", "True", "False", "true", "false"):
             raise ConfigError(f"cache.enabled must be auto, true or false, got {enabled}")
         if int(views) < 1:
@@ -109,8 +116,10 @@ class FeatureCache:
             torch.save({"format": FORMAT, "key": key, "meta": meta, "features": features}, tmp)
             os.replace(tmp, path)
         except OSError as e:
-            raise ConfigError(f"cannot write the feature cache at {self.root} ({e.strerror or e}); set "
-                              "cache.dir=<writable folder> or TLX_CACHE_DIR, or cache.enabled=false") from e
+            raise ConfigError(
+                f"cannot write the feature cache at {self.root} ({e.strerror or e}); set "
+                "cache.dir=<writable folder> or TLX_CACHE_DIR, or cache.enabled=false"
+            ) from e
 
 
 def cache_key(parts: dict[str, Any]) -> str:
@@ -118,8 +127,16 @@ def cache_key(parts: dict[str, Any]) -> str:
     return hashlib.blake2b(json.dumps(parts, sort_keys=True, default=str).encode(), digest_size=20).hexdigest()
 
 
-def use_cached_features(net: Network, data: ImageData, cache: FeatureCache, backbone_name: str, weights_hash: str,
-                        seed: int, device: torch.device, train_bn: bool = False) -> dict[str, Any]:
+def use_cached_features(
+    net: Network,
+    data: ImageData,
+    cache: FeatureCache,
+    backbone_name: str,
+    weights_hash: str,
+    seed: int,
+    device: torch.device,
+    train_bn: bool = False,
+) -> dict[str, Any]:
     """Fill ``data.features`` from the cache (extracting what is missing) when the cut allows it.
 
     Returns what results.json records: whether it was used, hits and misses, the cut and extraction time.
@@ -137,16 +154,19 @@ def use_cached_features(net: Network, data: ImageData, cache: FeatureCache, back
         reason = "frozen BatchNorm layers before the cut update their statistics (freeze.train_bn=true)"
     if reason:
         if cache.enabled == "true":
-            raise ConfigError(f"cache.enabled=true but the feature cache cannot be used: {reason}; "
-                              "set cache.enabled=auto")
+            raise ConfigError(
+                f"cache.enabled=true but the feature cache cannot be used: {reason}; set cache.enabled=auto"
+            )
         log.info("feature cache not used: %s", reason)
         return info
     info["cut"] = cut if cut == "pooled" else f"{cut}:{net.chain[cut][0] if cut < len(net.chain) else 'features'}"
     net.eval()
     estimate = _estimate_bytes(net, cut, data, cache)
     if estimate > cache.max_bytes:
-        msg = (f"the feature cache for this run would take {estimate / 2**30:.1f} GiB, over cache.max_gb="
-               f"{cache.max_bytes / 2**30:.1f}")
+        msg = (
+            f"the feature cache for this run would take {estimate / 2**30:.1f} GiB, over cache.max_gb="
+            f"{cache.max_bytes / 2**30:.1f}"
+        )
         if cache.enabled == "true":
             raise ConfigError(f"{msg}; raise cache.max_gb, cut later (larger freeze.n), or cache.dtype=float16")
         log.warning("%s: training through the frozen backbone instead", msg)
@@ -156,27 +176,40 @@ def use_cached_features(net: Network, data: ImageData, cache: FeatureCache, back
         augment = split == "train" and data.augment
         transform = data.train_transform if augment else data.eval_transform
         parts = {
-            "format": FORMAT, "backbone": backbone_name, "weights": weights_hash, "cut": info["cut"],
-            "transform": repr(transform), "views": views, "aug_seed": seed if augment else None,
+            "format": FORMAT,
+            "backbone": backbone_name,
+            "weights": weights_hash,
+            "cut": info["cut"],
+            "transform": repr(transform),
+            "views": views,
+            "aug_seed": seed if augment else None,
             "dtype": str(cache.dtype),
-            "images": hashlib.blake2b("\n".join(f"{samples.ids[i]}\t{samples.fingerprint(i)}"
-                                                for i in range(len(samples))).encode()).hexdigest(),
+            "images": hashlib.blake2b(
+                "\n".join(f"{samples.ids[i]}\t{samples.fingerprint(i)}" for i in range(len(samples))).encode()
+            ).hexdigest(),
         }
         key = cache_key(parts)
         features = cache.load(key)
         if features is None:
             t0 = time.perf_counter()
-            features = torch.cat([
-                extract(net, cut, data.loader(data.dataset(split, train_transform=augment)), device, cache.dtype,
+            features = torch.cat(
+                [
+                    extract(
+                        net,
+                        cut,
+                        data.loader(data.dataset(split, train_transform=augment)),
+                        device,
+                        cache.dtype,
                         desc=f"extracting {split}" + (f" view {v + 1}/{views}" if views > 1 else ""),
-                        seed=seed * 1000 + v if augment else None)
-                for v in range(views)
-            ])
+                        seed=seed * 1000 + v if augment else None,
+                    )
+                    for v in range(views)
+                ]
+            )
             info["extract_s"] += time.perf_counter() - t0
             cache.save(key, features, {**parts, "n": len(samples), "shape": list(features.shape)})
             info["misses"] += 1
-            log.info("cache miss for %s: extracted %s in %.1fs", split, tuple(features.shape),
-                     time.perf_counter() - t0)
+            log.info("cache miss for %s: extracted %s in %.1fs", split, tuple(features.shape), time.perf_counter() - t0)
         else:
             info["hits"] += 1
             log.info("cache hit for %s: %s from %s", split, tuple(features.shape), cache.path(key))
@@ -186,8 +219,15 @@ def use_cached_features(net: Network, data: ImageData, cache: FeatureCache, back
     return info
 
 
-def extract(net: Network, cut: int | str, loader: torch.utils.data.DataLoader, device: torch.device,
-            dtype: torch.dtype = torch.float32, desc: str = "extracting", seed: int | None = None) -> torch.Tensor:
+def extract(
+    net: Network,
+    cut: int | str,
+    loader: torch.utils.data.DataLoader,
+    device: torch.device,
+    dtype: torch.dtype = torch.float32,
+    desc: str = "extracting",
+    seed: int | None = None,
+) -> torch.Tensor:
     """Run the frozen part of ``net`` over ``loader`` once, in order; returns the activations on the CPU."""
     if seed is not None:
         torch.manual_seed(seed)
@@ -216,8 +256,16 @@ def list_entries(root: Path) -> list[dict[str, Any]]:
             meta = torch.load(path, map_location="cpu", weights_only=True).get("meta", {})
         except Exception:
             meta = {"unreadable": True}
-        rows.append({"key": path.stem, "bytes": path.stat().st_size, "backbone": meta.get("backbone"),
-                     "cut": meta.get("cut"), "n": meta.get("n"), "shape": meta.get("shape")})
+        rows.append(
+            {
+                "key": path.stem,
+                "bytes": path.stat().st_size,
+                "backbone": meta.get("backbone"),
+                "cut": meta.get("cut"),
+                "n": meta.get("n"),
+                "shape": meta.get("shape"),
+            }
+        )
     return rows
 
 

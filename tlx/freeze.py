@@ -44,16 +44,22 @@ class Freeze:
             trainable_backbone = {p for stage in stages for p in stage}
         elif self.mode == "last_n":
             if self.n > len(stages):
-                raise ConfigError(f"freeze.n={self.n} but the backbone has only {len(stages)} stages; "
-                                  f"use freeze.n<={len(stages)} or freeze=none")
-            trainable_backbone = {p for stage in stages[-self.n:] for p in stage}
+                raise ConfigError(
+                    f"freeze.n={self.n} but the backbone has only {len(stages)} stages; "
+                    f"use freeze.n<={len(stages)} or freeze=none"
+                )
+            trainable_backbone = {p for stage in stages[-self.n :] for p in stage}
         for name, p in net.named_parameters():
             p.requires_grad_(net.is_new(name) or name.removeprefix("backbone.") in trainable_backbone)
         self.apply_bn_policy(net)
         counts = count_params(net)
-        log.info("freeze=%s%s: %s trainable / %s frozen parameters", self.mode,
-                 f" (n={self.n} of {len(stages)} stages)" if self.mode == "last_n" else "",
-                 f"{counts['trainable']:,}", f"{counts['frozen']:,}")
+        log.info(
+            "freeze=%s%s: %s trainable / %s frozen parameters",
+            self.mode,
+            f" (n={self.n} of {len(stages)} stages)" if self.mode == "last_n" else "",
+            f"{counts['trainable']:,}",
+            f"{counts['frozen']:,}",
+        )
         return counts
 
     def apply_bn_policy(self, net: nn.Module) -> None:

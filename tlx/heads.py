@@ -30,7 +30,9 @@ class LinearHead(nn.Module):
 class MLPHead(nn.Module):
     """New hidden layer(s) with dropout, then the softmax layer, on the pooled backbone features."""
 
-    def __init__(self, backbone: Backbone, num_classes: int, hidden: Sequence[int] = (512,), dropout: float = 0.2) -> None:
+    def __init__(
+        self, backbone: Backbone, num_classes: int, hidden: Sequence[int] = (512,), dropout: float = 0.2
+    ) -> None:
         super().__init__()
         _check_common(num_classes, dropout)
         if not hidden or any(int(h) < 1 for h in hidden):
@@ -63,15 +65,19 @@ class ReinitLastHead(nn.Module):
         super().__init__()
         _check_common(num_classes, dropout)
         if not backbone.chain:
-            raise ConfigError(f"head=reinit_last needs a chain-structured CNN; '{backbone.name}' is not one: "
-                              "use head=linear or head=mlp with freeze=last_n")
+            raise ConfigError(
+                f"head=reinit_last needs a chain-structured CNN; '{backbone.name}' is not one: "
+                "use head=linear or head=mlp with freeze=last_n"
+            )
         stages = backbone.stage_groups()
         if not 1 <= n < len(stages):
-            raise ConfigError(f"head.n={n} but '{backbone.name}' has {len(stages)} stages; use 1 <= head.n <= "
-                              f"{len(stages) - 1}")
+            raise ConfigError(
+                f"head.n={n} but '{backbone.name}' has {len(stages)} stages; use 1 <= head.n <= {len(stages) - 1}"
+            )
         dropped_params = {p for stage in stages[-n:] for p in stage}
-        first = next(i for i, (name, _) in enumerate(backbone.chain)
-                     if any(p.startswith(name + ".") for p in dropped_params))
+        first = next(
+            i for i, (name, _) in enumerate(backbone.chain) if any(p.startswith(name + ".") for p in dropped_params)
+        )
         size = min(int(backbone.data_config["input_size"][-1]), 64)
         x = torch.zeros(1, 3, size, size)
         with torch.no_grad():
@@ -86,8 +92,9 @@ class ReinitLastHead(nn.Module):
         dropped = [name for name, _ in backbone.chain[first:]]
         for i, name in enumerate(dropped):
             _set_submodule(backbone.model, name, new if i == 0 else nn.Identity())
-        backbone.chain[first:] = [(name, new if i == 0 else backbone.model.get_submodule(name))
-                                  for i, name in enumerate(dropped)]
+        backbone.chain[first:] = [
+            (name, new if i == 0 else backbone.model.get_submodule(name)) for i, name in enumerate(dropped)
+        ]
         if width != out_ch:
             with torch.no_grad():
                 backbone.num_features = backbone.model.eval()(torch.zeros(1, 3, size, size)).shape[-1]
@@ -134,7 +141,7 @@ class Network(nn.Module):
         return self.head(x)
 
     def is_new(self, param_name: str) -> bool:
-        """Whether a parameter belongs to a layer tlx created (head, replacement layers) rather than a pretrained one."""
+        """Whether a parameter belongs to a layer tlx created (head, replacements), not a pretrained one."""
         return any(param_name == p or param_name.startswith(p + ".") for p in self.new_prefixes)
 
 

@@ -35,8 +35,7 @@ def read_results(run_dir: Path) -> dict[str, Any] | None:
 def resume_command(run_dir: Path) -> str:
     """The command that continues an interrupted run in its own directory."""
     run_dir = Path(run_dir).resolve()
-    return (f"python -m tlx --config-path {run_dir / '.hydra'} --config-name config hydra.run.dir={run_dir} "
-            "resume=true")
+    return f"python -m tlx --config-path {run_dir / '.hydra'} --config-name config hydra.run.dir={run_dir} resume=true"
 
 
 def print_summary(results: dict[str, Any], run_dir: Path) -> None:
@@ -47,16 +46,25 @@ def print_summary(results: dict[str, Any], run_dir: Path) -> None:
     m = results["metrics"]
     for key in ("val/acc", "val/f1", "test/acc", "test/f1"):
         if m.get(key) is not None:
-            table.add_row(key + (" (on val)" if key.startswith("test") and results["test_split"] == "val" else ""),
-                          f"{m[key]:.4f}")
+            table.add_row(
+                key + (" (on val)" if key.startswith("test") and results["test_split"] == "val" else ""),
+                f"{m[key]:.4f}",
+            )
     p, d, t = results["params"], results["data"], results["timing"]
     table.add_row("params", f"{p['trainable']:,} trainable / {p['total']:,} total")
-    table.add_row("data", f"{d.get('train', 0)} train, {d.get('val', 0)} val, {d.get('test', 0)} test, "
-                          f"{d['num_classes']} classes" + (f", {d['bad_images']} skipped" if d["bad_images"] else ""))
+    table.add_row(
+        "data",
+        f"{d.get('train', 0)} train, {d.get('val', 0)} val, {d.get('test', 0)} test, "
+        f"{d['num_classes']} classes" + (f", {d['bad_images']} skipped" if d["bad_images"] else ""),
+    )
     table.add_row("weights", results["weights"])
     cache = results["cache"]
-    table.add_row("feature cache", ("hit" if cache["misses"] == 0 else f"{cache['misses']} extracted") + f" at {cache['cut']}"
-                  if cache["used"] else "not used")
+    table.add_row(
+        "feature cache",
+        ("hit" if cache["misses"] == 0 else f"{cache['misses']} extracted") + f" at {cache['cut']}"
+        if cache["used"]
+        else "not used",
+    )
     table.add_row("time", f"{t['total_s']:.1f}s (extract {t['extract_s']:.1f}s, fit {t['fit_s']:.1f}s)")
     table.add_row("run dir", str(run_dir))
     Console(stderr=False).print(table)

@@ -15,14 +15,15 @@ from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.loggers import CSVLogger
 
-from tlx.backbones import ConfigError
+from tlx.devices import torch_device
 from tlx.features import find_cut, use_cached_features
 from tlx.heads import Network
 from tlx.module import TransferModule
 from tlx.results import print_summary, read_results, resume_command, write_results
 
 log = logging.getLogger(__name__)
-warnings.filterwarnings("ignore", message=".*module\\(s\\) in eval mode at the start of training.*")  # frozen layers, on purpose
+# Frozen layers are in eval mode on purpose.
+warnings.filterwarnings("ignore", message=".*module\\(s\\) in eval mode at the start of training.*")
 
 def train(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     """Train and test one classifier as ``cfg`` says; write ``results.json`` into ``out_dir`` and return it."""
@@ -54,8 +55,7 @@ def train(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     if cfg.get("channels_last") and net.chain:
         net.to(memory_format=torch.channels_last)  # faster convolutions on CPU (oneDNN) and tensor cores
         module.channels_last = True
-    device = torch.device("cuda" if torch.cuda.is_available() and cfg.trainer.accelerator in ("auto", "gpu", "cuda")
-                          else "cpu")
+    device = torch_device(cfg.trainer)
     cache = instantiate(cfg.cache)
     cache_info = use_cached_features(net, data, cache, backbone.name, backbone.weights_hash, int(cfg.seed), device,
                                      train_bn=freeze.train_bn)
@@ -100,7 +100,8 @@ def train(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
         "head": OmegaConf.select(cfg, "head._target_").rsplit(".", 1)[-1],
         "freeze": freeze.mode + (f"(n={freeze.n})" if freeze.mode == "last_n" else ""),
         "epochs": int(trainer.current_epoch),
-        "checkpoint": str(Path(checkpoint.best_model_path).relative_to(out_dir)) if checkpoint.best_model_path else None,
+        "checkpoint": (str(Path(checkpoint.best_model_path).relative_to(out_dir))
+                       if checkpoint.best_model_path else None),
     }
     if data.name == "fashion_mnist" or data.samples_per_class or data.fraction:
         results["data"]["samples_per_class"] = data.samples_per_class
@@ -109,7 +110,6 @@ def train(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     print_summary(results, out_dir)
     return results
 
-__all__ = ["train", "ConfigError", "RESULTS"]
 
 
 class _OnInterrupt(pl.Callback):
