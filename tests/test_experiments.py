@@ -32,6 +32,8 @@ def test_experiment_composes_and_runs_tiny(experiment, make_cfg, tmp_path):
         )
     OmegaConf.resolve(cfg)
     cfg.trainer.max_epochs = 1
+    if cfg.trainer.get("check_val_every_n_epoch", 1) is None:  # validates every N steps (regime_sweep): once
+        cfg.trainer.max_steps = cfg.trainer.val_check_interval = 2
     results = train(cfg, tmp_path)
     assert results["status"] == "ok"
     assert 0.0 <= results["metrics"]["val/acc"] <= 1.0 and 0.0 <= results["metrics"]["test/acc"] <= 1.0

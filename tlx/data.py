@@ -229,6 +229,14 @@ class ImageData(pl.LightningDataModule):
         splits, self.classes = self._splits()
         if "train" not in splits or len(splits["train"]) == 0:
             raise ConfigError("no training images found; check data.root")
+        trained = set(splits["train"].labels)
+        untrained = [c for i, c in enumerate(self.classes) if i not in trained]
+        if untrained:
+            raise ConfigError(f"class(es) {untrained} have no readable training images; add images or remove "
+                              "those class folders")
+        if "val" not in splits or len(splits["val"]) == 0:
+            raise ConfigError("no validation images found; add images to data.root/val/<class>/, or put the class "
+                              "folders directly under data.root with data.val_fraction > 0")
         splits["train"] = splits["train"].subset(
             stratified_subset(splits["train"].labels, self.subset_seed, self.samples_per_class, self.fraction))
         self.samples = {k: v for k, v in splits.items() if len(v)}
@@ -262,6 +270,9 @@ class ImageData(pl.LightningDataModule):
             num_workers=workers,
             persistent_workers=workers > 0,
             pin_memory=torch.cuda.is_available(),
+            # Its own generator: starting an epoch's iterator must not draw from the global RNG, whose per-epoch
+            # seed drives dropout, or a resumed run's first epoch would differ (Lightning starts it at another time).
+            generator=torch.Generator().manual_seed(self.seed),
         )
 
     def _split_loader(self, split: str, train: bool) -> DataLoader:
@@ -347,10 +358,17 @@ class FolderData(ImageData):
             files = sorted(p for p in d.rglob("*") if p.is_file() and not p.name.startswith(".")) if d.is_dir() else []
             images = [p for p in files if p.suffix.lower() in IMAGE_SUFFIXES]
             ignored += [p for p in files if p.suffix.lower() not in IMAGE_SUFFIXES]
-            if not images and split in ("train", "all"):
-                raise ConfigError(f"class folder {d} has no images (.jpg/.png/...); add images or remove the folder")
             paths += images
             labels += [label] * len(images)
+        if split in ("train", "all"):
+            if not paths:
+                raise ConfigError(f"no images in any class folder of {folder} (looked for "
+                                  f"{', '.join(sorted(IMAGE_SUFFIXES))}); point data.root at your image folders")
+            present = set(labels)
+            empty = [str(folder / name) for i, name in enumerate(classes) if i not in present]
+            if empty:
+                raise ConfigError(f"class folder {empty[0]} has no images (.jpg/.png/...); add images or remove the "
+                                  "folder")
         if ignored:
             log.warning("ignoring %d non-image file(s) in %s (e.g. %s)", len(ignored), folder, ignored[0])
             self.bad_images.extend(str(p) for p in ignored)

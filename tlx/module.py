@@ -7,6 +7,7 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.trainer.states import TrainerFn
 from torch import nn
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix, MulticlassF1Score
@@ -128,6 +129,14 @@ class TransferModule(pl.LightningModule):
 
     def on_test_epoch_end(self) -> None:
         self._store_details("test")
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["val_history"] = self.val_history
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # Only a resumed fit takes the history back; testing the best checkpoint must not cut it to that epoch.
+        if self._trainer is not None and self.trainer.state.fn == TrainerFn.FITTING:
+            self.val_history = list(checkpoint.get("val_history", []))
 
     def configure_optimizers(self) -> Any:
         new, pretrained = [], []

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import signal
 import time
 import warnings
 from pathlib import Path
@@ -14,6 +15,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.loggers import CSVLogger
+from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from tlx.devices import torch_device
 from tlx.features import find_cut, use_cached_features
@@ -106,20 +108,29 @@ def train(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     if data.name == "fashion_mnist" or data.samples_per_class or data.fraction:
         results["data"]["samples_per_class"] = data.samples_per_class
         results["data"]["fraction"] = data.fraction
-    write_results(out_dir, results)
-    print_summary(results, out_dir)
+    if trainer.is_global_zero:  # under DDP every process runs train(); one writes the results
+        write_results(out_dir, results)
+        print_summary(results, out_dir)
     return results
 
 
 
 class _OnInterrupt(pl.Callback):
-    """On Ctrl-C: record the run as interrupted (last.ckpt holds the last finished epoch) and say how to resume."""
+    """On Ctrl-C or SIGTERM: record the run as interrupted (last.ckpt holds the last finished epoch) and say how to
+    resume."""
 
     def __init__(self, out_dir: Path) -> None:
         self.out_dir = out_dir
 
     def on_exception(self, trainer: pl.Trainer, module: pl.LightningModule, exception: BaseException) -> None:
-        if isinstance(exception, KeyboardInterrupt):
-            write_results(self.out_dir, {"status": "interrupted", "epochs_done": int(trainer.current_epoch)})
+        if isinstance(exception, SIGTERMException):
+            # A SystemExit re-raised by Lightning, with no code: the process would exit 0 as if it had finished.
+            exception.code = 128 + signal.SIGTERM
+        if isinstance(exception, (KeyboardInterrupt, SIGTERMException)) and trainer.is_global_zero:
+            best = max(module.val_history, key=lambda h: h["val/acc"]) if module.val_history else {}
+            write_results(self.out_dir, {"status": "interrupted", "epochs_done": int(trainer.current_epoch),
+                                         "best_so_far": {k: v for k, v in best.items() if k == "epoch" or
+                                                         k.startswith("val/")},
+                                         "resume": resume_command(self.out_dir)})
             log.error("interrupted after %d epoch(s); resume with: %s", trainer.current_epoch,
                       resume_command(self.out_dir))

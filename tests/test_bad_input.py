@@ -1,0 +1,205 @@
+"""Bad input through the real command line: one clear line that names the fix, a non-zero exit, and no results.json
+that looks like success. Unreadable images and non-image files are skipped with a warning and counted instead."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+from hydra.utils import instantiate
+
+from tlx.__main__ import _user_error
+from tlx.backbones import ConfigError
+from tlx.data import FolderData
+from tlx.results import read_results
+
+from .conftest import TINY, run_cli, write_images
+
+_DATA_CONFIG = {
+    "input_size": (3, 32, 32),
+    "interpolation": "bilinear",
+    "mean": (0.5,) * 3,
+    "std": (0.5,) * 3,
+    "crop_pct": 1.0,
+}
+
+
+def _run(tmp_path: Path, *overrides: str):
+    """``python -m tlx`` with TINY settings in a private run and cache dir; returns the process and results.json."""
+    run_dir = tmp_path / "run"
+    proc = run_cli(*TINY, f"hydra.run.dir={run_dir}", f"cache.dir={tmp_path / 'cache'}", *overrides)
+    return proc, read_results(run_dir)
+
+
+def _assert_fails(proc, results, *phrases: str) -> str:
+    """Exit 2 with exactly one ``tlx: error:`` line holding every phrase, no traceback, no successful results."""
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("tlx: error:")]
+    assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert all(p in lines[0] for p in phrases), lines[0]
+    assert results is None or results["status"] != "ok"
+    return lines[0]
+
+
+def _folder(tmp_path: Path, n: int = 5) -> Path:
+    return write_images(tmp_path / "photos", n=n)
+
+
+def test_data_root_missing(tmp_path):
+    proc, results = _run(tmp_path, "data=folder", f"data.root={tmp_path / 'nope'}")
+    _assert_fails(proc, results, "data root not found", str(tmp_path / "nope"), "set data.root=")
+
+
+def test_empty_class_folder(tmp_path):
+    root = _folder(tmp_path)
+    (root / "dog").mkdir()
+    proc, results = _run(tmp_path, "data=folder", f"data.root={root}")
+    _assert_fails(proc, results, f"class folder {root / 'dog'} has no images", "add images or remove the folder")
+
+
+def test_no_images_at_all(tmp_path):
+    root = tmp_path / "photos"
+    for name in ("ant", "bee"):
+        (root / name).mkdir(parents=True)
+        (root / name / "notes.txt").write_text("not a picture")
+    proc, results = _run(tmp_path, "data=folder", f"data.root={root}")
+    _assert_fails(proc, results, f"no images in any class folder of {root}", ".jpg", "point data.root at")
+
+
+def _truncate(path: Path) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+def test_corrupt_image_is_skipped_warned_and_counted(tmp_path):
+    root = _folder(tmp_path, n=6)
+    _truncate(root / "bee" / "0.png")
+    (root / "cat" / "1.png").write_bytes(b"this is not a PNG")
+    proc, results = _run(tmp_path, "data=folder", f"data.root={root}")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    output = proc.stdout + proc.stderr
+    assert f"skipping unreadable image {root / 'bee' / '0.png'}" in output and "truncated" in output
+    assert f"skipping unreadable image {root / 'cat' / '1.png'}" in output
+    assert results["status"] == "ok" and results["data"]["bad_images"] == 2
+
+
+def test_corrupt_image_fails_when_asked(tmp_path):
+    root = _folder(tmp_path, n=6)
+    _truncate(root / "bee" / "0.png")
+    proc, results = _run(tmp_path, "data=folder", f"data.root={root}", "data.on_bad_image=fail")
+    _assert_fails(
+        proc, results, f"unreadable image {root / 'bee' / '0.png'}", "truncated", "set data.on_bad_image=skip"
+    )
+
+
+def test_non_image_files_are_ignored_and_counted(tmp_path):
+    root = _folder(tmp_path, n=6)
+    (root / "ant" / "README.md").write_text("notes")
+    (root / "bee" / "Thumbs.db").write_bytes(b"\0" * 16)
+    (root / "bee" / ".DS_Store").write_bytes(b"\0" * 16)  # hidden files are not even counted
+    proc, results = _run(tmp_path, "data=folder", f"data.root={root}")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "ignoring 2 non-image file(s)" in proc.stdout + proc.stderr
+    assert results["status"] == "ok" and results["data"]["bad_images"] == 2
+    assert results["data"]["train"] == 12 and results["data"]["val"] == 3  # every image still used
+
+
+def test_class_in_val_but_not_in_train(tmp_path):
+    write_images(tmp_path / "ds" / "train", classes=("ant", "bee"))
+    write_images(tmp_path / "ds" / "val", classes=("ant", "bee", "cat"))
+    proc, results = _run(tmp_path, "data=folder", f"data.root={tmp_path / 'ds'}")
+    _assert_fails(proc, results, "class folder(s) ['cat']", "not in train/", "add them to train/ or remove them")
+
+
+def test_unknown_backbone_suggests_close_names(tmp_path):
+    proc, results = _run(tmp_path, "backbone.name=tf_efficientnet_lit0")
+    _assert_fails(proc, results, "unknown timm backbone 'tf_efficientnet_lit0'", "Did you mean: tf_efficientnet_lite0")
+
+
+def test_last_n_larger_than_the_number_of_stages(tmp_path):
+    proc, results = _run(tmp_path, "freeze=last_n", "freeze.n=99")
+    _assert_fails(proc, results, "freeze.n=99 but the backbone has only", "use freeze.n<=", "or freeze=none")
+
+
+def test_weights_file_with_wrong_shapes(tmp_path):
+    state = timm.create_model("tf_efficientnet_lite0", pretrained=False).state_dict()
+    state["conv_stem.weight"] = torch.zeros(16, 3, 3, 3)  # lite0 has 32 stem channels
+    torch.save(state, tmp_path / "weights.pth")
+    proc, results = _run(tmp_path, f"backbone.weights={tmp_path / 'weights.pth'}")
+    _assert_fails(
+        proc,
+        results,
+        f"weights in {tmp_path / 'weights.pth'} do not fit",
+        "1 shape mismatches",
+        "conv_stem.weight: file (16, 3, 3, 3) vs model (32, 3, 3, 3)",
+        "check backbone.name",
+    )
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [("optim.lrr=1", "Could not override 'optim.lrr'"), ("head=linar", "Could not find 'head/linar'")],
+    ids=["key", "group"],
+)
+def test_unknown_config_key_or_choice(tmp_path, override, expected):
+    proc, results = _run(tmp_path, override)
+    assert proc.returncode != 0 and expected in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+    assert results is None
+
+
+def test_cache_dir_cannot_be_written(tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("a file, not a folder: nothing can be created below it, not even by root")
+    proc, results = _run(tmp_path, f"cache.dir={blocker / 'cache'}")
+    _assert_fails(
+        proc, results, f"cannot write the feature cache at {blocker / 'cache'}", "set cache.dir=", "cache.enabled=false"
+    )
+
+
+# Close relatives of the cases above, checked in-process (the command line turns any ConfigError into its one line).
+
+
+@pytest.mark.parametrize(
+    ("layout", "expected"),
+    [
+        ("flat", "no class folders in"),
+        ("unreadable_class", "['cat'] have no readable training images"),
+        ("empty_val", "no validation images found"),
+        ("no_val_fraction", "no validation images found"),
+    ],
+)
+def test_more_folder_errors(tmp_path, layout, expected):
+    kwargs = {}
+    if layout == "flat":
+        root = tmp_path / "flat"
+        root.mkdir()
+    elif layout == "unreadable_class":
+        root = _folder(tmp_path)
+        for path in (root / "cat").iterdir():
+            path.write_bytes(b"junk")
+    elif layout == "empty_val":
+        root = tmp_path / "ds"
+        write_images(root / "train", classes=("ant", "bee"))
+        (root / "val" / "ant").mkdir(parents=True)
+    else:
+        root, kwargs = _folder(tmp_path), {"val_fraction": 0.0}
+    data = FolderData(root=str(root), data_config=_DATA_CONFIG, num_workers=0, **kwargs)
+    with pytest.raises(ConfigError, match=re.escape(expected)):
+        data.setup()
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        ("+optim.lrr=1", "TypeError(\"Optim.__init__() got an unexpected keyword argument 'lrr'\") (in optim); check"),
+        ("backbone=timm", "backbone.name has no value (??? in conf/); set backbone.name=<value>"),
+    ],
+)
+def test_instantiate_errors_become_one_line(make_cfg, override, expected):
+    cfg = make_cfg(override)
+    with pytest.raises(Exception) as info:
+        instantiate(cfg.optim if override.startswith("+optim") else cfg.backbone)
+    assert expected in _user_error(info.value)

@@ -1,0 +1,77 @@
+"""One job per GPU: the round-robin assignment, pinning a job's trainer, and the launcher configs composing."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig, OmegaConf
+
+import tlx.devices
+from tests.conftest import CONF
+from tlx.devices import assign_device, place_job, torch_device
+
+
+def test_round_robin_over_gpus() -> None:
+    assert [assign_device(j, 3) for j in range(7)] == [0, 1, 2, 0, 1, 2, 0]
+    assert [assign_device(j, 1) for j in range(3)] == [0, 0, 0]
+    assert assign_device(5, 0) is None  # no GPU: the CPU
+
+
+def test_negative_job_number_is_an_error() -> None:
+    with pytest.raises(ValueError, match="job_num"):
+        assign_device(-1, 2)
+
+
+def test_place_job_pins_one_device_jobs() -> None:
+    trainer = OmegaConf.create({"accelerator": "auto", "devices": 1})
+    assert place_job(trainer, job_num=5, n_gpus=4) == 1
+    assert trainer.accelerator == "gpu" and list(trainer.devices) == [1]
+
+
+@pytest.mark.parametrize(
+    ("trainer", "n_gpus"),
+    [
+        ({"accelerator": "auto", "devices": 1}, 0),  # no GPU: Lightning's auto picks the CPU
+        ({"accelerator": "cpu", "devices": 1}, 2),  # the user asked for the CPU
+        ({"accelerator": "gpu", "devices": 2, "strategy": "ddp"}, 2),  # one job over several GPUs: left alone
+    ],
+)
+def test_place_job_leaves_explicit_choices(trainer: dict, n_gpus: int) -> None:
+    cfg = OmegaConf.create(trainer)
+    assert place_job(cfg, job_num=3, n_gpus=n_gpus) is None
+    assert cfg == OmegaConf.create(trainer)
+
+
+def test_torch_device_follows_the_pinned_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert torch_device(OmegaConf.create({"accelerator": "cpu", "devices": 1})) == torch.device("cpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert torch_device(OmegaConf.create({"accelerator": "gpu", "devices": [3]})) == torch.device("cuda:3")
+    assert torch_device(OmegaConf.create({"accelerator": "auto", "devices": 1})) == torch.device("cuda")
+    assert torch_device(OmegaConf.create({"accelerator": "cpu", "devices": 1})) == torch.device("cpu")
+
+
+@pytest.mark.parametrize(("gpus", "n_jobs"), [(0, 1), (1, 1), (4, 4)])
+def test_local_parallel_runs_one_job_per_gpu(monkeypatch: pytest.MonkeyPatch, gpus: int, n_jobs: int) -> None:
+    monkeypatch.setattr(tlx.devices, "visible_gpus", lambda: gpus)
+    launcher = _hydra("hydra/launcher=local_parallel").launcher
+    assert launcher._target_.endswith("JoblibLauncher")
+    assert launcher.n_jobs == n_jobs
+
+
+def test_slurm_launcher_composes() -> None:
+    launcher = _hydra("hydra/launcher=slurm", "hydra.launcher.partition=gpu").launcher
+    assert launcher._target_.endswith("SlurmLauncher")
+    assert (launcher.partition, launcher.gpus_per_node, launcher.tasks_per_node) == ("gpu", 1, 1)
+    assert launcher.timeout_min > 0 and launcher.cpus_per_task > 0 and launcher.mem_gb > 0
+
+
+def test_ddp_trainer_composes(make_cfg) -> None:
+    cfg = make_cfg("trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2")
+    assert (cfg.trainer.strategy, cfg.trainer.devices, cfg.trainer.sync_batchnorm) == ("ddp", 2, True)
+
+
+def _hydra(*overrides: str) -> DictConfig:
+    """The composed ``hydra`` node (launcher settings) for ``overrides``."""
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose("config", overrides=list(overrides), return_hydra_config=True).hydra

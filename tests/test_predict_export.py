@@ -1,0 +1,165 @@
+"""Predict and export from a run directory: the predictions and the exported models give what the checkpoint gives."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import timm
+import torch
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+from PIL import Image
+
+from tlx.heads import Network
+from tlx.predict import find_images, load_run, main, predict
+from tlx.results import read_results
+
+from .conftest import TINY, run_cli, write_images
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory) -> Path:
+    """A TINY run whose head replaces the backbone's last stage (rebuilding it must follow tlx.run's order)."""
+    tmp = tmp_path_factory.mktemp("predict")
+    photos = write_images(tmp / "photos", n=8)
+    proc = run_cli(
+        *TINY,
+        "data=folder",
+        f"data.root={photos}",
+        "head=reinit_last",
+        f"hydra.run.dir={tmp / 'run'}",
+        f"cache.dir={tmp / 'cache'}",
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return tmp / "run"
+
+
+@pytest.fixture(scope="module")
+def reference(run_dir):
+    """Logits of the best checkpoint for a list of image paths, with the network rebuilt here as tlx.run builds it
+    (pretrained weights, then the checkpoint) and the images read by PIL and timm's eval transform."""
+    cfg = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
+    classes = json.loads((run_dir / "files.json").read_text())["classes"]
+    backbone = instantiate(cfg.backbone)
+    net = Network(backbone, instantiate(cfg.head)(backbone=backbone, num_classes=len(classes))).eval()
+    state = torch.load(run_dir / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=True)["state_dict"]
+    net.load_state_dict({k.removeprefix("net."): v for k, v in state.items()})
+    transform = timm.data.create_transform(**backbone.data_config)
+
+    def _logits(paths: list[Path]) -> tuple[torch.Tensor, torch.Tensor]:
+        x = torch.stack([transform(Image.open(p).convert("RGB")) for p in paths])  # (N, 3, H, W)
+        with torch.no_grad():
+            return x, net(x)  # (N, K)
+
+    return _logits
+
+
+def test_predict_reproduces_the_runs_own_test_accuracy(run_dir):
+    files, results = json.loads((run_dir / "files.json").read_text()), read_results(run_dir)
+    assert results["test_split"] == "val"
+    records, skipped = predict(load_run(run_dir), [Path(p) for p in files["val"]], top_k=1, batch_size=2)
+    truth = [Path(p).parent.name for p in files["val"]]
+    accuracy = np.mean([r["labels"][0] == t for r, t in zip(records, truth, strict=True)])
+    assert not skipped and accuracy == pytest.approx(results["metrics"]["test/acc"], abs=1e-6)
+
+
+def test_predict_cli_writes_top_k_csv_and_skips_bad_files(run_dir, reference, tmp_path):
+    inputs = shutil.copytree(run_dir.parent / "photos", tmp_path / "inputs")
+    (inputs / "bee" / "broken.jpg").write_bytes(b"not a jpeg")
+    (inputs / "notes.txt").write_text("not an image, not even looked at")
+    proc = run_cli(
+        f"run_dir={run_dir}",
+        f"inputs={inputs}",
+        f"output={tmp_path / 'preds.csv'}",
+        "top_k=3",
+        "batch_size=5",
+        "num_workers=0",
+        module="tlx.predict",
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "24 predictions" in proc.stdout and "1 unreadable files skipped" in proc.stdout
+    assert f"skipping unreadable image {inputs / 'bee' / 'broken.jpg'}" in proc.stderr
+    with open(tmp_path / "preds.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0]) == ["path", "label_1", "prob_1", "label_2", "prob_2", "label_3", "prob_3"]
+    paths = [Path(r["path"]) for r in rows]
+    assert paths == [p for p in find_images(inputs) if p.name != "broken.jpg"]
+    probs = np.array([[float(r[f"prob_{k}"]) for k in (1, 2, 3)] for r in rows])  # (N, 3), every class
+    assert np.allclose(probs.sum(axis=1), 1.0, atol=1e-5) and (np.diff(probs, axis=1) <= 0).all()
+    expected = reference(paths)[1].softmax(dim=1)
+    classes = json.loads((run_dir / "files.json").read_text())["classes"]
+    assert [r["label_1"] for r in rows] == [classes[i] for i in expected.argmax(dim=1)]
+    assert np.allclose(probs[:, 0], expected.max(dim=1).values.numpy(), atol=1e-4)
+
+
+def test_predict_json_for_one_file(run_dir, reference, tmp_path, capsys):
+    image = run_dir.parent / "photos" / "cat" / "0.png"
+    main([f"run_dir={run_dir}", f"inputs={image}", f"output={tmp_path / 'preds.json'}", "top_k=2", "num_workers=0"])
+    assert "1 predictions" in capsys.readouterr().out
+    saved = json.loads((tmp_path / "preds.json").read_text())
+    assert saved["classes"] == ["ant", "bee", "cat"] and saved["checkpoint"].endswith("best.ckpt")
+    (record,) = saved["predictions"]
+    assert record["path"] == str(image) and len(record["labels"]) == len(record["probs"]) == 2
+    assert record["probs"][0] == pytest.approx(reference([image])[1].softmax(dim=1).max().item(), abs=1e-4)
+
+
+@pytest.mark.parametrize(
+    ("case", "expected"),
+    [
+        ("no_run_dir", "run directory not found"),
+        ("no_checkpoint", "no checkpoint at"),
+        ("no_images", "no images in"),
+        ("bad_option", "unknown option 'topk'; the options are run_dir=, inputs="),
+    ],
+)
+def test_predict_errors_are_one_line(run_dir, tmp_path, capsys, case, expected):
+    args = {"run_dir": str(run_dir), "inputs": str(run_dir.parent / "photos")}
+    if case == "no_run_dir":
+        args["run_dir"] = str(tmp_path / "nope")
+    elif case == "no_checkpoint":
+        (tmp_path / "run" / ".hydra").mkdir(parents=True)
+        for name in (".hydra/config.yaml", "files.json"):
+            shutil.copy(run_dir / name, tmp_path / "run" / name)
+        args["run_dir"] = str(tmp_path / "run")
+    elif case == "no_images":
+        (tmp_path / "empty").mkdir()
+        args["inputs"] = str(tmp_path / "empty")
+    else:
+        args["topk"] = "2"
+    with pytest.raises(SystemExit) as exit_info:
+        main([f"{k}={v}" for k, v in args.items()])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit_info.value.code == 2 and len(err) == 1 and err[0].startswith("tlx.predict: error: ")
+    assert expected in err[0]
+    if case == "no_checkpoint":
+        assert "resume=true" in err[0]  # says how to finish the run
+
+
+@pytest.mark.filterwarnings("ignore:.*torch.jit.load.* is deprecated:FutureWarning")
+def test_export_matches_the_checkpoint(run_dir, reference, tmp_path):
+    proc = run_cli(f"run_dir={run_dir}", f"out={tmp_path / 'export'}", module="tlx.export")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    meta = json.loads((tmp_path / "export" / "meta.json").read_text())
+    assert meta["classes"] == ["ant", "bee", "cat"] and meta["files"] == {
+        "torchscript": "model.pt",
+        "onnx": "model.onnx",
+    }
+    pre = meta["preprocessing"]
+    assert pre["input_size"] == [3, 32, 32] and pre["mean"] == [0.5] * 3 and pre["std"] == [0.5] * 3
+    assert pre["interpolation"] == "bicubic" and pre["crop_pct"] == 0.875 and pre["resize_shorter_side_to"] == 36
+
+    x, expected = reference(sorted((run_dir.parent / "photos").rglob("*.png"))[:5])  # (5, 3, 32, 32), (5, K)
+    with torch.no_grad():
+        scripted = torch.jit.load(str(tmp_path / "export" / "model.pt"))(x)
+    assert torch.allclose(scripted, expected, atol=1e-4)
+
+    ort = pytest.importorskip("onnxruntime")
+    session = ort.InferenceSession(str(tmp_path / "export" / "model.onnx"), providers=["CPUExecutionProvider"])
+    logits = session.run(["logits"], {"image": x.numpy()})[0]  # (5, K): the batch size is not fixed at 1
+    assert np.allclose(logits, expected.numpy(), atol=1e-4)
+    assert np.allclose(torch.from_numpy(logits).softmax(dim=1), expected.softmax(dim=1), atol=1e-4)

@@ -1,0 +1,124 @@
+"""The sweep report on a synthetic multirun directory: table, CSV, plot, failed jobs, best per row."""
+
+from __future__ import annotations
+
+import csv
+import json
+import statistics
+from pathlib import Path
+
+import pytest
+import yaml
+from omegaconf import OmegaConf
+
+from tlx.report import SweepReport, main, strategy_label, write_report
+
+STRATEGIES = {  # label: (freeze, head, trainable params)
+    "head_only": ({"mode": "head_only"}, {"_target_": "tlx.heads.LinearHead"}, 12_810),
+    "last_n(2)": ({"mode": "last_n", "n": 2}, {"_target_": "tlx.heads.LinearHead"}, 2_000_000),
+}
+# test/acc per (samples per class, strategy) and seed 0, 1
+ACC = {
+    (10, "head_only"): [0.70, 0.72],
+    (10, "last_n(2)"): [0.60, 0.64],
+    (100, "head_only"): [0.80, 0.81],
+    (100, "last_n(2)"): [0.84, 0.86],
+}
+
+
+def _job(root: Path, spc: int, strategy: str, seed: int, results: dict | None) -> Path:
+    freeze, head, _ = STRATEGIES[strategy]
+    name = f"data.samples_per_class={spc},seed={seed},strategy={strategy}"
+    d = root / name
+    (d / ".hydra").mkdir(parents=True)
+    cfg = {"seed": seed, "data": {"samples_per_class": spc, "fraction": None}, "freeze": freeze, "head": head}
+    (d / ".hydra" / "config.yaml").write_text(yaml.safe_dump(cfg))
+    (d / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(name.split(",")))
+    if results is not None:
+        (d / "results.json").write_text(json.dumps(results))
+    return d
+
+
+def _ok(acc: float, trainable: int, spc: int) -> dict:
+    return {
+        "status": "ok",
+        "metrics": {"test/acc": acc, "val/acc": acc + 0.01},
+        "params": {"trainable": trainable},
+        "timing": {"total_s": 10.0 if trainable < 100_000 else 30.0},
+        "data": {"train": spc * 10, "num_classes": 10},
+    }
+
+
+@pytest.fixture
+def sweep(tmp_path: Path) -> Path:
+    root = tmp_path / "multirun"
+    for (spc, strategy), accs in ACC.items():
+        for seed, acc in enumerate(accs):
+            _job(root, spc, strategy, seed, _ok(acc, STRATEGIES[strategy][2], spc))
+    # A third seed of one cell failed, and a whole cell (1000 per class, last_n(2)) failed or never finished.
+    _job(root, 100, "head_only", 2, {"status": "failed", "error": "ConfigError: freeze.n=99 but only 8 stages"})
+    _job(root, 1000, "head_only", 0, _ok(0.85, 12_810, 1000))
+    _job(root, 1000, "last_n(2)", 0, {"status": "failed", "error": "RuntimeError: out of memory"})
+    _job(root, 1000, "last_n(2)", 1, None)
+    return root
+
+
+def test_report_table_csv_and_plot(sweep: Path) -> None:
+    paths = write_report(sweep)
+    assert {p.name for p in paths.values()} == {"report.md", "report.csv", "report.png"}
+
+    rows = list(csv.DictReader(paths["csv"].open()))
+    by = {(r["samples_per_class"], r["strategy"]): r for r in rows}
+    assert [r["samples_per_class"] for r in rows] == ["10", "10", "100", "100", "1000", "1000"]  # sorted numerically
+    cell = by[("10", "head_only")]
+    assert float(cell["mean"]) == pytest.approx(0.71)
+    assert float(cell["std"]) == pytest.approx(statistics.stdev([0.70, 0.72]))
+    assert (cell["n"], cell["n_failed"], cell["best"], cell["trainable_params"]) == ("2", "0", "True", "12810")
+    assert float(cell["wall_s_mean"]) == pytest.approx(10.0)
+    assert by[("100", "last_n(2)")]["best"] == "True" and by[("100", "head_only")]["best"] == "False"
+    assert (by[("100", "head_only")]["n"], by[("100", "head_only")]["n_failed"]) == ("2", "1")
+    assert (
+        by[("1000", "last_n(2)")]["n"],
+        by[("1000", "last_n(2)")]["n_failed"],
+        by[("1000", "last_n(2)")]["mean"],
+    ) == ("0", "2", "")
+
+    md = paths["md"].read_text()
+    header = next(line for line in md.splitlines() if line.startswith("| samples per class"))
+    assert header.index("head_only") < header.index("last_n(2)")  # fewest trainable parameters first
+    row10 = next(line for line in md.splitlines() if line.startswith("| 10 |"))
+    assert "**0.7100 ± 0.0141** ★ (n=2)" in row10 and "0.6200 ± 0.0283 (n=2)" in row10
+    assert "(n=2, 1 failed)" in next(line for line in md.splitlines() if line.startswith("| 100 |"))
+    row1000 = next(line for line in md.splitlines() if line.startswith("| 1000 |"))
+    assert "failed (2)" in row1000 and "**0.8500** ★ (n=1)" in row1000
+    assert "| trainable params | 12,810 | 2,000,000 |" in md
+    assert "out of memory" in md and "freeze.n=99" in md and "no results.json" in md
+    assert "12 jobs, 9 ok, 3 failed" in md
+
+    assert paths["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and paths["png"].stat().st_size > 5_000
+
+
+def test_report_other_metric_and_cli(sweep: Path) -> None:
+    main([str(sweep), "--metric", "val/acc"])
+    rows = list(csv.DictReader((sweep / "report.csv").open()))
+    assert float(rows[0]["mean"]) == pytest.approx(0.72) and rows[0]["metric"] == "val/acc"
+
+
+def test_callback_never_fails_the_sweep(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    cfg = OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path / "missing" / "dir")}}})
+    SweepReport().on_multirun_end(cfg)  # the directory does not exist: the report fails, the callback logs it
+    assert "could not write the sweep report" in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("freeze", "head", "label"),
+    [
+        ({"mode": "head_only"}, {"_target_": "tlx.heads.LinearHead"}, "head_only"),
+        ({"mode": "last_n", "n": 2}, {"_target_": "tlx.heads.LinearHead"}, "last_n(2)"),
+        ({"mode": "head_only"}, {"_target_": "tlx.heads.ReinitLastHead", "n": 1}, "reinit_last(1)"),
+        ({"mode": "none"}, {"_target_": "tlx.heads.LinearHead"}, "full"),
+        ({"mode": "head_only"}, {"_target_": "tlx.heads.MLPHead"}, "head_only+mlp"),
+    ],
+)
+def test_strategy_label(freeze: dict, head: dict, label: str) -> None:
+    assert strategy_label(OmegaConf.create({"freeze": freeze, "head": head})) == label

@@ -1,0 +1,121 @@
+"""Interruptions: a run killed mid-training (a real SIGKILL to a real process) resumes from its last checkpoint and
+ends with the metrics of an uninterrupted run; Ctrl-C and SIGTERM record the run as interrupted, exit non-zero and
+print how to resume."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from tlx.results import read_results, resume_command
+
+from .conftest import ROOT, run_cli, write_images
+
+EPOCHS = 6
+# Training goes through the last two backbone stages (BatchNorm in train mode) and an MLP head with dropout, from
+# decoded images (no feature cache), one thread so both runs add up floats in the same order.
+RUN = [
+    "data=folder",
+    "freeze=last_n",
+    "freeze.n=2",
+    "head=mlp",
+    "backbone.image_size=48",
+    "data.batch_size=8",
+    "data.num_workers=0",
+    f"trainer.max_epochs={EPOCHS}",
+    "trainer.enable_progress_bar=false",
+    "cache.enabled=false",
+    "threads=1",
+]
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory) -> Path:
+    return write_images(tmp_path_factory.mktemp("data") / "photos", n=16, shift=12.0)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(photos, tmp_path_factory) -> dict:
+    run_dir = tmp_path_factory.mktemp("uninterrupted")
+    proc = run_cli(*RUN, f"data.root={photos}", f"hydra.run.dir={run_dir}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return read_results(run_dir)
+
+
+def _start(run_dir: Path, photos: Path) -> subprocess.Popen:
+    """``python -m tlx`` in the background, its output in ``<run_dir>.log``."""
+    with open(run_dir.parent / f"{run_dir.name}.log", "w") as log:  # the child keeps its own copy of the handle
+        return subprocess.Popen(
+            [sys.executable, "-m", "tlx", *RUN, f"data.root={photos}", f"hydra.run.dir={run_dir}"],
+            cwd=ROOT,
+            env={**os.environ, "HYDRA_FULL_ERROR": "0"},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+
+
+def _signal_after_epoch(proc: subprocess.Popen, run_dir: Path, sig: signal.Signals, epoch: int = 1) -> int:
+    """Send ``sig`` as soon as last.ckpt holds epoch >= ``epoch``; returns the epoch it holds."""
+    last, seen, deadline = run_dir / "checkpoints" / "last.ckpt", None, time.monotonic() + 300
+    while proc.poll() is None and time.monotonic() < deadline:
+        stat = last.stat() if last.is_file() else None
+        if stat and (stat.st_ino, stat.st_mtime_ns) != seen:
+            seen = (stat.st_ino, stat.st_mtime_ns)
+            held = torch.load(last, map_location="cpu", weights_only=False, mmap=True)["epoch"]
+            if held >= epoch:
+                proc.send_signal(sig)
+                proc.wait(timeout=120)
+                return held
+        time.sleep(0.01)
+    proc.kill()
+    pytest.fail(f"the run ended (rc={proc.poll()}) before last.ckpt reached epoch {epoch}")
+
+
+def _resume_and_compare(run_dir: Path, uninterrupted: dict) -> None:
+    args = shlex.split(resume_command(run_dir))[3:]  # the printed command, without "python -m tlx"
+    proc = run_cli(*args)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"Restoring states from the checkpoint path at {run_dir / 'checkpoints' / 'last.ckpt'}" in (
+        proc.stdout + proc.stderr
+    )
+    resumed = read_results(run_dir)
+    assert resumed["status"] == "ok"
+    assert resumed["metrics"].keys() == uninterrupted["metrics"].keys()
+    assert {"val/acc", "val/f1", "test/acc", "test/f1", "test/loss"} <= resumed["metrics"].keys()
+    for key, value in uninterrupted["metrics"].items():
+        assert resumed["metrics"][key] == pytest.approx(value, abs=1e-6), key
+    assert resumed["best_epoch"] == uninterrupted["best_epoch"] and resumed["epochs"] == uninterrupted["epochs"]
+    assert resumed["per_class"] == uninterrupted["per_class"]
+
+
+def test_killed_run_resumes_to_the_same_result(photos, uninterrupted, tmp_path):
+    run_dir = tmp_path / "run"
+    proc = _start(run_dir, photos)
+    held = _signal_after_epoch(proc, run_dir, signal.SIGKILL)
+    assert proc.returncode == -signal.SIGKILL
+    assert 1 <= held < EPOCHS - 1 and read_results(run_dir) is None  # killed mid-training, nothing written
+    _resume_and_compare(run_dir, uninterrupted)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_interrupt_records_the_run_and_says_how_to_resume(photos, uninterrupted, tmp_path, sig):
+    run_dir = tmp_path / "run"
+    proc = _start(run_dir, photos)
+    _signal_after_epoch(proc, run_dir, sig)
+    output = (tmp_path / "run.log").read_text()
+    assert proc.returncode == (1 if sig == signal.SIGINT else 128 + signal.SIGTERM), output[-3000:]
+    results = read_results(run_dir)
+    assert results["status"] == "interrupted" and 1 <= results["epochs_done"] < EPOCHS, results
+    assert results["best_so_far"]["epoch"] < results["epochs_done"] and "val/acc" in results["best_so_far"]
+    assert results["resume"] == resume_command(run_dir) and f"resume with: {results['resume']}" in output
+    assert not list(run_dir.glob(".*.tmp"))  # results.json was written whole (temporary file, then rename)
+    if sig == signal.SIGINT:  # the resumed run is the same as after a kill; once is enough
+        _resume_and_compare(run_dir, uninterrupted)

@@ -1,0 +1,103 @@
+"""A tiny real sweep through the command line: failed jobs do not stop it, the report appears, a re-run resumes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from tests.conftest import run_cli
+
+# TINY without its data size: the sweep chooses that.
+SWEEP_TINY = [
+    "backbone.image_size=32",
+    "data.batch_size=8",
+    "data.num_workers=0",
+    "trainer.max_epochs=2",
+    "trainer.enable_progress_bar=false",
+]
+IMPOSSIBLE = """# @package _global_
+# A strategy that cannot be built: EfficientNet-Lite0 has 8 stages.
+defaults:
+  - override /freeze: last_n
+freeze:
+  n: 99
+"""
+
+
+def _results(sweep: Path) -> dict[str, dict]:
+    return {p.parent.name: json.loads(p.read_text()) for p in sweep.rglob("results.json")}
+
+
+def test_sweep_reports_failures_and_resumes(tmp_path: Path) -> None:
+    (tmp_path / "conf" / "strategy").mkdir(parents=True)
+    (tmp_path / "conf" / "strategy" / "impossible.yaml").write_text(IMPOSSIBLE)
+    sweep = tmp_path / "sweep"
+    args = [
+        "-m",
+        f"hydra.sweep.dir={sweep}",
+        f"hydra.searchpath=[file://{tmp_path / 'conf'}]",
+        f"cache.dir={tmp_path / 'cache'}",
+        *SWEEP_TINY,
+        "data.samples_per_class=2,4",
+        "strategy=head_only,impossible",
+    ]
+    first = run_cli(*args)
+    assert first.returncode == 0, first.stderr[-3000:]
+    results = _results(sweep)
+    assert len(results) == 4
+    status = {name: r["status"] for name, r in results.items()}
+    assert sorted(status.values()) == ["failed", "failed", "ok", "ok"]
+    assert all("freeze.n=99" in r["error"] for r in results.values() if r["status"] == "failed")
+
+    md = (sweep / "report.md").read_text()
+    assert (sweep / "report.csv").is_file() and (sweep / "report.png").stat().st_size > 0
+    header = next(line for line in md.splitlines() if line.startswith("| samples per class"))
+    assert "head_only" in header and "last_n(99)" in header
+    for size in (2, 4):
+        row = next(line for line in md.splitlines() if line.startswith(f"| {size} |"))
+        assert "★ (n=1)" in row and "failed (1)" in row
+    assert "## Failed jobs" in md
+
+    # Same command again: the finished jobs are skipped (results untouched), the failed ones run again.
+    ok_files = {
+        p: p.stat().st_mtime_ns for p in sweep.rglob("results.json") if json.loads(p.read_text())["status"] == "ok"
+    }
+    second = run_cli(*args)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert (second.stdout + second.stderr).count("results.json is complete") == 2
+    assert all(p.stat().st_mtime_ns == t for p, t in ok_files.items())
+
+
+def test_local_parallel_launcher_runs_jobs_in_processes(tmp_path: Path) -> None:
+    sweep = tmp_path / "sweep"
+    done = run_cli(
+        "-m",
+        "hydra/launcher=local_parallel",
+        "hydra.launcher.n_jobs=2",
+        f"hydra.sweep.dir={sweep}",
+        f"cache.dir={tmp_path / 'cache'}",
+        *SWEEP_TINY,
+        "data.samples_per_class=2,4",
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = _results(sweep)
+    assert len(results) == 2 and all(r["status"] == "ok" for r in results.values())
+    assert "Joblib.Parallel(n_jobs=2" in done.stdout + done.stderr
+    assert (sweep / "report.md").is_file()
+
+
+def test_ddp_on_cpu_writes_results_once(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    done = run_cli(
+        "trainer=ddp",
+        "trainer.accelerator=cpu",
+        "trainer.devices=2",
+        "trainer.sync_batchnorm=false",
+        f"hydra.run.dir={run_dir}",
+        f"cache.dir={tmp_path / 'cache'}",
+        *SWEEP_TINY,
+        "data.samples_per_class=4",
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads((run_dir / "results.json").read_text())["status"] == "ok"
+    assert done.stdout.count("run dir") == 1  # the summary of rank 0 only

@@ -1,0 +1,128 @@
+"""``python -m tlx.export run_dir=<run>``: the trained network to TorchScript and ONNX, with its preprocessing.
+
+Both files map normalised images (B, 3, H, W) at the run's input size to logits (B, K); ``meta.json`` beside them
+holds the class names and how to get from a photo to that input (resize, centre crop, mean/std), as timm's eval
+transform does. Softmax of the logits gives the probabilities ``tlx.predict`` writes.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import math
+import sys
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import MISSING
+
+from tlx.backbones import ConfigError
+from tlx.data import write_json_atomic
+from tlx.predict import TrainedModel, load_run, parse_args
+
+log = logging.getLogger(__name__)
+
+FORMATS = {"torchscript": "model.pt", "onnx": "model.onnx"}
+
+
+def export_torchscript(model: TrainedModel, path: Path) -> Path:
+    """Trace the network at the run's input size (TF-style "same" padding is fixed for that size)."""
+    example = torch.zeros(1, *model.data_config["input_size"])  # (1, 3, H, W)
+    with warnings.catch_warnings():
+        # Deprecated in favour of torch.export, but still the format any libtorch runtime loads.
+        warnings.filterwarnings("ignore", message=r".*torch\.jit\.trace.* is deprecated")
+        traced = torch.jit.trace(model.net.eval(), example)
+    traced.save(str(path))
+    return path
+
+
+def export_onnx(model: TrainedModel, path: Path, opset: int = 17) -> Path:
+    """ONNX with a dynamic batch dimension, by torch's TorchScript-based exporter (needs only the onnx package)."""
+    if importlib.util.find_spec("onnx") is None:
+        raise ConfigError("ONNX export needs the onnx package: pip install 'tlx[export]', or formats=[torchscript]")
+    example = torch.zeros(1, *model.data_config["input_size"])  # (1, 3, H, W)
+    with warnings.catch_warnings():
+        # torch >= 2.9 defaults to the torch.export-based exporter, which needs onnxscript; the legacy one is enough.
+        warnings.filterwarnings("ignore", message=r".*legacy TorchScript-based ONNX export.*")
+        warnings.filterwarnings("ignore", message=r".*torch\.jit\.trace.* is deprecated")
+        torch.onnx.export(
+            model.net.eval(),
+            (example,),
+            str(path),
+            dynamo=False,
+            opset_version=opset,
+            input_names=["image"],
+            output_names=["logits"],
+            dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}},
+        )
+    return path
+
+
+def preprocessing(data_config: dict[str, Any]) -> dict[str, Any]:
+    """What timm's eval transform does to a photo before the network, spelled out for other runtimes."""
+    size = int(data_config["input_size"][-1])
+    crop_pct = float(data_config.get("crop_pct", 1.0))
+    return {
+        "input_size": list(data_config["input_size"]),
+        "resize_shorter_side_to": math.floor(size / crop_pct),
+        "interpolation": data_config["interpolation"],
+        "center_crop": size,
+        "crop_pct": crop_pct,
+        "crop_mode": data_config.get("crop_mode", "center"),
+        "mean": list(data_config["mean"]),
+        "std": list(data_config["std"]),
+        "color": "RGB, scaled to [0, 1], then (x - mean) / std per channel",
+        "layout": "NCHW float32",
+    }
+
+
+def export(run_dir: Path, formats: list[str], out: Path | None = None, checkpoint: str = "best") -> dict[str, Any]:
+    """Export the run's network in ``formats`` into ``out`` (default ``<run_dir>/export``); returns meta.json."""
+    unknown = sorted(set(formats) - set(FORMATS))
+    if unknown or not formats:
+        raise ConfigError(f"unknown export format(s) {unknown or formats}; use formats=[{','.join(FORMATS)}]")
+    model = load_run(run_dir, checkpoint)
+    out = Path(out).expanduser() if out else Path(run_dir) / "export"
+    out.mkdir(parents=True, exist_ok=True)
+    writers = {"torchscript": export_torchscript, "onnx": export_onnx}
+    files = {fmt: writers[fmt](model, out / FORMATS[fmt]).name for fmt in formats}
+    meta = {
+        "classes": model.classes,
+        "backbone": model.backbone,
+        "checkpoint": str(model.checkpoint),
+        "files": files,
+        "output": "logits (B, K); softmax gives the class probabilities",
+        "preprocessing": preprocessing(model.data_config),
+    }
+    write_json_atomic(out / "meta.json", meta)
+    log.info("exported %s to %s", ", ".join(files.values()), out)
+    return meta
+
+
+@dataclass
+class _Args:
+    run_dir: str = MISSING
+    formats: Any = field(default_factory=lambda: list(FORMATS))  # a list, or one format name
+    out: str | None = None
+    checkpoint: str = "best"
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Command line: export and print what was written where."""
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        args = parse_args(sys.argv[1:] if argv is None else argv, _Args)
+        formats = [args.formats] if isinstance(args.formats, str) else list(args.formats)
+        meta = export(Path(args.run_dir), formats, Path(args.out) if args.out else None, args.checkpoint)
+    except ConfigError as e:
+        print(f"tlx.export: error: {e}", file=sys.stderr)
+        sys.exit(2)
+    out = Path(args.out) if args.out else Path(args.run_dir) / "export"
+    print(f"{', '.join(meta['files'].values())} and meta.json -> {out}")
+
+
+if __name__ == "__main__":
+    main()

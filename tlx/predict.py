@@ -1,0 +1,229 @@
+"""``python -m tlx.predict run_dir=<run> inputs=<file or folder>``: top-k labels and probabilities per image.
+
+Everything comes from the run directory: the network is rebuilt from ``.hydra/config.yaml`` in the order ``tlx.run``
+builds it, its weights from ``checkpoints/best.ckpt``, the class names from ``files.json`` and the transform from
+the backbone's data config (the eval transform used for validation and test).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import sys
+import textwrap
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from hydra.utils import instantiate
+from omegaconf import MISSING, OmegaConf
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
+from tqdm import tqdm
+
+from tlx.backbones import ConfigError
+from tlx.data import IMAGE_SUFFIXES, FileSamples, ImageData, write_json_atomic
+from tlx.heads import Network
+from tlx.results import resume_command
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainedModel:
+    """A trained network and what it needs to read images, loaded from a run directory.
+
+    Attributes:
+        net: backbone + head in eval mode; ``net(x)`` maps (B, 3, H, W) normalised images to logits (B, K).
+        classes: class names, in label order.
+        data_config: the backbone's data config (input_size, mean, std, interpolation, crop_pct, crop_mode).
+        checkpoint: the checkpoint the weights came from.
+        backbone: timm model name.
+    """
+
+    net: Network
+    classes: list[str]
+    data_config: dict[str, Any]
+    checkpoint: Path
+    backbone: str
+
+
+def load_run(run_dir: Path, checkpoint: str = "best") -> TrainedModel:
+    """Rebuild the network of a finished (or interrupted) run and load its checkpoint.
+
+    Args:
+        run_dir: a ``python -m tlx`` run directory (it holds ``.hydra/config.yaml`` and ``files.json``).
+        checkpoint: ``best``, ``last`` or a path to a ``.ckpt`` file.
+    """
+    run_dir = Path(run_dir).expanduser()
+    if not run_dir.is_dir():
+        raise ConfigError(f"run directory not found: {run_dir}; set run_dir=<a run directory of python -m tlx>")
+    config, files = run_dir / ".hydra" / "config.yaml", run_dir / "files.json"
+    if not config.is_file() or not files.is_file():
+        raise ConfigError(
+            f"{run_dir} is not a tlx run directory (it needs .hydra/config.yaml and files.json); "
+            "set run_dir=<a run directory of python -m tlx>"
+        )
+    if checkpoint in ("best", "last"):
+        ckpt = run_dir / "checkpoints" / f"{checkpoint}.ckpt"
+        if not ckpt.is_file():
+            raise ConfigError(
+                f"no checkpoint at {ckpt}: the run has not finished an epoch; finish it with: {resume_command(run_dir)}"
+            )
+    else:
+        ckpt = Path(checkpoint).expanduser()
+        if not ckpt.is_file():
+            raise ConfigError(
+                f"checkpoint file not found: {ckpt}; use checkpoint=best, checkpoint=last or a .ckpt file"
+            )
+    cfg = OmegaConf.load(config)
+    classes = json.loads(files.read_text())["classes"]
+    # Same order as tlx.run (a reinit_last head rebuilds the backbone's tail). No pretrained weights: the checkpoint
+    # holds every tensor, and the shapes do not depend on them (load_state_dict below is strict).
+    backbone = instantiate(cfg.backbone, pretrained=False)
+    head = instantiate(cfg.head)(backbone=backbone, num_classes=len(classes))
+    net = Network(backbone, head)
+    state = torch.load(ckpt, map_location="cpu", weights_only=True).get("state_dict", {})
+    try:
+        net.load_state_dict({k.removeprefix("net."): v for k, v in state.items() if k.startswith("net.")})
+    except RuntimeError as e:  # missing, unexpected or differently shaped tensors
+        detail = textwrap.shorten(str(e).splitlines()[-1], 160, placeholder="...")
+        raise ConfigError(
+            f"{ckpt} does not fit the network of {run_dir} ({detail}); use this run's own checkpoint"
+        ) from e
+    log.info("loaded %s (%s, %d classes)", ckpt, backbone.name, len(classes))
+    return TrainedModel(net.eval(), classes, backbone.data_config, ckpt.resolve(), backbone.name)
+
+
+def find_images(inputs: Path) -> list[Path]:
+    """The image file ``inputs``, or every image file below the folder ``inputs`` (sorted, hidden files skipped)."""
+    inputs = Path(inputs).expanduser()
+    if inputs.is_file():
+        return [inputs]
+    if not inputs.is_dir():
+        raise ConfigError(f"inputs not found: {inputs}; set inputs=<an image file or a folder of images>")
+    images = sorted(
+        p
+        for p in inputs.rglob("*")
+        if p.is_file()
+        and p.suffix.lower() in IMAGE_SUFFIXES
+        and not any(part.startswith(".") for part in p.relative_to(inputs).parts)
+    )
+    if not images:
+        raise ConfigError(
+            f"no images in {inputs} (looked for {', '.join(sorted(IMAGE_SUFFIXES))}); set "
+            "inputs=<an image file or a folder of images>"
+        )
+    return images
+
+
+def predict(
+    model: TrainedModel,
+    paths: list[Path],
+    top_k: int = 3,
+    batch_size: int = 64,
+    num_workers: int | str = 0,
+    device: str = "cpu",
+) -> tuple[list[dict[str, Any]], list[str]]:
+    """Top-k classes of every readable image, decoded and transformed exactly as the run's validation images.
+
+    Returns:
+        One ``{"path", "labels", "probs"}`` record per readable image (most probable first), and the paths of the
+        unreadable files that were skipped (each logged as a warning).
+    """
+    if not 1 <= top_k <= len(model.classes):
+        raise ConfigError(
+            f"top_k={top_k} but the model has {len(model.classes)} classes; use 1 <= top_k <= {len(model.classes)}"
+        )
+    data = ImageData(model.data_config, batch_size=batch_size, num_workers=num_workers, on_bad_image="skip")
+    data.samples = {"predict": data.check_images(FileSamples(paths, [0] * len(paths)))}
+    samples = data.samples["predict"]
+    net = model.net.to(device)
+    records = []
+    with torch.inference_mode():
+        batches = tqdm(data.loader(data.dataset("predict")), desc="predicting", unit="batch", disable=None)
+        for x, _ in batches:
+            probs = net(x.to(device)).softmax(dim=1)  # (B, K)
+            top = probs.topk(top_k, dim=1)
+            for p, i in zip(top.values.tolist(), top.indices.tolist(), strict=True):
+                path = samples.paths[len(records)]
+                records.append({"path": str(path), "labels": [model.classes[j] for j in i], "probs": p})
+    return records, data.bad_images
+
+
+def write_predictions(path: Path, records: list[dict[str, Any]], top_k: int, meta: dict[str, Any]) -> None:
+    """CSV (``path, label_1, prob_1, ...``) or JSON (``meta`` plus the records), chosen by the file's suffix."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix == ".json":
+        write_json_atomic(path, {**meta, "predictions": records})
+        return
+    tmp = path.with_name(f".{path.name}.tmp")
+    with tmp.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["path"] + [f"{c}_{k}" for k in range(1, top_k + 1) for c in ("label", "prob")])
+        for r in records:
+            writer.writerow([r["path"]] + [v for pair in zip(r["labels"], r["probs"], strict=True) for v in pair])
+    tmp.replace(path)
+
+
+@dataclass
+class _Args:
+    run_dir: str = MISSING
+    inputs: str = MISSING
+    output: str = "predictions.csv"
+    top_k: int = 3
+    batch_size: int = 64
+    num_workers: Any = "auto"  # auto: one loader process per core beyond the first, at most 8
+    checkpoint: str = "best"
+    device: str = "auto"
+
+
+def parse_args(argv: list[str], schema: type) -> Any:
+    """``key=value`` arguments checked against the dataclass ``schema`` (unknown keys and bad types are errors)."""
+    base = OmegaConf.structured(schema)
+    try:
+        args = OmegaConf.merge(base, OmegaConf.from_cli(argv))
+        missing = sorted(OmegaConf.missing_keys(args))
+        if missing:
+            raise ConfigError(f"missing {', '.join(missing)}: give {' '.join(f'{k}=...' for k in missing)}")
+        return OmegaConf.to_object(args)
+    except ConfigKeyError as e:
+        raise ConfigError(f"unknown option '{e.full_key}'; the options are {', '.join(f'{k}=' for k in base)}") from e
+    except OmegaConfBaseException as e:
+        raise ConfigError(f"{e.full_key}: {str(e).splitlines()[0]}") from e
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Command line: write the predictions file and print where it went."""
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        args = parse_args(sys.argv[1:] if argv is None else argv, _Args)
+        if Path(args.output).suffix not in (".csv", ".json"):
+            raise ConfigError(f"output={args.output}: use a .csv or .json file name")
+        device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+        model = load_run(Path(args.run_dir), args.checkpoint)
+        records, skipped = predict(
+            model, find_images(Path(args.inputs)), args.top_k, args.batch_size, args.num_workers, device
+        )
+        if not records:
+            raise ConfigError(f"none of the images in {args.inputs} could be read ({len(skipped)} skipped)")
+        meta = {
+            "run_dir": str(Path(args.run_dir).resolve()),
+            "checkpoint": str(model.checkpoint),
+            "classes": model.classes,
+            "skipped": skipped,
+        }
+        write_predictions(Path(args.output), records, args.top_k, meta)
+    except ConfigError as e:
+        print(f"tlx.predict: error: {e}", file=sys.stderr)
+        sys.exit(2)
+    print(
+        f"{len(records)} predictions -> {args.output}"
+        + (f" ({len(skipped)} unreadable files skipped)" if skipped else "")
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,333 @@
+"""The sweep report: ``python -m tlx.report <multirun dir> [--metric test/acc]``, and automatically after a sweep.
+
+Reads every job's ``results.json`` and ``.hydra/config.yaml`` under the multirun directory and writes there
+``report.md`` (rows = samples per class, columns = strategy, cells = mean +- std over seeds, best per row marked),
+``report.csv`` (one row per cell) and ``report.png`` (the metric against samples per class, one line per strategy).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import logging
+import math
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hydra.experimental.callback import Callback
+from matplotlib.figure import Figure
+from omegaconf import DictConfig, OmegaConf
+
+from tlx.results import RESULTS, read_results
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Job:
+    """One sweep job as the report sees it."""
+
+    path: str
+    samples_per_class: int | None
+    fraction: float | None
+    strategy: str
+    seed: int | None
+    overrides: list[str]
+    status: str
+    value: float | None = None
+    trainable: int | None = None
+    wall_s: float | None = None
+    train_per_class: float | None = None
+    error: str | None = None
+
+
+@dataclass
+class Cell:
+    """The jobs of one (data size, strategy) pair, summarised over seeds."""
+
+    regime: str
+    strategy: str
+    x: float
+    values: list[float] = field(default_factory=list)
+    failed: int = 0
+    trainable: list[int] = field(default_factory=list)
+    wall_s: list[float] = field(default_factory=list)
+    best: bool = False
+
+    @property
+    def mean(self) -> float | None:
+        return statistics.fmean(self.values) if self.values else None
+
+    @property
+    def std(self) -> float | None:
+        return statistics.stdev(self.values) if len(self.values) > 1 else None
+
+
+def strategy_label(cfg: DictConfig) -> str:
+    """A short name for what trains, from ``freeze`` and ``head``: head_only, last_n(2), reinit_last(1), full."""
+    mode = OmegaConf.select(cfg, "freeze.mode")
+    head = str(OmegaConf.select(cfg, "head._target_", default="")).rsplit(".", 1)[-1]
+    frozen = {"head_only": "head_only", "none": "full"}.get(mode, f"{mode}({OmegaConf.select(cfg, 'freeze.n')})")
+    if head == "ReinitLastHead":
+        reinit = f"reinit_last({OmegaConf.select(cfg, 'head.n')})"
+        return reinit if mode == "head_only" else f"{reinit}+{frozen}"
+    return frozen if head in ("LinearHead", "") else f"{frozen}+{head.removesuffix('Head').lower()}"
+
+
+def collect_jobs(sweep_dir: Path, metric: str = "test/acc") -> list[Job]:
+    """Every job under ``sweep_dir`` (any depth): those with a results.json and those that never wrote one."""
+    sweep_dir = Path(sweep_dir)
+    configs = sweep_dir.rglob(".hydra/config.yaml")
+    dirs = {p.parent for p in sweep_dir.rglob(RESULTS)} | {p.parent.parent for p in configs}
+    jobs = []
+    for d in sorted(dirs):
+        if not (d / ".hydra" / "config.yaml").is_file():
+            log.warning("skipping %s: no .hydra/config.yaml beside results.json", d)
+            continue
+        cfg = OmegaConf.load(d / ".hydra" / "config.yaml")
+        overrides_file = d / ".hydra" / "overrides.yaml"
+        job = Job(
+            path=str(d.relative_to(sweep_dir)),
+            samples_per_class=OmegaConf.select(cfg, "data.samples_per_class"),
+            fraction=OmegaConf.select(cfg, "data.fraction"),
+            strategy=strategy_label(cfg),
+            seed=OmegaConf.select(cfg, "seed"),
+            overrides=list(OmegaConf.load(overrides_file)) if overrides_file.is_file() else [],
+            status="incomplete",
+            error="no results.json (the job was killed, or is still running)",
+        )
+        results = read_results(d)
+        if results is not None:
+            job.status, job.error = results.get("status", "unknown"), results.get("error")
+        if job.status == "ok":
+            job.value = results.get("metrics", {}).get(metric)
+            job.trainable = results.get("params", {}).get("trainable")
+            job.wall_s = results.get("timing", {}).get("total_s")
+            counts = results.get("data", {})
+            if counts.get("train") and counts.get("num_classes"):
+                job.train_per_class = counts["train"] / counts["num_classes"]
+            if job.value is None:
+                job.status, job.error = "failed", f"no {metric} in results.json"
+        jobs.append(job)
+    return jobs
+
+
+def summarize(jobs: list[Job], lower_is_better: bool = False) -> tuple[list[str], list[str], dict]:
+    """Group jobs into cells; returns the row labels (by data size), column labels (by trainable parameters) and
+    the cells keyed by (row, column), with the best cell of each row marked."""
+    cells: dict[tuple[str, str], Cell] = {}
+    for job in jobs:
+        regime = _regime(job)
+        cell = cells.setdefault((regime, job.strategy), Cell(regime, job.strategy, math.nan))
+        if job.status == "ok":
+            cell.values.append(float(job.value))
+            cell.wall_s += [job.wall_s] if job.wall_s is not None else []
+            cell.trainable += [job.trainable] if job.trainable is not None else []
+        else:
+            cell.failed += 1
+    # x of a row: the samples per class asked for, else the training images per class the jobs actually had.
+    for regime in {c.regime for c in cells.values()}:
+        row_jobs = [j for j in jobs if _regime(j) == regime]
+        asked = row_jobs[0].samples_per_class
+        had = [j.train_per_class for j in row_jobs if j.train_per_class]
+        x = float(asked) if asked is not None else (statistics.median(had) if had else math.nan)
+        for cell in cells.values():
+            if cell.regime == regime:
+                cell.x = x
+    rows = sorted({c.regime for c in cells.values()}, key=lambda r: _row_key(cells, r))
+    params = {s: [p for c in cells.values() if c.strategy == s for p in c.trainable] for _, s in cells}
+    columns = sorted(params, key=lambda s: (not params[s], statistics.median(params[s]) if params[s] else 0, s))
+    for row in rows:
+        scored = [c for (r, _), c in cells.items() if r == row and c.values]
+        if scored:
+            pick = min if lower_is_better else max
+            pick(scored, key=lambda c: c.mean).best = True
+    return rows, columns, cells
+
+
+def write_report(sweep_dir: Path, metric: str = "test/acc") -> dict[str, Path]:
+    """Write report.md, report.csv and report.png into ``sweep_dir``; returns their paths."""
+    sweep_dir = Path(sweep_dir)
+    jobs = collect_jobs(sweep_dir, metric)
+    lower_is_better = "loss" in metric
+    rows, columns, cells = summarize(jobs, lower_is_better)
+    paths = {"md": sweep_dir / "report.md", "csv": sweep_dir / "report.csv", "png": sweep_dir / "report.png"}
+    paths["md"].write_text(_markdown(sweep_dir, jobs, rows, columns, cells, metric, lower_is_better))
+    _write_csv(paths["csv"], rows, columns, cells, metric)
+    _plot(paths["png"], rows, columns, cells, metric)
+    n_ok = sum(j.status == "ok" for j in jobs)
+    log.info("sweep report for %d jobs (%d ok, %d failed): %s", len(jobs), n_ok, len(jobs) - n_ok, paths["md"])
+    return paths
+
+
+class SweepReport(Callback):
+    """Hydra callback: write the report into the sweep directory when a multirun ends; never fails the sweep.
+
+    Args:
+        metric: the results.json metric to compare, e.g. ``test/acc`` or ``val/f1``.
+    """
+
+    def __init__(self, metric: str = "test/acc") -> None:
+        self.metric = metric
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        try:
+            write_report(Path(config.hydra.sweep.dir), self.metric)
+        except Exception:  # the jobs' results are already on disk; a broken report must not turn the sweep red
+            log.exception(
+                "could not write the sweep report; retry with: python -m tlx.report %s", config.hydra.sweep.dir
+            )
+
+
+def _regime(job: Job) -> str:
+    if job.samples_per_class is not None:
+        return str(job.samples_per_class)
+    return f"fraction {job.fraction:g}" if job.fraction is not None else "all"
+
+
+def _row_key(cells: dict[tuple[str, str], Cell], row: str) -> tuple[bool, float, str]:
+    x = next(c.x for (r, _), c in cells.items() if r == row)
+    return math.isnan(x), 0.0 if math.isnan(x) else x, row
+
+
+def _cell_text(cell: Cell | None) -> str:
+    if cell is None:
+        return ""
+    if not cell.values:
+        return f"failed ({cell.failed})"
+    text = f"{cell.mean:.4f}" + (f" ± {cell.std:.4f}" if cell.std is not None else "")
+    text = f"**{text}** ★" if cell.best else text
+    return text + f" (n={len(cell.values)}" + (f", {cell.failed} failed)" if cell.failed else ")")
+
+
+def _markdown(
+    sweep_dir: Path,
+    jobs: list[Job],
+    rows: list[str],
+    columns: list[str],
+    cells: dict,
+    metric: str,
+    lower_is_better: bool,
+) -> str:
+    n_ok = sum(j.status == "ok" for j in jobs)
+    total_s = sum(j.wall_s or 0.0 for j in jobs)
+    lines = [
+        f"# Sweep report: {metric}",
+        "",
+        f"`{sweep_dir}`: {len(jobs)} jobs, {n_ok} ok, {len(jobs) - n_ok} failed; {total_s / 60:.1f} min of job time.",
+        f"Cells: mean ± std of {metric} over seeds (n = finished seeds); ★ = best strategy of the row "
+        f"({'lowest' if lower_is_better else 'highest'} mean). Columns go from fewest to most trainable parameters.",
+        "",
+        "| samples per class | " + " | ".join(columns) + " |",
+        "| ---: |" + " :---: |" * len(columns),
+    ]
+    lines += [f"| {row} | " + " | ".join(_cell_text(cells.get((row, s))) for s in columns) + " |" for row in rows]
+    params = [sorted({p for c in cells.values() if c.strategy == s for p in c.trainable}) for s in columns]
+    lines.append(
+        "| trainable params | "
+        + " | ".join("" if not p else f"{p[0]:,}" if len(p) == 1 else f"{p[0]:,}–{p[-1]:,}" for p in params)
+        + " |"
+    )
+    lines += [
+        "",
+        "## Mean wall time per job (s)",
+        "",
+        "| samples per class | " + " | ".join(columns) + " |",
+        "| ---: |" + " ---: |" * len(columns),
+    ]
+    for row in rows:
+        times = [cells.get((row, s)) for s in columns]
+        lines.append(
+            f"| {row} | "
+            + " | ".join(f"{statistics.fmean(c.wall_s):.1f}" if c is not None and c.wall_s else "" for c in times)
+            + " |"
+        )
+    failed = [j for j in jobs if j.status != "ok"]
+    if failed:
+        lines += ["", "## Failed jobs", ""]
+        lines += [f"- `{j.path}` ({j.status}): {j.error or 'no error recorded'}" for j in failed]
+    return "\n".join(lines) + "\n"
+
+
+def _write_csv(path: Path, rows: list[str], columns: list[str], cells: dict, metric: str) -> None:
+    with path.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(
+            [
+                "samples_per_class",
+                "strategy",
+                "metric",
+                "mean",
+                "std",
+                "n",
+                "n_failed",
+                "best",
+                "trainable_params",
+                "wall_s_mean",
+            ]
+        )
+        for row in rows:
+            for s in columns:
+                c = cells.get((row, s))
+                if c is None:
+                    continue
+                writer.writerow(
+                    [
+                        row,
+                        s,
+                        metric,
+                        _blank(c.mean),
+                        _blank(c.std),
+                        len(c.values),
+                        c.failed,
+                        c.best,
+                        c.trainable[0] if c.trainable else "",
+                        round(statistics.fmean(c.wall_s), 2) if c.wall_s else "",
+                    ]
+                )
+
+
+def _blank(v: float | None) -> float | str:
+    return "" if v is None else v
+
+
+def _plot(path: Path, rows: list[str], columns: list[str], cells: dict, metric: str) -> None:
+    fig = Figure(figsize=(6.4, 4.4), layout="constrained")  # Agg canvas, no pyplot state
+    ax = fig.add_subplot()
+    for s in columns:
+        points = [c for r in rows if (c := cells.get((r, s))) is not None and c.values and not math.isnan(c.x)]
+        if points:
+            ax.errorbar(
+                [c.x for c in points],
+                [c.mean for c in points],
+                yerr=[c.std or 0.0 for c in points],
+                marker="o",
+                capsize=3,
+                label=s,
+            )
+    ax.set_xscale("log")
+    ax.set_xlabel("training images per class")
+    ax.set_ylabel(metric)
+    ax.set_title(f"{metric} vs data size (mean ± std over seeds)")
+    ax.grid(True, which="both", alpha=0.3)
+    if ax.has_data():
+        ax.legend(title="strategy")
+    fig.savefig(path, dpi=120)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Command line: ``python -m tlx.report <multirun dir> [--metric test/acc]``."""
+    parser = argparse.ArgumentParser(prog="python -m tlx.report", description=__doc__.splitlines()[0])
+    parser.add_argument("sweep_dir", type=Path, help="a multirun directory (hydra.sweep.dir)")
+    parser.add_argument("--metric", default="test/acc", help="results.json metric to compare (default: test/acc)")
+    args = parser.parse_args(argv)
+    if not args.sweep_dir.is_dir():
+        parser.error(f"no such directory: {args.sweep_dir}")
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    write_report(args.sweep_dir, args.metric)
+
+
+if __name__ == "__main__":
+    main()
