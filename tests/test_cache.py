@@ -154,3 +154,14 @@ def test_find_cut_is_pooled_for_head_only():
     net = Network(backbone, LinearHead(backbone, num_classes=2))
     Freeze("head_only").apply(net, backbone.stage_groups())
     assert find_cut(net) == "pooled"
+
+
+def test_concurrent_writers_of_one_entry_leave_a_valid_entry(cache_dir):
+    from concurrent.futures import ThreadPoolExecutor
+
+    cache = FeatureCache(dir=str(cache_dir))
+    features = torch.randn(500, 1280)
+    with ThreadPoolExecutor(4) as pool:  # four "sweep jobs" storing the same entry at the same time
+        list(pool.map(lambda _: cache.save("ab" * 20, features, {"n": 500}), range(8)))
+    assert torch.equal(cache.load("ab" * 20), features)
+    assert not list(cache_dir.glob("*/.*.tmp"))

@@ -89,7 +89,10 @@ def train(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
         "metrics": {**{k: v for k, v in best.items() if k.startswith("val/")},
                     **{k: float(v) for k, v in tested.items()}},
         "best_epoch": best.get("epoch"),
-        "per_class": {"classes": data.classes, **module.detail_results.get("test", {})},
+        # Per-class accuracy and confusion matrix (rows: true class) of the tested checkpoint's val epoch and of test.
+        "per_class": {"classes": data.classes,
+                      "val": {k: best[k] for k in ("per_class_acc", "confusion") if k in best},
+                      test_split: module.detail_results.get("test", {})},
         "test_split": test_split,
         "params": params,
         "timing": {"total_s": round(time.perf_counter() - start, 3), "extract_s": cache_info["extract_s"],
