@@ -122,3 +122,12 @@ def test_callback_never_fails_the_sweep(tmp_path: Path, caplog: pytest.LogCaptur
 )
 def test_strategy_label(freeze: dict, head: dict, label: str) -> None:
     assert strategy_label(OmegaConf.create({"freeze": freeze, "head": head})) == label
+
+
+def test_cells_that_pool_different_settings_are_flagged(tmp_path: Path) -> None:
+    root = tmp_path / "multirun"
+    for seed in (0, 1):
+        d = _job(root, 10, "head_only", seed, _ok(0.7, 12_810, 10))
+        (d / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump([f"seed={seed}", f"optim.lr={seed + 1}e-3"]))
+    md = write_report(root)["md"].read_text()
+    assert "cells that average different settings" in md and "optim.lr=1e-3, optim.lr=2e-3" in md

@@ -59,13 +59,12 @@ def test_sweep_reports_failures_and_resumes(tmp_path: Path) -> None:
     assert "## Failed jobs" in md
 
     # Same command again: the finished jobs are skipped (results untouched), the failed ones run again.
-    ok_files = {
-        p: p.stat().st_mtime_ns for p in sweep.rglob("results.json") if json.loads(p.read_text())["status"] == "ok"
-    }
+    before = {p: (json.loads(p.read_text())["status"], p.stat().st_mtime_ns) for p in sweep.rglob("results.json")}
     second = run_cli(*args)
     assert second.returncode == 0, second.stderr[-3000:]
     assert (second.stdout + second.stderr).count("results.json is complete") == 2
-    assert all(p.stat().st_mtime_ns == t for p, t in ok_files.items())
+    for p, (status, mtime) in before.items():
+        assert (p.stat().st_mtime_ns == mtime) == (status == "ok"), p.parent.name
 
 
 def test_local_parallel_launcher_runs_jobs_in_processes(tmp_path: Path) -> None:

@@ -24,6 +24,8 @@ from tlx.results import RESULTS, read_results
 
 log = logging.getLogger(__name__)
 
+_CSV_FIELDS = "samples_per_class strategy metric mean std n n_failed best trainable_params wall_s_mean".split()
+
 
 @dataclass
 class Job:
@@ -33,7 +35,6 @@ class Job:
     samples_per_class: int | None
     fraction: float | None
     strategy: str
-    seed: int | None
     overrides: list[str]
     status: str
     value: float | None = None
@@ -49,12 +50,25 @@ class Cell:
 
     regime: str
     strategy: str
-    x: float
-    values: list[float] = field(default_factory=list)
-    failed: int = 0
-    trainable: list[int] = field(default_factory=list)
-    wall_s: list[float] = field(default_factory=list)
+    jobs: list[Job] = field(default_factory=list)
+    x: float = math.nan  # samples per class, for the plot
     best: bool = False
+
+    @property
+    def values(self) -> list[float]:
+        return [float(j.value) for j in self.jobs if j.status == "ok"]
+
+    @property
+    def failed(self) -> int:
+        return sum(j.status != "ok" for j in self.jobs)
+
+    @property
+    def trainable(self) -> list[int]:
+        return [j.trainable for j in self.jobs if j.status == "ok" and j.trainable is not None]
+
+    @property
+    def wall_s(self) -> list[float]:
+        return [j.wall_s for j in self.jobs if j.status == "ok" and j.wall_s is not None]
 
     @property
     def mean(self) -> float | None:
@@ -63,6 +77,16 @@ class Cell:
     @property
     def std(self) -> float | None:
         return statistics.stdev(self.values) if len(self.values) > 1 else None
+
+    @property
+    def mean_wall_s(self) -> float | None:
+        return statistics.fmean(self.wall_s) if self.wall_s else None
+
+    @property
+    def mixed(self) -> list[str]:
+        """Overrides other than the seed that differ between the pooled jobs (they should not be averaged)."""
+        variants = [{o for o in j.overrides if not o.lstrip("+~").startswith("seed=")} for j in self.jobs]
+        return sorted(set.union(*variants) - set.intersection(*variants)) if variants else []
 
 
 def strategy_label(cfg: DictConfig) -> str:
@@ -93,7 +117,6 @@ def collect_jobs(sweep_dir: Path, metric: str = "test/acc") -> list[Job]:
             samples_per_class=OmegaConf.select(cfg, "data.samples_per_class"),
             fraction=OmegaConf.select(cfg, "data.fraction"),
             strategy=strategy_label(cfg),
-            seed=OmegaConf.select(cfg, "seed"),
             overrides=list(OmegaConf.load(overrides_file)) if overrides_file.is_file() else [],
             status="incomplete",
             error="no results.json (the job was killed, or is still running)",
@@ -114,19 +137,15 @@ def collect_jobs(sweep_dir: Path, metric: str = "test/acc") -> list[Job]:
     return jobs
 
 
-def summarize(jobs: list[Job], lower_is_better: bool = False) -> tuple[list[str], list[str], dict]:
+def summarize(
+    jobs: list[Job], lower_is_better: bool = False
+) -> tuple[list[str], list[str], dict[tuple[str, str], Cell]]:
     """Group jobs into cells; returns the row labels (by data size), column labels (by trainable parameters) and
     the cells keyed by (row, column), with the best cell of each row marked."""
     cells: dict[tuple[str, str], Cell] = {}
     for job in jobs:
         regime = _regime(job)
-        cell = cells.setdefault((regime, job.strategy), Cell(regime, job.strategy, math.nan))
-        if job.status == "ok":
-            cell.values.append(float(job.value))
-            cell.wall_s += [job.wall_s] if job.wall_s is not None else []
-            cell.trainable += [job.trainable] if job.trainable is not None else []
-        else:
-            cell.failed += 1
+        cells.setdefault((regime, job.strategy), Cell(regime, job.strategy)).jobs.append(job)
     # x of a row: the samples per class asked for, else the training images per class the jobs actually had.
     for regime in {c.regime for c in cells.values()}:
         row_jobs = [j for j in jobs if _regime(j) == regime]
@@ -157,6 +176,9 @@ def write_report(sweep_dir: Path, metric: str = "test/acc") -> dict[str, Path]:
     paths["md"].write_text(_markdown(sweep_dir, jobs, rows, columns, cells, metric, lower_is_better))
     _write_csv(paths["csv"], rows, columns, cells, metric)
     _plot(paths["png"], rows, columns, cells, metric)
+    for c in cells.values():
+        if c.mixed:
+            log.warning("the cell %s / %s averages jobs with different settings: %s", c.regime, c.strategy, c.mixed)
     n_ok = sum(j.status == "ok" for j in jobs)
     log.info("sweep report for %d jobs (%d ok, %d failed): %s", len(jobs), n_ok, len(jobs) - n_ok, paths["md"])
     return paths
@@ -207,7 +229,7 @@ def _markdown(
     jobs: list[Job],
     rows: list[str],
     columns: list[str],
-    cells: dict,
+    cells: dict[tuple[str, str], Cell],
     metric: str,
     lower_is_better: bool,
 ) -> str:
@@ -241,9 +263,13 @@ def _markdown(
         times = [cells.get((row, s)) for s in columns]
         lines.append(
             f"| {row} | "
-            + " | ".join(f"{statistics.fmean(c.wall_s):.1f}" if c is not None and c.wall_s else "" for c in times)
+            + " | ".join(f"{c.mean_wall_s:.1f}" if c is not None and c.wall_s else "" for c in times)
             + " |"
         )
+    mixed = [c for c in cells.values() if c.mixed]
+    if mixed:
+        lines += ["", "## Warning: cells that average different settings", ""]
+        lines += [f"- {c.regime} / {c.strategy}: {', '.join(c.mixed)}" for c in mixed]
     failed = [j for j in jobs if j.status != "ok"]
     if failed:
         lines += ["", "## Failed jobs", ""]
@@ -251,49 +277,34 @@ def _markdown(
     return "\n".join(lines) + "\n"
 
 
-def _write_csv(path: Path, rows: list[str], columns: list[str], cells: dict, metric: str) -> None:
+def _write_csv(
+    path: Path, rows: list[str], columns: list[str], cells: dict[tuple[str, str], Cell], metric: str
+) -> None:
     with path.open("w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(
-            [
-                "samples_per_class",
-                "strategy",
-                "metric",
-                "mean",
-                "std",
-                "n",
-                "n_failed",
-                "best",
-                "trainable_params",
-                "wall_s_mean",
-            ]
-        )
-        for row in rows:
-            for s in columns:
-                c = cells.get((row, s))
-                if c is None:
-                    continue
-                writer.writerow(
-                    [
-                        row,
-                        s,
-                        metric,
-                        _blank(c.mean),
-                        _blank(c.std),
-                        len(c.values),
-                        c.failed,
-                        c.best,
-                        c.trainable[0] if c.trainable else "",
-                        round(statistics.fmean(c.wall_s), 2) if c.wall_s else "",
-                    ]
+        writer = csv.DictWriter(f, _CSV_FIELDS)
+        writer.writeheader()
+        for c in (cells[row, s] for row in rows for s in columns if (row, s) in cells):
+            writer.writerow(
+                dict(
+                    samples_per_class=c.regime,
+                    strategy=c.strategy,
+                    metric=metric,
+                    mean=_blank(c.mean),
+                    std=_blank(c.std),
+                    n=len(c.values),
+                    n_failed=c.failed,
+                    best=c.best,
+                    trainable_params=c.trainable[0] if c.trainable else "",
+                    wall_s_mean=_blank(c.mean_wall_s, 2),
                 )
+            )
 
 
-def _blank(v: float | None) -> float | str:
-    return "" if v is None else v
+def _blank(v: float | None, digits: int | None = None) -> float | str:
+    return "" if v is None else v if digits is None else round(v, digits)
 
 
-def _plot(path: Path, rows: list[str], columns: list[str], cells: dict, metric: str) -> None:
+def _plot(path: Path, rows: list[str], columns: list[str], cells: dict[tuple[str, str], Cell], metric: str) -> None:
     fig = Figure(figsize=(6.4, 4.4), layout="constrained")  # Agg canvas, no pyplot state
     ax = fig.add_subplot()
     for s in columns:
