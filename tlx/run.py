@@ -66,8 +66,7 @@ def train(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     module.train()  # Lightning keeps each module's mode at fit start: new layers train, frozen ones stay in eval
 
     checkpoint = ModelCheckpoint(dirpath=out_dir / "checkpoints", filename="best", monitor="val/acc", mode="max")
-    # A second callback writes last.ckpt every epoch: Lightning >= 2.6's save_last only follows the best checkpoint.
-    latest = ModelCheckpoint(dirpath=out_dir / "checkpoints", filename="last", enable_version_counter=False)
+    latest = _LastCheckpoint(out_dir / "checkpoints" / "last.ckpt", float(cfg.get("last_checkpoint_every_s", 0)))
     trainer = instantiate(cfg.trainer, default_root_dir=out_dir, callbacks=[checkpoint, latest, _OnInterrupt(out_dir)],
                           logger=CSVLogger(out_dir, name="logs", version=""))
     last = out_dir / "checkpoints" / "last.ckpt"
@@ -116,6 +115,30 @@ def train(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
         print_summary(results, out_dir)
     return results
 
+
+
+class _LastCheckpoint(pl.Callback):
+    """Writes ``last.ckpt`` (for resume) at the end of an epoch once ``every_s`` seconds have passed since the last
+    write, and when training ends.
+
+    Epoch boundaries only, so a resumed run continues exactly; throttled, because a run that trains from cached
+    features does an epoch in a fraction of a second, and writing the whole network (frozen backbone included) every
+    epoch would cost more than the training (Lightning >= 2.6's ``save_last`` only follows the best checkpoint).
+    """
+
+    def __init__(self, path: Path, every_s: float) -> None:
+        self.path, self.every_s, self.saved_at = path, every_s, time.monotonic()
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
+        if time.monotonic() - self.saved_at >= self.every_s:
+            self._save(trainer)
+
+    def on_fit_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
+        self._save(trainer)
+
+    def _save(self, trainer: pl.Trainer) -> None:
+        trainer.save_checkpoint(self.path)  # written to a temporary file and renamed by Lightning
+        self.saved_at = time.monotonic()
 
 
 class _OnInterrupt(pl.Callback):
