@@ -165,3 +165,12 @@ def test_concurrent_writers_of_one_entry_leave_a_valid_entry(cache_dir):
         list(pool.map(lambda _: cache.save("ab" * 20, features, {"n": 500}), range(8)))
     assert torch.equal(cache.load("ab" * 20), features)
     assert not list(cache_dir.glob("*/.*.tmp"))
+
+
+def test_a_copied_dataset_still_hits(photos, cache_dir, tmp_path):
+    import shutil
+
+    _setup(photos, cache_dir)
+    copy = shutil.copytree(photos, tmp_path / "elsewhere" / "photos")
+    info, _ = _setup(copy, cache_dir)
+    assert (info["misses"], info["hits"]) == (0, 2)  # same bytes, same activations: the paths are not in the key

@@ -2,8 +2,8 @@
 
 An entry is one file ``<cache dir>/<key[:2]>/<key>.pt`` holding the activations of every image of one split at
 the cut point. The key is a hash of everything the activations depend on: backbone name, a hash of the weights
-actually loaded, the cut point, the transform, the number of augmented views, and the ordered image list with
-each image's content hash (file bytes, or the idx array's hash for Fashion-MNIST). Content hashes rather than
+actually loaded, the cut point, the transform, the number of augmented views, and the ordered list of the images'
+content hashes (file bytes, or the idx array's hash and row for Fashion-MNIST). Content hashes rather than
 size+mtime: a copied dataset still hits, and a photo replaced by another of the same size still misses.
 Entries are written to a temporary file and renamed, so a killed run leaves nothing a later run would trust, and
 two jobs writing the same entry at once each rename a complete file.
@@ -184,8 +184,9 @@ def use_cached_features(
             "views": views,
             "aug_seed": seed if augment else None,
             "dtype": str(cache.dtype),
+            # The ordered content hashes, not the paths: activations depend on the bytes alone.
             "images": hashlib.blake2b(
-                "\n".join(f"{samples.ids[i]}\t{samples.fingerprint(i)}" for i in range(len(samples))).encode()
+                "\n".join(samples.fingerprint(i) for i in range(len(samples))).encode()
             ).hexdigest(),
         }
         key = cache_key(parts)
