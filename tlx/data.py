@@ -418,7 +418,8 @@ class FashionMNISTData(ImageData):
         pool = [i for i in range(len(out["train"])) if i not in val_set]
         out["train"], out["val"] = out["train"].subset(pool), out["train"].subset(val)
         if self.test_per_class:
-            out["test"] = out["test"].subset(stratified_subset(out["test"].labels, self.split_seed, self.test_per_class))
+            keep_test = stratified_subset(out["test"].labels, self.split_seed, self.test_per_class)
+            out["test"] = out["test"].subset(keep_test)
         return out, [FASHION_MNIST_CLASSES[c] for c in keep]
 
     def _class_ids(self) -> list[int]:
