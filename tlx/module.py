@@ -32,8 +32,16 @@ class Optim:
         label_smoothing: cross-entropy label smoothing.
     """
 
-    def __init__(self, name: str = "adamw", lr: float = 1e-3, weight_decay: float = 0.01, momentum: float = 0.9,
-                 backbone_lr_mult: float = 1.0, scheduler: str = "cosine", label_smoothing: float = 0.0) -> None:
+    def __init__(
+        self,
+        name: str = "adamw",
+        lr: float = 1e-3,
+        weight_decay: float = 0.01,
+        momentum: float = 0.9,
+        backbone_lr_mult: float = 1.0,
+        scheduler: str = "cosine",
+        label_smoothing: float = 0.0,
+    ) -> None:
         if name not in ("adamw", "sgd"):
             raise ConfigError(f"optim.name must be adamw or sgd, got {name}")
         if not float(lr) > 0:
@@ -51,8 +59,9 @@ class Optim:
     def create(self, groups: list[dict[str, Any]]) -> torch.optim.Optimizer:
         """The optimizer over ``groups`` (each with its own ``lr``)."""
         if self.name == "sgd":
-            return torch.optim.SGD(groups, lr=self.lr, momentum=self.momentum, nesterov=True,
-                                   weight_decay=self.weight_decay)
+            return torch.optim.SGD(
+                groups, lr=self.lr, momentum=self.momentum, nesterov=True, weight_decay=self.weight_decay
+            )
         return torch.optim.AdamW(groups, lr=self.lr, weight_decay=self.weight_decay)
 
 
@@ -73,12 +82,24 @@ class TransferModule(pl.LightningModule):
         self.cut: int | str | None = None  # set when training from cached activations
         self.channels_last = False
         self.loss = nn.CrossEntropyLoss(label_smoothing=optim.label_smoothing)
-        scalar = MetricCollection({"acc": MulticlassAccuracy(num_classes, average="micro"),
-                                   "f1": MulticlassF1Score(num_classes, average="macro")})
+        scalar = MetricCollection(
+            {
+                "acc": MulticlassAccuracy(num_classes, average="micro"),
+                "f1": MulticlassF1Score(num_classes, average="macro"),
+            }
+        )
         self.metrics = nn.ModuleDict({f"{s}_": scalar.clone(prefix=f"{s}/") for s in ("train", "val", "test")})
-        self.details = nn.ModuleDict({
-            f"{s}_": MetricCollection({"per_class_acc": MulticlassAccuracy(num_classes, average=None),
-                                 "confusion": MulticlassConfusionMatrix(num_classes)}) for s in ("val", "test")})
+        self.details = nn.ModuleDict(
+            {
+                f"{s}_": MetricCollection(
+                    {
+                        "per_class_acc": MulticlassAccuracy(num_classes, average=None),
+                        "confusion": MulticlassConfusionMatrix(num_classes),
+                    }
+                )
+                for s in ("val", "test")
+            }
+        )
         self.detail_results: dict[str, dict[str, list]] = {}
         self.val_history: list[dict[str, Any]] = []  # one entry per validation epoch, to report the best one
 
@@ -104,8 +125,9 @@ class TransferModule(pl.LightningModule):
         if f"{stage}_" in self.details:
             self.details[f"{stage}_"].update(logits, y)
         self.log(f"{stage}/loss", loss, on_step=False, on_epoch=True, prog_bar=stage != "test", batch_size=len(y))
-        self.log_dict(self.metrics[f"{stage}_"], on_step=False, on_epoch=True, prog_bar=stage == "val",
-                      batch_size=len(y))
+        self.log_dict(
+            self.metrics[f"{stage}_"], on_step=False, on_epoch=True, prog_bar=stage == "val", batch_size=len(y)
+        )
         return loss
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
@@ -129,6 +151,10 @@ class TransferModule(pl.LightningModule):
 
     def on_test_epoch_end(self) -> None:
         self._store_details("test")
+
+    def best_val(self) -> dict[str, Any]:
+        """The validation epoch with the best val/acc so far (the first one on ties, as ModelCheckpoint keeps it)."""
+        return max(self.val_history, key=lambda h: h["val/acc"]) if self.val_history else {}
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["val_history"] = self.val_history

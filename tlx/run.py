@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 # Frozen layers are in eval mode on purpose.
 warnings.filterwarnings("ignore", message=".*module\\(s\\) in eval mode at the start of training.*")
 
+
 def train(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     """Train and test one classifier as ``cfg`` says; write ``results.json`` into ``out_dir`` and return it."""
     start = time.perf_counter()
@@ -59,20 +60,24 @@ def train(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
         module.channels_last = True
     device = torch_device(cfg.trainer)
     cache = instantiate(cfg.cache)
-    cache_info = use_cached_features(net, data, cache, backbone.name, backbone.weights_hash, int(cfg.seed), device,
-                                     train_bn=freeze.train_bn)
+    cache_info = use_cached_features(
+        net, data, cache, backbone.name, backbone.weights_hash, int(cfg.seed), device, train_bn=freeze.train_bn
+    )
     if cache_info["used"]:
         module.cut = find_cut(net)
     module.train()  # Lightning keeps each module's mode at fit start: new layers train, frozen ones stay in eval
 
     checkpoint = ModelCheckpoint(dirpath=out_dir / "checkpoints", filename="best", monitor="val/acc", mode="max")
     latest = _LastCheckpoint(out_dir / "checkpoints" / "last.ckpt", float(cfg.get("last_checkpoint_every_s", 0)))
-    trainer = instantiate(cfg.trainer, default_root_dir=out_dir, callbacks=[checkpoint, latest, _OnInterrupt(out_dir)],
-                          logger=CSVLogger(out_dir, name="logs", version=""))
-    last = out_dir / "checkpoints" / "last.ckpt"
-    resume = last if cfg.get("resume") and last.is_file() else None
+    trainer = instantiate(
+        cfg.trainer,
+        default_root_dir=out_dir,
+        callbacks=[checkpoint, latest, _OnInterrupt(out_dir)],
+        logger=CSVLogger(out_dir, name="logs", version=""),
+    )
+    resume = latest.path if cfg.get("resume") and latest.path.is_file() else None
     if cfg.get("resume") and resume is None:
-        log.warning("resume=true but %s does not exist: starting from the beginning", last)
+        log.warning("resume=true but %s does not exist: starting from the beginning", latest.path)
     t_fit = time.perf_counter()
     trainer.fit(module, datamodule=data, ckpt_path=resume)
     fit_s = time.perf_counter() - t_fit
@@ -80,22 +85,29 @@ def train(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     tested = trainer.test(module, datamodule=data, ckpt_path="best", verbose=False)[0]
     test_s = time.perf_counter() - t_test
 
-    # Validation metrics of the epoch whose checkpoint is tested (the best val/acc; the first one on ties).
-    best = max(module.val_history, key=lambda h: h["val/acc"]) if module.val_history else {}
+    best = module.best_val()  # validation metrics of the epoch whose checkpoint is tested
     test_split = "test" if "test" in data.samples else "val"
     results = {
         "status": "ok",
-        "metrics": {**{k: v for k, v in best.items() if k.startswith("val/")},
-                    **{k: float(v) for k, v in tested.items()}},
+        "metrics": {
+            **{k: v for k, v in best.items() if k.startswith("val/")},
+            **{k: float(v) for k, v in tested.items()},
+        },
         "best_epoch": best.get("epoch"),
         # Per-class accuracy and confusion matrix (rows: true class) of the tested checkpoint's val epoch and of test.
-        "per_class": {"classes": data.classes,
-                      "val": {k: best[k] for k in ("per_class_acc", "confusion") if k in best},
-                      test_split: module.detail_results.get("test", {})},
+        "per_class": {
+            "classes": data.classes,
+            "val": {k: best[k] for k in ("per_class_acc", "confusion") if k in best},
+            test_split: module.detail_results.get("test", {}),
+        },
         "test_split": test_split,
         "params": params,
-        "timing": {"total_s": round(time.perf_counter() - start, 3), "extract_s": cache_info["extract_s"],
-                   "fit_s": round(fit_s, 3), "test_s": round(test_s, 3)},
+        "timing": {
+            "total_s": round(time.perf_counter() - start, 3),
+            "extract_s": cache_info["extract_s"],
+            "fit_s": round(fit_s, 3),
+            "test_s": round(test_s, 3),
+        },
         "data": data.counts(),
         "cache": cache_info,
         "weights": backbone.weights,
@@ -104,8 +116,9 @@ def train(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
         "head": OmegaConf.select(cfg, "head._target_").rsplit(".", 1)[-1],
         "freeze": freeze.mode + (f"(n={freeze.n})" if freeze.mode == "last_n" else ""),
         "epochs": int(trainer.current_epoch),
-        "checkpoint": (str(Path(checkpoint.best_model_path).relative_to(out_dir))
-                       if checkpoint.best_model_path else None),
+        "checkpoint": (
+            str(Path(checkpoint.best_model_path).relative_to(out_dir)) if checkpoint.best_model_path else None
+        ),
     }
     if data.name == "fashion_mnist" or data.samples_per_class or data.fraction:
         results["data"]["samples_per_class"] = data.samples_per_class
@@ -114,7 +127,6 @@ def train(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
         write_results(out_dir, results)
         print_summary(results, out_dir)
     return results
-
 
 
 class _LastCheckpoint(pl.Callback):
@@ -153,10 +165,16 @@ class _OnInterrupt(pl.Callback):
             # A SystemExit re-raised by Lightning, with no code: the process would exit 0 as if it had finished.
             exception.code = 128 + signal.SIGTERM
         if isinstance(exception, (KeyboardInterrupt, SIGTERMException)) and trainer.is_global_zero:
-            best = max(module.val_history, key=lambda h: h["val/acc"]) if module.val_history else {}
-            write_results(self.out_dir, {"status": "interrupted", "epochs_done": int(trainer.current_epoch),
-                                         "best_so_far": {k: v for k, v in best.items() if k == "epoch" or
-                                                         k.startswith("val/")},
-                                         "resume": resume_command(self.out_dir)})
-            log.error("interrupted after %d epoch(s); resume with: %s", trainer.current_epoch,
-                      resume_command(self.out_dir))
+            best = module.best_val()
+            write_results(
+                self.out_dir,
+                {
+                    "status": "interrupted",
+                    "epochs_done": int(trainer.current_epoch),
+                    "best_so_far": {k: v for k, v in best.items() if k == "epoch" or k.startswith("val/")},
+                    "resume": resume_command(self.out_dir),
+                },
+            )
+            log.error(
+                "interrupted after %d epoch(s); resume with: %s", trainer.current_epoch, resume_command(self.out_dir)
+            )
