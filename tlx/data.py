@@ -333,11 +333,14 @@ class FolderData(ImageData):
         if not self.root.is_dir():
             raise ConfigError(f"data root not found: {self.root}; set data.root=<folder with one subfolder per class>")
         if (self.root / "train").is_dir():
-            if not (self.root / "val").is_dir():
-                raise ConfigError(f"{self.root} has train/ but no val/; add a val/ folder, or put the class folders "
-                                  "directly under data.root to split them automatically")
             classes = _class_folders(self.root / "train")
             splits = {s: self._scan(self.root / s, classes, s) for s in SPLITS if (self.root / s).is_dir()}
+            if "val" not in splits:  # train/ (+ test/) without val/: a fixed, stratified val split out of train/
+                if self.val_fraction <= 0:
+                    raise ConfigError(f"{self.root} has train/ but no val/ and data.val_fraction=0; add a val/ "
+                                      "folder or set data.val_fraction to a value in (0, 1)")
+                train, val, _ = _split_indices(splits["train"].labels, (self.val_fraction, 0.0), self.split_seed)
+                splits["train"], splits["val"] = splits["train"].subset(train), splits["train"].subset(val)
         else:
             classes = _class_folders(self.root)
             everything = self._scan(self.root, classes, "all")
