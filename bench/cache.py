@@ -56,7 +56,7 @@ def _extraction(repeats: int) -> dict:
 
     def tlx_pass() -> None:
         for split in data.samples:
-            extract(net, "pooled", data.loader(data.dataset(split)), torch.device("cpu"))
+            extract(net, ["pooled"], data.loader(data.dataset(split)), torch.device("cpu"))[0]
 
     def bare_pass() -> None:
         with torch.no_grad():

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import math
 import sys
+from functools import partial
 from pathlib import Path
 
 import hydra
@@ -39,6 +40,12 @@ def _user_error(e: BaseException) -> str | None:
     return None
 
 
+def _compose_candidate(config_name: str, overrides: list[str], strategy: str) -> DictConfig:
+    """The config of an auto candidate: this run's own overrides, with ``strategy=<candidate>`` instead of auto."""
+    kept = [o for o in overrides if not o.lstrip("+~").startswith("strategy=")]
+    return hydra.compose(config_name=config_name, overrides=[*kept, f"strategy={strategy}"])
+
+
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def main(cfg: DictConfig) -> float:
     """Hydra entry point; returns ``cfg.metric`` for sweepers (NaN for a failed job in a sweep)."""
@@ -50,7 +57,12 @@ def main(cfg: DictConfig) -> float:
     if multirun:  # parallel sweep jobs (hydra/launcher=local_parallel) spread over the GPUs, job k on GPU k % n
         place_job(cfg.trainer, hc.job.num, visible_gpus())
     try:
-        results = train(cfg, out_dir)
+        if cfg.get("auto") is not None:
+            from tlx.auto import run_auto
+
+            results = run_auto(cfg, out_dir, partial(_compose_candidate, hc.job.config_name, list(hc.overrides.task)))
+        else:
+            results = train(cfg, out_dir)
     except KeyboardInterrupt:
         write_results(out_dir, {"status": "interrupted"})
         log.error("interrupted; resume with: %s", resume_command(out_dir))

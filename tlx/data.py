@@ -38,6 +38,7 @@ class Samples:
 
     def __init__(self, ids: list[str], labels: list[int]) -> None:
         self.ids, self.labels = list(ids), list(labels)
+        self._fingerprints: list[str] | None = None
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -50,6 +51,12 @@ class Samples:
 
     def fingerprint(self, i: int) -> str:
         raise NotImplementedError
+
+    def fingerprints(self) -> list[str]:
+        """Every image's fingerprint, in order; computed once (it reads every file), then remembered."""
+        if self._fingerprints is None:
+            self._fingerprints = [self.fingerprint(i) for i in range(len(self))]
+        return self._fingerprints
 
 
 class FileSamples(Samples):

@@ -136,19 +136,31 @@ def use_cached_features(
     seed: int,
     device: torch.device,
     train_bn: bool = False,
+    cut: Cut = None,
+    prefetch: tuple[Cut, ...] = (),
+    augment: bool | None = None,
 ) -> dict[str, Any]:
     """Fill ``data.features`` from the cache (extracting what is missing) when the cut allows it.
+
+    Args:
+        cut: read the activations at this cut instead of where ``net``'s frozen part ends (LP-FT's first stage reads
+            ``"pooled"`` features of a network that will later train deeper).
+        prefetch: further cuts whose missing entries are extracted in the same pass over the images and stored,
+            for a later stage or candidate that cuts there (one decode and one forward instead of several).
+        augment: whether the training images are augmented (default: ``data.augment``); LP-FT's probe reads
+            un-augmented features even when its fine-tuning stage augments.
 
     Returns what results.json records: whether it was used, hits and misses, the cut and extraction time.
     """
     info: dict[str, Any] = {"used": False, "cut": None, "hits": 0, "misses": 0, "extract_s": 0.0}
     if cache.enabled == "false":
         return info
-    cut = find_cut(net)
+    cut = find_cut(net) if cut is None else cut
+    augment = data.augment if augment is None else augment
     reason = None
     if cut is None:
         reason = "the trainable part does not start at a cut point of the backbone"
-    elif data.augment and cache.views == 1:
+    elif augment and cache.views == 1:
         reason = "random augmentation runs before the cut (set cache.views>1 to cache augmented views)"
     elif train_bn:
         reason = "frozen BatchNorm layers before the cut update their statistics (freeze.train_bn=true)"
@@ -159,9 +171,10 @@ def use_cached_features(
             )
         log.info("feature cache not used: %s", reason)
         return info
-    info["cut"] = cut if cut == "pooled" else f"{cut}:{net.chain[cut][0] if cut < len(net.chain) else 'features'}"
+    info["cut"] = _cut_name(net, cut)
     net.eval()
-    estimate = _estimate_bytes(net, cut, data, cache)
+    cuts = [cut] + [c for c in dict.fromkeys(prefetch) if c is not None and c != cut]
+    estimate = sum(_estimate_bytes(net, c, data, cache) for c in cuts)
     if estimate > cache.max_bytes:
         msg = (
             f"the feature cache for this run would take {estimate / 2**30:.1f} GiB, over cache.max_gb="
@@ -173,47 +186,55 @@ def use_cached_features(
         return info
     for split, samples in data.samples.items():
         views = cache.views if split == "train" else 1
-        augment = split == "train" and data.augment
-        transform = data.train_transform if augment else data.eval_transform
+        augmented = split == "train" and augment
+        transform = data.train_transform if augmented else data.eval_transform
         parts = {
             "format": FORMAT,
             "backbone": backbone_name,
             "weights": weights_hash,
-            "cut": info["cut"],
             "transform": repr(transform),
             "views": views,
-            "aug_seed": seed if augment else None,
+            "aug_seed": seed if augmented else None,
             "dtype": str(cache.dtype),
             # The ordered content hashes, not the paths: activations depend on the bytes alone.
-            "images": hashlib.blake2b(
-                "\n".join(samples.fingerprint(i) for i in range(len(samples))).encode()
-            ).hexdigest(),
+            "images": hashlib.blake2b("\n".join(samples.fingerprints()).encode()).hexdigest(),
         }
-        key = cache_key(parts)
-        features = cache.load(key)
+        keys = {c: cache_key({**parts, "cut": _cut_name(net, c)}) for c in cuts}
+        features = cache.load(keys[cut])
+        missing = [c for c in cuts if c != cut and not cache.path(keys[c]).is_file()]
         if features is None:
+            missing.insert(0, cut)
+        if missing:
             t0 = time.perf_counter()
-            features = torch.cat(
-                [
-                    extract(
-                        net,
-                        cut,
-                        data.loader(data.dataset(split, train_transform=augment)),
-                        device,
-                        cache.dtype,
-                        desc=f"extracting {split}" + (f" view {v + 1}/{views}" if views > 1 else ""),
-                        seed=seed * 1000 + v if augment else None,
-                    )
-                    for v in range(views)
-                ]
-            )
+            per_view = [
+                extract(
+                    net,
+                    missing,
+                    data.loader(data.dataset(split, train_transform=augmented)),
+                    device,
+                    cache.dtype,
+                    desc=f"extracting {split}" + (f" view {v + 1}/{views}" if views > 1 else ""),
+                    seed=seed * 1000 + v if augmented else None,
+                )
+                for v in range(views)
+            ]
+            for j, c in enumerate(missing):
+                out = torch.cat([view[j] for view in per_view])
+                cache.save(
+                    keys[c], out, {**parts, "cut": _cut_name(net, c), "n": len(samples), "shape": list(out.shape)}
+                )
+                if c == cut:
+                    features = out
             info["extract_s"] += time.perf_counter() - t0
-            cache.save(key, features, {**parts, "n": len(samples), "shape": list(features.shape)})
-            info["misses"] += 1
-            log.info("cache miss for %s: extracted %s in %.1fs", split, tuple(features.shape), time.perf_counter() - t0)
-        else:
-            info["hits"] += 1
-            log.info("cache hit for %s: %s from %s", split, tuple(features.shape), cache.path(key))
+            log.info(
+                "extracted %s at %s in %.1fs",
+                split,
+                ", ".join(_cut_name(net, c) for c in missing),
+                time.perf_counter() - t0,
+            )
+        hit = cut not in missing
+        info["hits" if hit else "misses"] += 1
+        log.info("cache %s for %s: %s", "hit" if hit else "miss", split, tuple(features.shape))
         data.features[split] = (features, views)
     info["used"] = True
     info["extract_s"] = round(info["extract_s"], 3)
@@ -222,23 +243,29 @@ def use_cached_features(
 
 def extract(
     net: Network,
-    cut: int | str,
+    cuts: list[int | str],
     loader: torch.utils.data.DataLoader,
     device: torch.device,
     dtype: torch.dtype = torch.float32,
     desc: str = "extracting",
     seed: int | None = None,
-) -> torch.Tensor:
-    """Run the frozen part of ``net`` over ``loader`` once, in order; returns the activations on the CPU."""
+) -> list[torch.Tensor]:
+    """Run the frozen part of ``net`` over ``loader`` once, in order; the activations at each cut, on the CPU."""
     if seed is not None:
         torch.manual_seed(seed)
     net.eval().to(device)
-    out = []
+    out: list[list[torch.Tensor]] = [[] for _ in cuts]
     with torch.inference_mode():
         for x, _ in tqdm(loader, desc=desc, leave=False, disable=None):
             x = x.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)  # (B, C, H, W), NHWC
-            out.append(net.forward_to(x, cut).to(dtype).contiguous().cpu())
-    return torch.cat(out)
+            for j, a in enumerate(net.forward_to_many(x, cuts)):
+                out[j].append(a.to(dtype).contiguous().cpu())
+    return [torch.cat(o) for o in out]
+
+
+def _cut_name(net: Network, cut: int | str) -> str:
+    """The cut as results.json and the cache key name it: ``pooled`` or ``<index>:<chain element>``."""
+    return cut if cut == "pooled" else f"{cut}:{net.chain[cut][0] if cut < len(net.chain) else 'features'}"
 
 
 def _estimate_bytes(net: Network, cut: int | str, data: ImageData, cache: FeatureCache) -> float:

@@ -132,6 +132,21 @@ class Network(nn.Module):
             x = module(x)
         return x
 
+    def forward_to_many(self, x: torch.Tensor, cuts: list[int | str]) -> list[torch.Tensor]:
+        """The activations at several cuts in one pass over the frozen part, in the order of ``cuts``."""
+        if cuts == ["pooled"] or not self.chain:
+            return [self.forward_to(x, c) for c in cuts]
+        last = len(self.chain) if "pooled" in cuts else max(cuts)
+        out: dict[int | str, torch.Tensor] = {}
+        for i in range(last + 1):
+            if i in cuts:
+                out[i] = x
+            if i < last:
+                x = self.chain[i][1](x)
+        if "pooled" in cuts:
+            out["pooled"] = self.backbone.forward_head(x, pre_logits=True)  # (B, F), as self.backbone(images)
+        return [out[c] for c in cuts]
+
     def forward_from(self, x: torch.Tensor, cut: int | str) -> torch.Tensor:
         """The trainable part: activation at the cut -> logits."""
         if cut != "pooled":

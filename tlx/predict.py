@@ -25,7 +25,7 @@ from tqdm import tqdm
 from tlx.backbones import ConfigError
 from tlx.data import IMAGE_SUFFIXES, FileSamples, ImageData, write_json_atomic
 from tlx.heads import Network
-from tlx.results import resume_command
+from tlx.results import read_results, resume_command
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +59,9 @@ def load_run(run_dir: Path, checkpoint: str = "best") -> TrainedModel:
     run_dir = Path(run_dir).expanduser()
     if not run_dir.is_dir():
         raise ConfigError(f"run directory not found: {run_dir}; set run_dir=<a run directory of python -m tlx>")
+    winner = (read_results(run_dir) or {}).get("auto", {}).get("winner_dir")
+    if winner and checkpoint in ("best", "last"):  # an auto run's model is its winning candidate's
+        run_dir = run_dir / winner
     config, files = run_dir / ".hydra" / "config.yaml", run_dir / "files.json"
     if not config.is_file() or not files.is_file():
         raise ConfigError(

@@ -91,6 +91,10 @@ class Cell:
 
 def strategy_label(cfg: DictConfig) -> str:
     """A short name for what trains, from ``freeze`` and ``head``: head_only, last_n(2), reinit_last(1), full."""
+    if OmegaConf.select(cfg, "auto") is not None:
+        return "auto"
+    if OmegaConf.select(cfg, "lp_ft.enabled", default=False):
+        return "lp_ft+" + strategy_label(OmegaConf.merge(cfg, {"lp_ft": {"enabled": False}}))
     mode = OmegaConf.select(cfg, "freeze.mode")
     head = str(OmegaConf.select(cfg, "head._target_", default="")).rsplit(".", 1)[-1]
     frozen = {"head_only": "head_only", "none": "full"}.get(mode, f"{mode}({OmegaConf.select(cfg, 'freeze.n')})")
@@ -105,6 +109,7 @@ def collect_jobs(sweep_dir: Path, metric: str = "test/acc") -> list[Job]:
     sweep_dir = Path(sweep_dir)
     configs = sweep_dir.rglob(".hydra/config.yaml")
     dirs = {p.parent for p in sweep_dir.rglob(RESULTS)} | {p.parent.parent for p in configs}
+    dirs = {d for d in dirs if not any(parent in dirs for parent in d.parents)}  # not an auto job's candidates
     jobs = []
     for d in sorted(dirs):
         if not (d / ".hydra" / "config.yaml").is_file():
@@ -157,9 +162,13 @@ def summarize(
                 cell.x = x
     rows = sorted({c.regime for c in cells.values()}, key=lambda r: _row_key(cells, r))
     params = {s: [p for c in cells.values() if c.strategy == s for p in c.trainable] for _, s in cells}
-    columns = sorted(params, key=lambda s: (not params[s], statistics.median(params[s]) if params[s] else 0, s))
+    # Fewest trainable parameters first; auto (whose winner varies by row) last, and never marked best: the star is
+    # the best fixed strategy of the row, the one auto is measured against.
+    columns = sorted(
+        params, key=lambda s: (s == "auto", not params[s], statistics.median(params[s]) if params[s] else 0, s)
+    )
     for row in rows:
-        scored = [c for (r, _), c in cells.items() if r == row and c.values]
+        scored = [c for (r, s), c in cells.items() if r == row and c.values and s != "auto"]
         if scored:
             pick = min if lower_is_better else max
             pick(scored, key=lambda c: c.mean).best = True

@@ -65,6 +65,11 @@ def print_summary(results: dict[str, Any], run_dir: Path) -> None:
         if cache["used"]
         else "not used",
     )
-    table.add_row("time", f"{t['total_s']:.1f}s (extract {t['extract_s']:.1f}s, fit {t['fit_s']:.1f}s)")
+    if "auto" in results:
+        table.add_row("auto", results["auto"]["reason"])
+        time_row = f"{t['total_s']:.1f}s for the search (the winner alone: {t['winner_s']:.1f}s)"
+    else:
+        time_row = f"{t['total_s']:.1f}s (extract {t['extract_s']:.1f}s, fit {t['fit_s']:.1f}s)"
+    table.add_row("time", time_row)
     table.add_row("run dir", str(run_dir))
     Console(stderr=False).print(table)

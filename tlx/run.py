@@ -2,25 +2,33 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 import signal
 import time
 import warnings
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
+import timm.data
 import torch
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.loggers import CSVLogger
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
+from tlx.backbones import Backbone, ConfigError
+from tlx.data import ImageData
 from tlx.devices import torch_device
 from tlx.features import find_cut, use_cached_features
-from tlx.heads import Network
+from tlx.freeze import Freeze
+from tlx.heads import LinearHead, Network
 from tlx.module import TransferModule
+from tlx.probe import Probe, fit_probe
 from tlx.results import print_summary, read_results, resume_command, write_results
 
 log = logging.getLogger(__name__)
@@ -28,9 +36,82 @@ log = logging.getLogger(__name__)
 warnings.filterwarnings("ignore", message=".*module\\(s\\) in eval mode at the start of training.*")
 
 
-def train(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
-    """Train and test one classifier as ``cfg`` says; write ``results.json`` into ``out_dir`` and return it."""
-    start = time.perf_counter()
+@dataclass
+class Prepared:
+    """The backbone and the set-up data of a run, built once and shared by several trainings on the same data
+    (``tlx.auto``'s candidates).
+
+    Each training gets its own copy of the backbone (new heads may replace parts of it) and the same images, splits
+    and file hashes; a training whose config asks for other data settings gets data set up for them.
+    """
+
+    cfg: DictConfig
+    backbone: Backbone
+    data: ImageData
+
+    def take(self, cfg: DictConfig) -> tuple[Backbone, ImageData]:
+        """A backbone and data for ``cfg``, from what is already built where the configs agree."""
+        if _plain(cfg.backbone) != _plain(self.cfg.backbone):
+            fresh = prepare(cfg)
+            return fresh.backbone, fresh.data
+        differ = {k for k in {*cfg.data, *self.cfg.data} if _plain(cfg.data.get(k)) != _plain(self.cfg.data.get(k))}
+        if differ - {"augment"}:
+            data = _setup_data(cfg, self.backbone)
+        else:  # the same images: only the training transform changes
+            data = copy.copy(self.data)
+            data.augment = bool(cfg.data.augment)
+            training = timm.data.create_transform(**data.data_config, is_training=True) if data.augment else None
+            data.train_transform = training or data.eval_transform
+        data.features = {}
+        return copy.deepcopy(self.backbone), data
+
+
+def prepare(cfg: DictConfig) -> Prepared:
+    """Build the backbone (its pretraining data config decides the transforms), then set up the data."""
+    backbone = instantiate(cfg.backbone)
+    return Prepared(cfg, backbone, _setup_data(cfg, backbone))
+
+
+def _setup_data(cfg: DictConfig, backbone: Backbone) -> ImageData:
+    data = instantiate(cfg.data)(data_config=backbone.data_config)
+    data.seed = int(cfg.seed)
+    data.setup()
+    return data
+
+
+def _plain(node: Any) -> Any:
+    return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig | ListConfig) else node
+
+
+def build_network(cfg: DictConfig, backbone: Backbone, num_classes: int) -> tuple[Network, Freeze, dict[str, int]]:
+    """A new head for our classes on ``backbone``, then the freeze regime over timm's own stages.
+
+    Returns the network, the freeze regime and the trainable/frozen parameter counts.
+    """
+    head = instantiate(cfg.head)(backbone=backbone, num_classes=num_classes)
+    net = Network(backbone, head)
+    freeze = instantiate(cfg.freeze)
+    params = freeze.apply(net, backbone.stage_groups(exclude=set(head.new_backbone_modules)))
+    return net, freeze, params
+
+
+def train(
+    cfg: DictConfig,
+    out_dir: Path,
+    prepared: Prepared | None = None,
+    callbacks: tuple[pl.Callback, ...] = (),
+    prefetch: tuple[int | str, ...] = (),
+) -> dict[str, Any]:
+    """Train and test one classifier as ``cfg`` says; write ``results.json`` into ``out_dir`` and return it.
+
+    Args:
+        cfg: the composed config.
+        out_dir: the run directory.
+        prepared: backbone and data already built for this config's backbone and data (else built here).
+        callbacks: further Lightning callbacks for the fine-tuning stage (``tlx.auto`` stops candidates with one).
+        prefetch: further cuts to extract into the cache in the same pass as this run's own (for later runs).
+    """
+    start, cpu_start = time.perf_counter(), time.process_time()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     done = read_results(out_dir)
@@ -40,19 +121,19 @@ def train(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     torch.set_num_threads(cfg.threads) if cfg.get("threads") else None
 
-    # Backbone first: its pretraining data config decides the transforms.
-    backbone = instantiate(cfg.backbone)
-    data = instantiate(cfg.data)(data_config=backbone.data_config)
-    data.seed = int(cfg.seed)
-    data.setup()
+    backbone, data = (prepared or prepare(cfg)).take(cfg)
     data.save_file_lists(out_dir / "files.json")
 
-    # New head for our classes, then the freeze regime over timm's own stages.
-    head = instantiate(cfg.head)(backbone=backbone, num_classes=len(data.classes))
-    net = Network(backbone, head)
-    freeze = instantiate(cfg.freeze)
-    params = freeze.apply(net, backbone.stage_groups(exclude=set(head.new_backbone_modules)))
+    net, freeze, params = build_network(cfg, backbone, len(data.classes))
+    head = net.head
     module = TransferModule(net, freeze, instantiate(cfg.optim), num_classes=len(data.classes), seed=int(cfg.seed))
+    probe = instantiate(cfg.probe)
+    lp_ft = bool(OmegaConf.select(cfg, "lp_ft.enabled", default=False))
+    if lp_ft and (freeze.mode == "head_only" or not isinstance(head, LinearHead)):
+        raise ConfigError(
+            "lp_ft (a linear probe, then fine-tuning from it) needs head=linear and freeze=last_n or "
+            "freeze=none; use strategy=lp_ft, or set lp_ft.enabled=false"
+        )
 
     # Frozen prefix: compute its activations once (or read them from the cache) and train only the rest.
     if cfg.get("channels_last") and net.chain:
@@ -60,9 +141,25 @@ def train(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
         module.channels_last = True
     device = torch_device(cfg.trainer)
     cache = instantiate(cfg.cache)
-    cache_info = use_cached_features(
-        net, data, cache, backbone.name, backbone.weights_hash, int(cfg.seed), device, train_bn=freeze.train_bn
+    features = partial(
+        use_cached_features,
+        net,
+        data,
+        cache,
+        backbone.name,
+        backbone.weights_hash,
+        int(cfg.seed),
+        device,
+        train_bn=freeze.train_bn,
     )
+    stages, extract_s = [], 0.0
+    if lp_ft:  # stage 1 of LP-FT: the probe on pooled features; the cut of stage 2 is extracted in the same pass
+        pooled = features(cut="pooled", prefetch=(find_cut(net),), augment=False)
+        stages.append(_probe_stage(module, data, probe, pooled) | {"cache": "hit" if pooled["misses"] == 0 else "miss"})
+        extract_s += pooled["extract_s"]
+        data.features.clear()
+    cache_info = features(prefetch=prefetch)
+    extract_s += cache_info["extract_s"]
     if cache_info["used"]:
         module.cut = find_cut(net)
     module.train()  # Lightning keeps each module's mode at fit start: new layers train, frozen ones stay in eval
@@ -72,27 +169,41 @@ def train(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     trainer = instantiate(
         cfg.trainer,
         default_root_dir=out_dir,
-        callbacks=[checkpoint, latest, _OnInterrupt(out_dir)],
+        callbacks=[checkpoint, latest, _OnInterrupt(out_dir), *callbacks],
         logger=CSVLogger(out_dir, name="logs", version=""),
     )
-    resume = latest.path if cfg.get("resume") and latest.path.is_file() else None
-    if cfg.get("resume") and resume is None:
-        log.warning("resume=true but %s does not exist: starting from the beginning", latest.path)
     t_fit = time.perf_counter()
-    trainer.fit(module, datamodule=data, ckpt_path=resume)
-    fit_s = time.perf_counter() - t_fit
+    if probe.enabled and module.cut == "pooled" and isinstance(head, LinearHead) and not lp_ft:
+        # A linear head on cached features is convex: solve it (and choose its L2 on val) instead of epochs of SGD.
+        stages.append(_probe_stage(module, data, probe, cache_info))
+        trainer.validate(module, datamodule=data, verbose=False)
+        best_path = out_dir / "checkpoints" / "best.ckpt"
+        trainer.save_checkpoint(best_path)
+        fit_s, tested_ckpt = time.perf_counter() - t_fit, None
+    else:
+        resume = latest.path if cfg.get("resume") and latest.path.is_file() else None
+        if cfg.get("resume") and resume is None:
+            log.warning("resume=true but %s does not exist: starting from the beginning", latest.path)
+        trainer.fit(module, datamodule=data, ckpt_path=resume)
+        fit_s, tested_ckpt = time.perf_counter() - t_fit, "best"
+        best_path = Path(checkpoint.best_model_path) if checkpoint.best_model_path else None
+        stages.append(
+            {
+                "stage": "finetune" if lp_ft else "train",
+                "epochs": int(trainer.current_epoch),
+                **_val_of(module.best_val()),
+                "seconds": round(fit_s, 3),
+            }
+        )
     t_test = time.perf_counter()
-    tested = trainer.test(module, datamodule=data, ckpt_path="best", verbose=False)[0]
+    tested = trainer.test(module, datamodule=data, ckpt_path=tested_ckpt, verbose=False)[0]
     test_s = time.perf_counter() - t_test
 
     best = module.best_val()  # validation metrics of the epoch whose checkpoint is tested
     test_split = "test" if "test" in data.samples else "val"
     results = {
         "status": "ok",
-        "metrics": {
-            **{k: v for k, v in best.items() if k.startswith("val/")},
-            **{k: float(v) for k, v in tested.items()},
-        },
+        "metrics": {**_val_of(best), **{k: float(v) for k, v in tested.items()}},
         "best_epoch": best.get("epoch"),
         # Per-class accuracy and confusion matrix (rows: true class) of the tested checkpoint's val epoch and of test.
         "per_class": {
@@ -104,10 +215,12 @@ def train(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
         "params": params,
         "timing": {
             "total_s": round(time.perf_counter() - start, 3),
-            "extract_s": cache_info["extract_s"],
+            "cpu_s": round(time.process_time() - cpu_start, 3),  # every thread of this process: load-independent
+            "extract_s": round(extract_s, 3),
             "fit_s": round(fit_s, 3),
             "test_s": round(test_s, 3),
         },
+        "stages": stages,
         "data": data.counts(),
         "cache": cache_info,
         "weights": backbone.weights,
@@ -116,9 +229,7 @@ def train(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
         "head": OmegaConf.select(cfg, "head._target_").rsplit(".", 1)[-1],
         "freeze": freeze.mode + (f"(n={freeze.n})" if freeze.mode == "last_n" else ""),
         "epochs": int(trainer.current_epoch),
-        "checkpoint": (
-            str(Path(checkpoint.best_model_path).relative_to(out_dir)) if checkpoint.best_model_path else None
-        ),
+        "checkpoint": str(best_path.relative_to(out_dir)) if best_path else None,
     }
     if data.name == "fashion_mnist" or data.samples_per_class or data.fraction:
         results["data"]["samples_per_class"] = data.samples_per_class
@@ -127,6 +238,37 @@ def train(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
         write_results(out_dir, results)
         print_summary(results, out_dir)
     return results
+
+
+def _val_of(history_entry: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in history_entry.items() if k.startswith("val/")}
+
+
+def _probe_stage(module: TransferModule, data: ImageData, probe: Probe, cache_info: dict[str, Any]) -> dict[str, Any]:
+    """Fit the linear head on the pooled features now in ``data.features`` and put it into the network."""
+    if not cache_info["used"]:
+        raise ConfigError(
+            "the linear probe needs the feature cache (pooled features); set cache.enabled=auto, "
+            "or probe.enabled=false and lp_ft.enabled=false"
+        )
+    (train_x, views), (val_x, _) = data.features["train"], data.features["val"]
+    train_y = torch.as_tensor(data.samples["train"].labels * views)
+    val_y = torch.as_tensor(data.samples["val"].labels)
+    fitted = fit_probe(
+        train_x, train_y, val_x, val_y, len(data.classes), probe, module.seed, module.optim.label_smoothing
+    )
+    fc = module.net.head.fc
+    with torch.no_grad():
+        fc.weight.copy_(fitted.weight)
+        fc.bias.copy_(fitted.bias)
+    chosen = next(r for r in fitted.table if (r["lr"], r["weight_decay"]) == (fitted.lr, fitted.weight_decay))
+    return {
+        "stage": "probe",
+        "epochs": fitted.epoch + 1,
+        "val/acc": chosen["val/acc"],
+        "val/loss": chosen["val/loss"],
+        **fitted.summary(),
+    }
 
 
 class _LastCheckpoint(pl.Callback):

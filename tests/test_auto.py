@@ -1,0 +1,129 @@
+"""LP-FT and ``+experiment=auto``: stage 2 starts from the probe's head, auto is deterministic, resumes without
+redoing candidates, and its winner is the run's model for predict and export."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import pytorch_lightning as pl
+import torch
+
+from tlx.predict import load_run
+from tlx.probe import Probe, fit_probe
+from tlx.run import train
+
+from .conftest import TINY, run_cli, write_images
+
+AUTO_RUN = [*TINY, "data=folder", "data.val_fraction=0.25", "+experiment=auto", "data.samples_per_class=null"]
+
+
+class _HeadAtStart(pl.Callback):
+    def __init__(self) -> None:
+        self.weight: torch.Tensor | None = None
+
+    def on_train_start(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
+        self.weight = module.net.head.fc.weight.detach().clone()
+
+
+def test_lp_ft_stage_two_starts_from_the_probe_head(make_cfg, tmp_path):
+    data = write_images(tmp_path / "imgs", n=8)
+    common = ["data=folder", f"data.root={data}", "data.val_fraction=0.25"]
+    probe_run = train(make_cfg(*common, "strategy=head_only"), tmp_path / "probe")
+    seen = _HeadAtStart()
+    lp_ft = train(make_cfg(*common, "strategy=lp_ft"), tmp_path / "lp_ft", callbacks=(seen,))
+
+    probe_head = torch.load(tmp_path / "probe" / "checkpoints" / "best.ckpt", weights_only=False)["state_dict"]
+    assert torch.equal(seen.weight, probe_head["net.head.fc.weight"])  # the head stage 2 starts from = the probe's
+    assert [s["stage"] for s in lp_ft["stages"]] == ["probe", "finetune"]
+    assert lp_ft["stages"][0]["val/acc"] == pytest.approx(probe_run["metrics"]["val/acc"])
+    assert lp_ft["stages"][1]["epochs"] == 2 and lp_ft["freeze"] == "last_n(n=2)"
+    tuned = torch.load(tmp_path / "lp_ft" / lp_ft["checkpoint"], weights_only=False)["state_dict"]
+    assert not torch.equal(tuned["net.head.fc.weight"], seen.weight)  # and stage 2 trained it further
+
+
+def test_probe_picks_the_candidate_with_lowest_val_loss():
+    g = torch.Generator().manual_seed(0)
+    centers = torch.randn(3, 16, generator=g) * 2
+    y, vy = torch.arange(60) % 3, torch.arange(30) % 3
+    x = centers[y] + torch.randn(60, 16, generator=g)
+    vx = centers[vy] + torch.randn(30, 16, generator=g)
+    fitted = fit_probe(x, y, vx, vy, 3, Probe(lr=(1e-4, 1e-2), weight_decay=(0.0,), epochs=20))
+    assert len(fitted.table) == 2
+    assert fitted.lr == min(fitted.table, key=lambda r: r["val/loss"])["lr"] == 1e-2  # 1e-4 barely moves in 20 epochs
+    assert ((vx @ fitted.weight.t() + fitted.bias).argmax(1) == vy).float().mean() > 0.8
+
+
+def _auto(tmp_path: Path, name: str, data: Path, *extra: str) -> dict:
+    out = tmp_path / name
+    done = run_cli(*AUTO_RUN, f"data.root={data}", f"cache.dir={tmp_path / 'cache'}", f"hydra.run.dir={out}", *extra)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads((out / "results.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def auto_runs(tmp_path_factory):
+    """Two auto runs of the same data and seed, in separate directories."""
+    tmp = tmp_path_factory.mktemp("auto")
+    data = write_images(tmp / "imgs", n=8)
+    return tmp, data, _auto(tmp, "a", data), _auto(tmp, "b", data)
+
+
+def test_auto_tries_candidates_and_keeps_the_best(auto_runs):
+    tmp, _, first, _ = auto_runs
+    auto = first["auto"]
+    tried = {c["strategy"]: c for c in auto["candidates"]}
+    assert list(tried)[0] == "head_only" and tried["head_only"]["status"] == "finished"
+    assert tried["lp_ft_full"]["status"] == "skipped"  # 6 images per class: under its min_per_class prior of 30
+    trained = [c for c in auto["candidates"] if c["status"] != "skipped"]
+    assert len(trained) >= 2
+    assert auto["winner"] == max(trained, key=lambda c: c["val/acc"])["strategy"]
+    assert first["metrics"]["val/acc"] == tried[auto["winner"]]["val/acc"]
+    assert auto["winner"] in auto["reason"] and "images per class" in auto["reason"]
+    assert (tmp / "a" / "checkpoints" / "best.ckpt").is_file()
+
+
+def test_auto_is_deterministic_for_a_seed(auto_runs):
+    _, _, first, second = auto_runs
+    assert first["auto"]["winner"] == second["auto"]["winner"]
+    strip = [{k: c.get(k) for k in ("strategy", "status", "val/acc", "test/acc")} for c in first["auto"]["candidates"]]
+    again = [{k: c.get(k) for k in ("strategy", "status", "val/acc", "test/acc")} for c in second["auto"]["candidates"]]
+    assert strip == again
+
+
+def test_resumed_auto_does_not_redo_finished_candidates(auto_runs):
+    tmp, data, first, _ = auto_runs
+    run = tmp / "resumed"
+    shutil.copytree(tmp / "a", run)
+    # As if killed during the third candidate: the last candidates never finished, the run never wrote results.
+    trained = [c["dir"] for c in first["auto"]["candidates"] if c["status"] != "skipped"]
+    for later in trained[2:]:
+        (run / later / "results.json").unlink()
+    (run / "results.json").unlink()
+    kept = {d: (run / d / "results.json").stat().st_mtime_ns for d in trained[:2]}
+    done = run_cli(
+        "--config-path", str(run / ".hydra"), "--config-name", "config", f"hydra.run.dir={run}", "resume=true"
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert {d: (run / d / "results.json").stat().st_mtime_ns for d in trained[:2]} == kept  # not trained again
+    resumed = json.loads((run / "results.json").read_text())
+    assert all((run / d / "results.json").is_file() for d in trained)
+    assert resumed["auto"]["winner"] == first["auto"]["winner"]
+
+
+def test_auto_winner_predicts_and_exports(auto_runs):
+    tmp, data, first, _ = auto_runs
+    run = tmp / "a"
+    model = load_run(run)
+    winner = load_run(run / first["auto"]["winner_dir"])
+    x = torch.randn(2, 3, 32, 32)
+    assert torch.equal(model.net(x), winner.net(x))
+    done = run_cli(f"run_dir={run}", f"inputs={data}", f"output={tmp / 'preds.csv'}", module="tlx.predict")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert len((tmp / "preds.csv").read_text().splitlines()) == 1 + 24
+    done = run_cli(f"run_dir={run}", "formats=[torchscript]", f"out={tmp / 'export'}", module="tlx.export")
+    assert done.returncode == 0, done.stderr[-2000:]
+    scripted = torch.jit.load(str(tmp / "export" / "model.pt"))
+    assert torch.allclose(scripted(x), winner.net(x), atol=1e-5)

@@ -1,0 +1,254 @@
+"""``+experiment=auto``: choose how much of the backbone to train, on the user's own data, and keep the winner.
+
+A second orchestrator beside ``tlx.run``: every candidate is a strategy preset (``conf/strategy/``), composed like a
+fixed run and trained by ``tlx.run.train`` in its own run directory (``candidates/<strategy>/``), so a candidate and
+a fixed run are the same thing. The backbone and the data are built once and shared.
+
+The search:
+
+1. The cached linear probe (``head_only``) always runs first: it is nearly free on cached features, and it is the
+   head every LP-FT candidate starts from.
+2. The deeper candidates follow in the configured order (cheapest first), each only if the training images per class
+   reach its ``min_per_class`` (the prior, measured by the regime sweeps in ``experiments/``) and the time budget is
+   not spent.
+3. A candidate races the best so far: at each validation after ``check_fraction`` of its steps, it is stopped when
+   even ``slack`` points per remaining unit of progress could not lift its best validation accuracy to the best so
+   far (an optimistic bound on how much it can still gain).
+4. The highest validation accuracy wins (ties: the earlier, cheaper candidate). Its checkpoint becomes the run's
+   ``checkpoints/best.ckpt``, its results the run's ``results.json``, with an ``auto`` section that lists every
+   candidate, the winner and a one-line reason.
+
+Finished candidates are never trained again: a killed auto run, resumed, reads their results.json and goes on.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from tlx.backbones import ConfigError
+from tlx.features import find_cut
+from tlx.results import print_summary, read_results, write_results
+from tlx.run import Prepared, build_network, prepare, train
+
+log = logging.getLogger(__name__)
+
+PROBE = "head_only"
+CANDIDATES_DIR = "candidates"
+
+
+@dataclass
+class Candidate:
+    """One strategy auto may try.
+
+    Attributes:
+        strategy: a preset in ``conf/strategy/``.
+        min_per_class: tried only when the training images per class reach this (the prior).
+    """
+
+    strategy: str
+    min_per_class: int = 0
+
+
+class Auto:
+    """Settings of the search (``auto:`` in ``conf/strategy/auto.yaml``).
+
+    Args:
+        candidates: the deeper strategies, in the order they are tried (cheapest first); each is a mapping with
+            ``strategy`` and ``min_per_class``. The probe (``head_only``) always runs first.
+        check_fraction: a candidate can be stopped from this fraction of its training steps on.
+        slack: the most validation accuracy a candidate is assumed to gain over its whole remaining training (it
+            gains ``slack * (1 - progress)`` at most); smaller stops losers sooner.
+        budget_s: wall-clock budget of the whole search in seconds (null: none). A candidate still training when it
+            is spent is stopped; later ones are skipped.
+    """
+
+    def __init__(
+        self,
+        candidates: list[dict[str, Any]],
+        check_fraction: float = 0.3,
+        slack: float = 0.1,
+        budget_s: float | None = None,
+    ) -> None:
+        if not 0.0 < float(check_fraction) <= 1.0:
+            raise ConfigError(f"auto.check_fraction must be in (0, 1], got {check_fraction}")
+        if float(slack) < 0:
+            raise ConfigError(f"auto.slack must be >= 0, got {slack}")
+        if budget_s is not None and not float(budget_s) > 0:
+            raise ConfigError(f"auto.budget_s must be > 0 or null, got {budget_s}")
+        parsed = []
+        for c in candidates:
+            c = dict(c)
+            unknown = set(c) - {"strategy", "min_per_class"}
+            if "strategy" not in c or unknown:
+                raise ConfigError(
+                    f"auto.candidates entries are {{strategy: <conf/strategy name>, min_per_class: <int>}}, got {c}"
+                )
+            parsed.append(Candidate(str(c["strategy"]), int(c.get("min_per_class", 0))))
+        names = [c.strategy for c in parsed]
+        if PROBE in names or len(set(names)) != len(names) or "auto" in names:
+            raise ConfigError(
+                f"auto.candidates must name distinct strategies other than {PROBE} (always tried first) and auto; "
+                f"got {names}"
+            )
+        self.candidates, self.check_fraction, self.slack = parsed, float(check_fraction), float(slack)
+        self.budget_s = None if budget_s is None else float(budget_s)
+
+
+class _Race(pl.Callback):
+    """Stops a candidate that can no longer beat the best validation accuracy so far, or runs past the deadline."""
+
+    def __init__(self, best_so_far: float, check_fraction: float, slack: float, deadline: float | None) -> None:
+        self.best_so_far, self.check_fraction, self.slack, self.deadline = best_so_far, check_fraction, slack, deadline
+        self.stopped: str | None = None
+        self.progress = 0.0
+
+    def on_validation_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
+        if trainer.sanity_checking or not module.val_history:
+            return
+        self.progress = min(1.0, trainer.global_step / max(1, trainer.estimated_stepping_batches))
+        best = max(h["val/acc"] for h in module.val_history)
+        if self.deadline is not None and time.monotonic() > self.deadline:
+            self.stopped = f"budget spent at {self.progress:.0%}"
+        elif self.progress >= self.check_fraction and best + self.slack * (1 - self.progress) < self.best_so_far:
+            self.stopped = f"stopped at {self.progress:.0%}: val/acc {best:.4f} could not reach {self.best_so_far:.4f}"
+        if self.stopped:
+            trainer.should_stop = True
+            log.info("auto: %s", self.stopped)
+
+
+def run_auto(cfg: DictConfig, out_dir: Path, compose: Callable[[str], DictConfig]) -> dict[str, Any]:
+    """Try the candidates as ``cfg.auto`` says, make the winner the run's model, and return the run's results.
+
+    Args:
+        cfg: the run's config (with an ``auto`` section).
+        out_dir: the run directory; each candidate trains in ``out_dir/candidates/<strategy>``.
+        compose: the config of a candidate, from its strategy name (the face composes it with Hydra, from the same
+            overrides as this run). Only called for candidates that have no saved config yet, so a resumed run
+            (whose config comes from its own directory) never composes again.
+    """
+    start, cpu_start = time.perf_counter(), time.process_time()
+    out_dir = Path(out_dir)
+    settings: Auto = instantiate(cfg.auto)
+    configs = {name: _candidate_config(out_dir, name, compose) for name in [PROBE, *settings_names(settings)]}
+    prepared = prepare(configs[PROBE])
+    data = prepared.data
+    per_class = len(data.samples["train"]) / len(data.classes)
+    deadline = time.monotonic() + settings.budget_s if settings.budget_s else None
+    log.info("auto: %.0f training images per class; candidates %s", per_class, list(configs))
+
+    # One pass over the images extracts every cut a cached candidate will read, alongside the probe's own.
+    prefetch = tuple(c for c in (_cut_of(configs[n], prepared) for n in settings_names(settings)) if c is not None)
+    tried: list[dict[str, Any]] = []
+    best: dict[str, Any] | None = None
+    for name in [PROBE, *settings_names(settings)]:
+        cand = next((c for c in settings.candidates if c.strategy == name), Candidate(name))
+        row: dict[str, Any] = {"strategy": name, "dir": f"{CANDIDATES_DIR}/{name}"}
+        if per_class < cand.min_per_class:
+            tried.append(row | {"status": "skipped", "why": f"fewer than {cand.min_per_class} images per class"})
+            continue
+        if deadline is not None and time.monotonic() > deadline and best is not None:
+            tried.append(row | {"status": "skipped", "why": "budget spent"})
+            continue
+        run_dir = out_dir / CANDIDATES_DIR / name
+        race = _Race(best["val/acc"] if best else -1.0, settings.check_fraction, settings.slack, deadline)
+        results = read_results(run_dir) or {}
+        if results.get("status") != "ok":
+            log.info("auto: training candidate %s", name)
+            results = train(configs[name], run_dir, prepared, (race,), prefetch if name == PROBE else ())
+            results["auto_candidate"] = {"stopped": race.stopped, "progress": round(race.progress, 3)}
+            write_results(run_dir, results)
+        stop = results.get("auto_candidate", {})
+        entry = row | {
+            "status": "stopped" if stop.get("stopped") else "finished",
+            "val/acc": results["metrics"].get("val/acc"),
+            "test/acc": results["metrics"].get("test/acc"),
+            "seconds": results["timing"]["total_s"],
+            "epochs": results.get("epochs"),
+            "why": stop.get("stopped") or "trained to the end",
+        }
+        tried.append(entry)
+        if best is None or entry["val/acc"] > best["val/acc"]:
+            best = entry | {"results": results}
+    if best is None:
+        raise ConfigError("auto tried no candidate; lower auto.candidates' min_per_class or raise auto.budget_s")
+    return _finish(out_dir, best, tried, per_class, time.perf_counter() - start, time.process_time() - cpu_start)
+
+
+def _cut_of(cfg: DictConfig, prepared: Prepared) -> int | str | None:
+    """Where a candidate's cached activations would be cut, or None when it cannot train from the cache."""
+    if cfg.data.augment or str(cfg.cache.enabled).lower() == "false":
+        return None
+    backbone, data = prepared.take(cfg)
+    return find_cut(build_network(cfg, backbone, len(data.classes))[0])
+
+
+def settings_names(settings: Auto) -> list[str]:
+    """The deeper candidates' strategy names, in the order they are tried."""
+    return [c.strategy for c in settings.candidates]
+
+
+def _candidate_config(out_dir: Path, name: str, compose: Callable[[str], DictConfig]) -> DictConfig:
+    """The candidate's saved config, or a newly composed one, saved into its run directory (reproducible alone)."""
+    path = out_dir / CANDIDATES_DIR / name / ".hydra" / "config.yaml"
+    if path.is_file():
+        return OmegaConf.load(path)
+    cfg = compose(name)
+    if OmegaConf.select(cfg, "auto") is not None:
+        raise ConfigError(f"strategy={name} composes another auto run; auto.candidates must name fixed strategies")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    OmegaConf.save(cfg, path, resolve=True)
+    return OmegaConf.load(path)
+
+
+def _finish(
+    out_dir: Path, best: dict[str, Any], tried: list[dict[str, Any]], per_class: float, seconds: float, cpu_s: float
+) -> dict[str, Any]:
+    """The winner becomes the run's model: its checkpoint, file lists and results, plus the auto section."""
+    winner_dir = out_dir / best["dir"]
+    (out_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(winner_dir / best["results"]["checkpoint"], out_dir / "checkpoints" / "best.ckpt")
+    shutil.copyfile(winner_dir / "files.json", out_dir / "files.json")
+    probe = next(t for t in tried if t["strategy"] == PROBE)
+    others = [t for t in tried if t is not best and t.get("val/acc") is not None and t["strategy"] != best["strategy"]]
+    runner_up = max(others, key=lambda t: t["val/acc"], default=None)
+    reason = (
+        f"{best['strategy']} won with val/acc {best['val/acc']:.4f}"
+        + (
+            f" ({(best['val/acc'] - runner_up['val/acc']) * 100:+.1f} points over {runner_up['strategy']})"
+            if runner_up
+            else ""
+        )
+        + f" at {per_class:.0f} training images per class; "
+        + f"{sum(t['status'] != 'skipped' for t in tried)} of {len(tried)} candidates trained"
+    )
+    results = {k: v for k, v in best["results"].items() if k != "auto_candidate"}
+    results["checkpoint"] = "checkpoints/best.ckpt"
+    results["timing"] = dict(
+        results["timing"],
+        total_s=round(seconds, 3),
+        cpu_s=round(cpu_s, 3),
+        winner_s=results["timing"]["total_s"],
+        winner_cpu_s=results["timing"].get("cpu_s"),
+    )
+    results["auto"] = {
+        "winner": best["strategy"],
+        "winner_dir": best["dir"],
+        "reason": reason,
+        "train_per_class": per_class,
+        "probe_val_acc": probe.get("val/acc"),
+        "candidates": [{k: v for k, v in t.items() if k != "results"} for t in tried],
+    }
+    write_results(out_dir, results)
+    log.info("auto: %s", reason)
+    print_summary(results, out_dir)
+    return results
