@@ -47,8 +47,14 @@ def reference(run_dir):
     classes = json.loads((run_dir / "files.json").read_text())["classes"]
     backbone = instantiate(cfg.backbone)
     net = Network(backbone, instantiate(cfg.head)(backbone=backbone, num_classes=len(classes))).eval()
-    state = torch.load(run_dir / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=True)["state_dict"]
-    net.load_state_dict({k.removeprefix("net."): v for k, v in state.items()})
+    saved = torch.load(run_dir / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=True)
+    # A lean checkpoint (the backbone is frozen): the frozen tensors come from the pretrained weights loaded above.
+    missing, unexpected = net.load_state_dict(
+        {k.removeprefix("net."): v for k, v in saved["state_dict"].items()}, strict=False
+    )
+    # (BatchNorm keeps its own num_batches_tracked when the state lacks it, without listing it as missing.)
+    left_out = {k for k in saved["frozen"]["keys"] if not k.endswith(".num_batches_tracked")}
+    assert not unexpected and {f"net.{k}" for k in missing} == left_out
     transform = timm.data.create_transform(**backbone.data_config)
 
     def _logits(paths: list[Path]) -> tuple[torch.Tensor, torch.Tensor]:

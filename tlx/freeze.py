@@ -77,6 +77,30 @@ class Freeze:
                 if isinstance(m, _BatchNorm) and net.training:
                     m.train()
 
+    def fixed_state_keys(self, net: nn.Module) -> list[str]:
+        """The ``state_dict`` keys of ``net`` that training leaves at their loaded values (in ``state_dict`` order).
+
+        Frozen parameters, and the buffers of fully frozen modules, which run in eval mode (``apply_bn_policy``) so
+        their BatchNorm statistics do not move; not with ``train_bn``, where they do. Buffers of modules without
+        parameters are not counted: nothing says they stay fixed.
+        """
+        keys = []
+        for key, tensor in net.state_dict(keep_vars=True).items():
+            owner, _, _ = key.rpartition(".")
+            module = net.get_submodule(owner)
+            if isinstance(tensor, nn.Parameter):
+                fixed = not tensor.requires_grad
+            else:
+                params = list(module.parameters())
+                fixed = (
+                    bool(params)
+                    and not any(p.requires_grad for p in params)
+                    and not (self.train_bn and isinstance(module, _BatchNorm))
+                )
+            if fixed:
+                keys.append(key)
+        return keys
+
 
 def count_params(net: nn.Module) -> dict[str, int]:
     """Trainable, frozen and total parameter counts."""

@@ -120,6 +120,8 @@ class Network(nn.Module):
         self.head = head
         self.chain = backbone.chain  # plain list: the modules are registered under self.backbone already
         self.new_prefixes = ["head"] + [f"backbone.{n}" for n in head.new_backbone_modules]
+        # What the frozen tensors of a lean checkpoint are rebuilt from (tlx.checkpoints).
+        self.weights, self.weights_hash = backbone.weights, backbone.weights_hash
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.backbone(x))  # (B, 3, H, W) -> (B, F) -> (B, K)

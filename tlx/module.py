@@ -13,6 +13,7 @@ from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix, MulticlassF1Score
 
 from tlx.backbones import ConfigError
+from tlx.checkpoints import make_lean, restore_frozen
 from tlx.freeze import Freeze
 from tlx.heads import Network
 
@@ -158,8 +159,14 @@ class TransferModule(pl.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["val_history"] = self.val_history
+        # Frozen tensors are left out (rebuilt from the pretrained weights on load): best.ckpt and last.ckpt of a
+        # head-only run hold the head, not the whole network.
+        fixed = [f"net.{k}" for k in self.freeze.fixed_state_keys(self.net)]
+        make_lean(checkpoint, fixed, self.net.weights, self.net.weights_hash)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        path = self.trainer.ckpt_path if self._trainer is not None else None
+        restore_frozen(checkpoint, self.state_dict(), self.net.weights, self.net.weights_hash, path)
         # Only a resumed fit takes the history back; testing the best checkpoint must not cut it to that epoch.
         if self._trainer is not None and self.trainer.state.fn == TrainerFn.FITTING:
             self.val_history = list(checkpoint.get("val_history", []))

@@ -23,6 +23,7 @@ from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 from tqdm import tqdm
 
 from tlx.backbones import ConfigError
+from tlx.checkpoints import is_lean, restore_frozen
 from tlx.data import IMAGE_SUFFIXES, FileSamples, ImageData, write_json_atomic
 from tlx.heads import Network
 from tlx.results import read_results, resume_command
@@ -82,14 +83,20 @@ def load_run(run_dir: Path, checkpoint: str = "best") -> TrainedModel:
             )
     cfg = OmegaConf.load(config)
     classes = json.loads(files.read_text())["classes"]
-    # Same order as tlx.run (a reinit_last head rebuilds the backbone's tail). No pretrained weights: the checkpoint
-    # holds every tensor, and the shapes do not depend on them (load_state_dict below is strict).
-    backbone = instantiate(cfg.backbone, pretrained=False)
+    loaded = torch.load(ckpt, map_location="cpu", weights_only=True)
+    # Same order as tlx.run (a reinit_last head rebuilds the backbone's tail). A lean checkpoint takes its frozen
+    # tensors from the pretrained weights; a full one holds every tensor, so it needs none (the shapes do not depend
+    # on them, and load_state_dict below is strict).
+    backbone = instantiate(cfg.backbone) if is_lean(loaded) else instantiate(cfg.backbone, pretrained=False)
     head = instantiate(cfg.head)(backbone=backbone, num_classes=len(classes))
     net = Network(backbone, head)
-    state = torch.load(ckpt, map_location="cpu", weights_only=True).get("state_dict", {})
+    loaded.setdefault("state_dict", {})
+    rebuilt = {f"net.{k}": v for k, v in net.state_dict().items()}
+    restore_frozen(loaded, rebuilt, backbone.weights, backbone.weights_hash, ckpt)
     try:
-        net.load_state_dict({k.removeprefix("net."): v for k, v in state.items() if k.startswith("net.")})
+        net.load_state_dict(
+            {k.removeprefix("net."): v for k, v in loaded["state_dict"].items() if k.startswith("net.")}
+        )
     except RuntimeError as e:  # missing, unexpected or differently shaped tensors
         detail = textwrap.shorten(str(e).splitlines()[-1], 160, placeholder="...")
         raise ConfigError(
@@ -124,17 +131,26 @@ def find_images(inputs: Path) -> list[Path]:
 def predict(
     model: TrainedModel,
     paths: list[Path],
-    top_k: int = 3,
+    top_k: int | None = None,
     batch_size: int = 64,
     num_workers: int | str = 0,
     device: str = "cpu",
 ) -> tuple[list[dict[str, Any]], list[str]]:
     """Top-k classes of every readable image, decoded and transformed exactly as the run's validation images.
 
+    Args:
+        model: the trained model (``load_run``).
+        paths: image files.
+        top_k: classes per image; None: 3, or every class of a model with fewer.
+        batch_size: images per forward pass.
+        num_workers: loader processes, or ``auto``.
+        device: where the network runs.
+
     Returns:
         One ``{"path", "labels", "probs"}`` record per readable image (most probable first), and the paths of the
         unreadable files that were skipped (each logged as a warning).
     """
+    top_k = default_top_k(model) if top_k is None else top_k
     if not 1 <= top_k <= len(model.classes):
         raise ConfigError(
             f"top_k={top_k} but the model has {len(model.classes)} classes; use 1 <= top_k <= {len(model.classes)}"
@@ -153,6 +169,11 @@ def predict(
                 path = samples.paths[len(records)]
                 records.append({"path": str(path), "labels": [model.classes[j] for j in i], "probs": p})
     return records, data.bad_images
+
+
+def default_top_k(model: TrainedModel) -> int:
+    """3, or the number of classes of a model with fewer (a 2-class model has no third guess)."""
+    return min(3, len(model.classes))
 
 
 def write_predictions(path: Path, records: list[dict[str, Any]], top_k: int, meta: dict[str, Any]) -> None:
@@ -176,7 +197,7 @@ class _Args:
     run_dir: str = MISSING
     inputs: str = MISSING
     output: str = "predictions.csv"
-    top_k: int = 3
+    top_k: int | None = None  # None: 3, or every class of a model with fewer
     batch_size: int = 64
     num_workers: Any = "auto"  # auto: one loader process per core beyond the first, at most 8
     checkpoint: str = "best"
@@ -207,8 +228,9 @@ def main(argv: list[str] | None = None) -> None:
             raise ConfigError(f"output={args.output}: use a .csv or .json file name")
         device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
         model = load_run(Path(args.run_dir), args.checkpoint)
+        top_k = default_top_k(model) if args.top_k is None else args.top_k
         records, skipped = predict(
-            model, find_images(Path(args.inputs)), args.top_k, args.batch_size, args.num_workers, device
+            model, find_images(Path(args.inputs)), top_k, args.batch_size, args.num_workers, device
         )
         if not records:
             raise ConfigError(f"none of the images in {args.inputs} could be read ({len(skipped)} skipped)")
@@ -218,7 +240,7 @@ def main(argv: list[str] | None = None) -> None:
             "classes": model.classes,
             "skipped": skipped,
         }
-        write_predictions(Path(args.output), records, args.top_k, meta)
+        write_predictions(Path(args.output), records, top_k, meta)
     except ConfigError as e:
         print(f"tlx.predict: error: {e}", file=sys.stderr)
         sys.exit(2)
