@@ -22,6 +22,7 @@ from tlx.features import find_cut, use_cached_features
 from tlx.heads import Network
 from tlx.module import TransferModule
 from tlx.results import print_summary, read_results, resume_command, write_results
+from tlx.run_report import save_run_report
 
 log = logging.getLogger(__name__)
 # Frozen layers are in eval mode on purpose.
@@ -78,6 +79,8 @@ def train(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     resume = latest.path if cfg.get("resume") and latest.path.is_file() else None
     if cfg.get("resume") and resume is None:
         log.warning("resume=true but %s does not exist: starting from the beginning", latest.path)
+    elif resume:
+        log.info("resuming from %s", resume)
     t_fit = time.perf_counter()
     trainer.fit(module, datamodule=data, ckpt_path=resume)
     fit_s = time.perf_counter() - t_fit
@@ -125,6 +128,7 @@ def train(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
         results["data"]["fraction"] = data.fraction
     if trainer.is_global_zero:  # under DDP every process runs train(); one writes the results
         write_results(out_dir, results)
+        save_run_report(out_dir, module, data, device)  # report.html; warns instead of failing the run
         print_summary(results, out_dir)
     return results
 
