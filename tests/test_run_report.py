@@ -91,6 +91,17 @@ def test_report_is_rebuilt_from_the_run_directory(run: tuple[Path, dict], tmp_pa
     assert write_run_report(copy).read_text().count('class="thumb"') == rebuilt.count('class="thumb"')
 
 
+def test_report_of_a_directory_without_results_says_so(tmp_path: Path, capsys) -> None:
+    (tmp_path / "results.json").write_text("{")  # cut short
+    with pytest.raises(SystemExit) as exit_info:
+        report_main([str(tmp_path)])
+    assert exit_info.value.code == 2
+    assert (
+        capsys.readouterr().err
+        == f"tlx.report: error: {tmp_path} has no readable results.json; give the directory of a tlx run\n"
+    )
+
+
 def test_a_report_failure_does_not_fail_the_run(monkeypatch, caplog, tmp_path: Path) -> None:
     def broken(*args):
         raise RuntimeError("disk full")

@@ -400,9 +400,13 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"no such directory: {args.dir}")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if (args.dir / RESULTS).is_file():
+        from tlx.backbones import ConfigError
         from tlx.run_report import write_run_report  # torch and the data module are only needed for a run report
 
-        log.info("run report: %s", write_run_report(args.dir))
+        try:
+            log.info("run report: %s", write_run_report(args.dir))
+        except ConfigError as e:
+            parser.exit(2, f"tlx.report: error: {e}\n")
     else:
         write_report(args.dir, args.metric)
 

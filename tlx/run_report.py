@@ -64,10 +64,11 @@ def predict_val(module: TransferModule, data: ImageData, device: torch.device) -
     (after ``trainer.test(ckpt_path="best")``: the tested checkpoint's).
     """
     module.eval().to(device)
+    dtype = next(module.parameters()).dtype  # bf16/16 with trainer.precision=*-true
     out = []
     with torch.inference_mode():
         for x, _ in data.val_dataloader():  # unshuffled
-            out.append(module(x.to(device)).float().softmax(dim=1).cpu())  # (B, K)
+            out.append(module(x.to(device, dtype)).float().softmax(dim=1).cpu())  # (B, K)
     return torch.cat(out)
 
 
