@@ -30,6 +30,8 @@ td.num, th.num { text-align: right; font-variant-numeric: tabular-nums; }
 tr.best td { font-weight: 600; }
 img.figure { display: block; max-width: 100%; height: auto; }
 .note { color: #57606a; font-size: 14px; margin: 6px 0; }
+li { font-size: 14px; margin: 4px 0; }
+code { font-size: 12px; word-break: break-all; }
 .warn { color: #9a6700; }
 .gallery { display: grid; grid-template-columns: repeat(6, 1fr); gap: 12px; }
 .card { border: 1px solid #d0d7de; border-radius: 6px; padding: 8px; background: #fff; font-size: 12.5px; }

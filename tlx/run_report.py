@@ -244,9 +244,16 @@ def _confusion_html(classes: list[str], per_class: dict[str, Any], results: dict
     if not classes or not splits:
         return '<p class="note">No confusion matrix in results.json.</p>'
     k = len(classes)
-    side = min(max(3.6, 0.5 * k + 2.0), 11.0)
-    fig = Figure(figsize=(min(side * len(splits) + 1.0, 10.4 if k <= 12 else 22.0), side), layout="constrained")
-    axes = fig.subplots(1, len(splits), squeeze=False)[0]
+    n = len(splits)
+    stacked = k > 16  # many classes: one heatmap under the other, each as wide as the page
+    if stacked:
+        panel = 0.24 * k  # inches per heatmap side
+        fig = Figure(figsize=(panel + 2.6, n * (panel + 1.6)), layout="constrained")
+        axes = fig.subplots(n, 1, squeeze=False)[:, 0]
+    else:
+        panel = min((10.4 - 1.2) / n, max(3.5, 0.45 * k + 2.0))
+        fig = Figure(figsize=(n * panel + 1.2, panel + 0.6), layout="constrained")
+        axes = fig.subplots(1, n, squeeze=False)[0]
     image = None
     for ax, split in zip(axes, splits, strict=True):
         counts = np.asarray(per_class[split]["confusion"], dtype=float)  # (K, K), rows: true class
@@ -257,25 +264,27 @@ def _confusion_html(classes: list[str], per_class: dict[str, Any], results: dict
             classes,
             rotation=40 if k > 3 else 0,
             ha="right" if k > 3 else "center",
-            fontsize=9 if k <= 20 else 6,
+            fontsize=7 if stacked else 9,
         )
-        ax.set_yticks(range(k), classes, fontsize=9 if k <= 20 else 6)
+        ax.set_yticks(range(k), classes, fontsize=7 if stacked else 9)
         ax.set_xlabel("predicted class")
         ax.set_ylabel("true class")
         ax.set_title(f"{split}: {int(counts.sum())} images")
-        if k <= 20:  # counts written in the cells while they stay readable
-            for (r, c), n in np.ndenumerate(counts):
+        if not stacked:  # counts written in the cells while they stay readable
+            for (r, c), count in np.ndenumerate(counts):
                 ax.text(
                     c,
                     r,
-                    f"{int(n)}",
+                    f"{int(count)}",
                     ha="center",
                     va="center",
                     fontsize=9,
                     color="white" if fraction[r, c] > 0.55 else "#1f2328",
                 )
     fig.colorbar(image, ax=list(axes), shrink=0.8, label="fraction of the true class")
-    note = '<p class="note">Rows: true class; colour: share of the row; numbers: image counts.</p>'
+    note = (
+        f'<p class="note">Rows: true class; colour: share of the row{"" if stacked else "; numbers: image counts"}.</p>'
+    )
     return img_tag(figure_png(fig), "confusion matrices", "confusion-figure") + note
 
 
@@ -285,7 +294,7 @@ def _per_class_html(classes: list[str], per_class: dict[str, Any], results: dict
     if not classes or not splits:
         return '<p class="note">No per-class accuracy in results.json.</p>'
     k = len(classes)
-    fig = Figure(figsize=(10.4, min(max(2.4, 0.28 * k * len(splits) + 1.2), 30.0)), layout="constrained")
+    fig = Figure(figsize=(10.4, max(2.4, 0.22 * k * len(splits) + 1.2)), layout="constrained")
     ax = fig.subplots()
     y = np.arange(k)
     height = 0.8 / len(splits)
@@ -294,7 +303,7 @@ def _per_class_html(classes: list[str], per_class: dict[str, Any], results: dict
         bars = ax.barh(y - 0.4 + height * (j + 0.5), acc, height=height, color=color, label=split)
         ax.bar_label(bars, labels=[f"{a:.2f}" for a in acc], padding=3, fontsize=8)
     ax.set_yticks(y, classes)
-    ax.invert_yaxis()
+    ax.set_ylim(k - 0.5, -0.5)  # first class on top, no empty margin
     ax.set_xlim(0, 1.1)
     ax.set_xlabel("accuracy")
     ax.grid(True, axis="x", alpha=0.3)
