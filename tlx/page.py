@@ -27,7 +27,6 @@ section { background: #fff; border: 1px solid #d0d7de; border-radius: 8px; paddi
 table { border-collapse: collapse; font-size: 14px; }
 th, td { border-bottom: 1px solid #eaeef2; padding: 5px 12px 5px 0; text-align: left; vertical-align: top; }
 td.num, th.num { text-align: right; font-variant-numeric: tabular-nums; }
-tr.best td { font-weight: 600; }
 img.figure { display: block; max-width: 100%; height: auto; }
 .note { color: #57606a; font-size: 14px; margin: 6px 0; }
 li { font-size: 14px; margin: 4px 0; }
@@ -72,20 +71,15 @@ def img_tag(png: bytes, alt: str, element_id: str | None = None, css_class: str 
     return f'<img{attr_id} class="{css_class}" alt="{esc(alt)}" src="{data_uri(png)}">'
 
 
-def table(
-    rows: list[list[Any]],
-    header: list[str] | None = None,
-    numeric: set[int] | None = None,
-    best: set[int] = frozenset(),
-) -> str:
-    """An HTML table; cells are escaped, columns in ``numeric`` right-aligned, rows in ``best`` in bold."""
+def table(rows: list[list[Any]], header: list[str] | None = None, numeric: set[int] | None = None) -> str:
+    """An HTML table; cells are escaped, the columns in ``numeric`` right-aligned."""
     numeric = numeric or set()
 
     def cells(values: list[Any], tag: str) -> str:
         return "".join(f"<{tag}{' class=num' if i in numeric else ''}>{esc(v)}</{tag}>" for i, v in enumerate(values))
 
     head = f"<thead><tr>{cells(header, 'th')}</tr></thead>" if header else ""
-    body = "".join(f"<tr{' class=best' if i in best else ''}>{cells(r, 'td')}</tr>" for i, r in enumerate(rows))
+    body = "".join(f"<tr>{cells(r, 'td')}</tr>" for r in rows)
     return f"<table>{head}<tbody>{body}</tbody></table>"
 
 

@@ -231,6 +231,12 @@ def _cell_text(cell: Cell | None, markdown: bool = True) -> str:
     return text + f" (n={len(cell.values)}" + (f", {cell.failed} failed)" if cell.failed else ")")
 
 
+def _params_text(cells: dict[tuple[str, str], Cell], columns: list[str]) -> list[str]:
+    """Trainable parameters per strategy column: one number, or the range when the jobs differ."""
+    params = [sorted({p for c in cells.values() if c.strategy == s for p in c.trainable}) for s in columns]
+    return ["" if not p else f"{p[0]:,}" if len(p) == 1 else f"{p[0]:,}–{p[-1]:,}" for p in params]
+
+
 def _markdown(
     sweep_dir: Path,
     jobs: list[Job],
@@ -253,12 +259,7 @@ def _markdown(
         "| ---: |" + " :---: |" * len(columns),
     ]
     lines += [f"| {row} | " + " | ".join(_cell_text(cells.get((row, s))) for s in columns) + " |" for row in rows]
-    params = [sorted({p for c in cells.values() if c.strategy == s for p in c.trainable}) for s in columns]
-    lines.append(
-        "| trainable params | "
-        + " | ".join("" if not p else f"{p[0]:,}" if len(p) == 1 else f"{p[0]:,}–{p[-1]:,}" for p in params)
-        + " |"
-    )
+    lines.append("| trainable params | " + " | ".join(_params_text(cells, columns)) + " |")
     lines += [
         "",
         "## Mean wall time per job (s)",
@@ -347,11 +348,8 @@ def _html(
 ) -> str:
     n_ok = sum(j.status == "ok" for j in jobs)
     total_s = sum(j.wall_s or 0.0 for j in jobs)
-    params = [sorted({p for c in cells.values() if c.strategy == s for p in c.trainable}) for s in columns]
     scores = [[row] + [_cell_text(cells.get((row, s)), markdown=False) for s in columns] for row in rows]
-    scores.append(
-        ["trainable params"] + ["" if not p else f"{p[0]:,}" if len(p) == 1 else f"{p[0]:,}–{p[-1]:,}" for p in params]
-    )
+    scores.append(["trainable params", *_params_text(cells, columns)])
     times = [
         [row] + [f"{c.mean_wall_s:.1f}" if (c := cells.get((row, s))) is not None and c.wall_s else "" for s in columns]
         for row in rows

@@ -155,8 +155,7 @@ def write_run_report(run_dir: Path) -> Path:
             section("per-class", "Per-class accuracy", _per_class_html(classes, per_class, results)),
             section("gallery", "Most confidently wrong validation images", _gallery_html(run_dir)),
         ]
-    path = write_page(run_dir / REPORT, page(title, str(run_dir.resolve()), sections))
-    return path
+    return write_page(run_dir / REPORT, page(title, str(run_dir.resolve()), sections))
 
 
 def _summary_rows(run_dir: Path, results: dict[str, Any]) -> list[list[str]]:
@@ -179,7 +178,10 @@ def _summary_rows(run_dir: Path, results: dict[str, Any]) -> list[list[str]]:
     ]
     d, p, t, cache = results["data"], results["params"], results["timing"], results["cache"]
     rows += [
-        ["best epoch", f"{results.get('best_epoch')} of {results.get('epochs')} (its checkpoint is the one tested)"],
+        [
+            "best epoch",
+            f"{results.get('best_epoch')} of epochs 0-{int(results.get('epochs') or 1) - 1} (its checkpoint is tested)",
+        ],
         [
             "data",
             f"{d.get('train', 0)} train, {d.get('val', 0)} val, {d.get('test', 0)} test images, "
