@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import csv
 import json
 import statistics
@@ -65,7 +66,7 @@ def sweep(tmp_path: Path) -> Path:
 
 def test_report_table_csv_and_plot(sweep: Path) -> None:
     paths = write_report(sweep)
-    assert {p.name for p in paths.values()} == {"report.md", "report.csv", "report.png"}
+    assert {p.name for p in paths.values()} == {"report.md", "report.csv", "report.png", "report.html"}
 
     rows = list(csv.DictReader(paths["csv"].open()))
     by = {(r["samples_per_class"], r["strategy"]): r for r in rows}
@@ -96,6 +97,11 @@ def test_report_table_csv_and_plot(sweep: Path) -> None:
     assert "12 jobs, 9 ok, 3 failed" in md
 
     assert paths["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and paths["png"].stat().st_size > 5_000
+
+    page = paths["html"].read_text()  # the same table and plot in one self-contained page
+    assert "<td class=num>0.7100 ± 0.0141 ★ (n=2)</td>" in page and "<td class=num>failed (2)</td>" in page
+    assert f'src="data:image/png;base64,{base64.b64encode(paths["png"].read_bytes()).decode()}"' in page
+    assert "out of memory" in page and "12 jobs, 9 ok, 3 failed" in page
 
 
 def test_report_other_metric_and_cli(sweep: Path) -> None:

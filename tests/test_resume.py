@@ -84,9 +84,7 @@ def _resume_and_compare(run_dir: Path, uninterrupted: dict) -> None:
     args = shlex.split(resume_command(run_dir))[3:]  # the printed command, without "python -m tlx"
     proc = run_cli(*args)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert f"Restoring states from the checkpoint path at {run_dir / 'checkpoints' / 'last.ckpt'}" in (
-        proc.stdout + proc.stderr
-    )
+    assert f"resuming from {run_dir / 'checkpoints' / 'last.ckpt'}" in proc.stdout + proc.stderr
     resumed = read_results(run_dir)
     assert resumed["status"] == "ok"
     assert resumed["metrics"].keys() == uninterrupted["metrics"].keys()

@@ -16,6 +16,7 @@ from omegaconf import DictConfig
 from omegaconf.errors import MissingMandatoryValue
 
 from tlx.backbones import ConfigError
+from tlx.console import configure_console
 from tlx.devices import place_job, visible_gpus
 from tlx.results import resume_command, write_results
 
@@ -49,6 +50,7 @@ def _compose_candidate(config_name: str, overrides: list[str], strategy: str) ->
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def main(cfg: DictConfig) -> float:
     """Hydra entry point; returns ``cfg.metric`` for sweepers (NaN for a failed job in a sweep)."""
+    configure_console(bool(cfg.get("verbose")))
     from tlx.run import train  # heavy imports after Hydra has parsed the command line
 
     hc = HydraConfig.get()

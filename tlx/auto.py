@@ -39,6 +39,7 @@ from tlx.backbones import ConfigError
 from tlx.features import find_cut
 from tlx.results import print_summary, read_results, write_results
 from tlx.run import Prepared, build_network, prepare, train
+from tlx.run_report import write_run_report
 
 log = logging.getLogger(__name__)
 
@@ -217,7 +218,12 @@ def _finish(
     winner_dir = out_dir / best["dir"]
     (out_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
     shutil.copyfile(winner_dir / best["results"]["checkpoint"], out_dir / "checkpoints" / "best.ckpt")
-    shutil.copyfile(winner_dir / "files.json", out_dir / "files.json")
+    for name in ("files.json", "val_predictions.csv"):  # what the run report is built from
+        if (winner_dir / name).is_file():
+            shutil.copyfile(winner_dir / name, out_dir / name)
+    for name in ("logs", "gallery"):
+        if (winner_dir / name).is_dir():
+            shutil.copytree(winner_dir / name, out_dir / name, dirs_exist_ok=True)
     probe = next(t for t in tried if t["strategy"] == PROBE)
     others = [t for t in tried if t is not best and t.get("val/acc") is not None and t["strategy"] != best["strategy"]]
     runner_up = max(others, key=lambda t: t["val/acc"], default=None)
@@ -249,6 +255,10 @@ def _finish(
         "candidates": [{k: v for k, v in t.items() if k != "results"} for t in tried],
     }
     write_results(out_dir, results)
+    try:
+        write_run_report(out_dir)
+    except Exception as e:  # a broken report must not fail a finished search
+        log.warning("could not write the run report (%s); retry with: python -m tlx.report %s", e, out_dir)
     log.info("auto: %s", reason)
     print_summary(results, out_dir)
     return results

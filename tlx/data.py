@@ -26,8 +26,18 @@ log = logging.getLogger(__name__)
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 SPLITS = ("train", "val", "test")
 DEMO_ROOT = Path(__file__).parent / "demo"
-FASHION_MNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
-                         "Ankle boot"]
+FASHION_MNIST_CLASSES = [
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+]
 
 
 class Samples:
@@ -87,8 +97,13 @@ class ArraySamples(Samples):
         self.array, self.rows, self.array_hash = array, list(rows), array_hash
 
     def subset(self, indices: list[int]) -> ArraySamples:
-        return ArraySamples([self.ids[i] for i in indices], [self.labels[i] for i in indices], self.array,
-                            [self.rows[i] for i in indices], self.array_hash)
+        return ArraySamples(
+            [self.ids[i] for i in indices],
+            [self.labels[i] for i in indices],
+            self.array,
+            [self.rows[i] for i in indices],
+            self.array_hash,
+        )
 
     def load(self, i: int, draft: int | None = None) -> Image.Image:
         return Image.fromarray(self.array[self.rows[i]]).convert("RGB")
@@ -97,8 +112,9 @@ class ArraySamples(Samples):
         return f"{self.array_hash}:{self.rows[i]}"
 
 
-def stratified_subset(labels: list[int], seed: int, per_class: int | None = None,
-                      fraction: float | None = None) -> list[int]:
+def stratified_subset(
+    labels: list[int], seed: int, per_class: int | None = None, fraction: float | None = None
+) -> list[int]:
     """Indices of a seeded, stratified subset; nested: for one seed a larger subset contains every smaller one.
 
     Each class's indices are shuffled by a generator seeded with (seed, class) and the first ``per_class``
@@ -132,11 +148,13 @@ def _split_indices(labels: list[int], fractions: tuple[float, float], seed: int)
         n_val = max(1, round(fractions[0] * len(idx))) if fractions[0] > 0 else 0
         n_test = max(1, round(fractions[1] * len(idx))) if fractions[1] > 0 else 0
         if n_val + n_test >= len(idx):
-            raise ConfigError(f"class {c} has only {len(idx)} images: too few to split off val/test; "
-                              "add images or lower data.val_fraction/data.test_fraction")
+            raise ConfigError(
+                f"class {c} has only {len(idx)} images: too few to split off val/test; "
+                "add images or lower data.val_fraction/data.test_fraction"
+            )
         out[1].extend(perm[:n_val])
-        out[2].extend(perm[n_val:n_val + n_test])
-        out[0].extend(perm[n_val + n_test:])
+        out[2].extend(perm[n_val : n_val + n_test])
+        out[0].extend(perm[n_val + n_test :])
     return tuple(sorted(x) for x in out)
 
 
@@ -221,8 +239,9 @@ class ImageData(pl.LightningDataModule):
         self.batch_size, self.augment, self.on_bad_image = int(batch_size), bool(augment), on_bad_image
         self.num_workers = default_workers() if num_workers == "auto" else int(num_workers)
         self.eval_transform = timm.data.create_transform(**self.data_config, is_training=False)
-        self.train_transform = (timm.data.create_transform(**self.data_config, is_training=True) if self.augment
-                                else self.eval_transform)
+        self.train_transform = (
+            timm.data.create_transform(**self.data_config, is_training=True) if self.augment else self.eval_transform
+        )
         self.draft = int(self.data_config["input_size"][-1] / self.data_config.get("crop_pct", 1.0)) + 1
         self.samples: dict[str, Samples] = {}
         self.classes: list[str] = []
@@ -239,13 +258,17 @@ class ImageData(pl.LightningDataModule):
         trained = set(splits["train"].labels)
         untrained = [c for i, c in enumerate(self.classes) if i not in trained]
         if untrained:
-            raise ConfigError(f"class(es) {untrained} have no readable training images; add images or remove "
-                              "those class folders")
+            raise ConfigError(
+                f"class(es) {untrained} have no readable training images; add images or remove those class folders"
+            )
         if "val" not in splits or len(splits["val"]) == 0:
-            raise ConfigError("no validation images found; add images to data.root/val/<class>/, or put the class "
-                              "folders directly under data.root with data.val_fraction > 0")
+            raise ConfigError(
+                "no validation images found; add images to data.root/val/<class>/, or put the class "
+                "folders directly under data.root with data.val_fraction > 0"
+            )
         splits["train"] = splits["train"].subset(
-            stratified_subset(splits["train"].labels, self.subset_seed, self.samples_per_class, self.fraction))
+            stratified_subset(splits["train"].labels, self.subset_seed, self.samples_per_class, self.fraction)
+        )
         self.samples = {k: v for k, v in splits.items() if len(v)}
         for split, s in self.samples.items():
             log.info("%s: %d images, %d classes", split, len(s), len(set(s.labels)))
@@ -255,8 +278,12 @@ class ImageData(pl.LightningDataModule):
 
     def counts(self) -> dict[str, Any]:
         """Images per split, classes and skipped files, for results.json."""
-        return {**{split: len(s) for split, s in self.samples.items()}, "classes": self.classes,
-                "num_classes": len(self.classes), "bad_images": len(self.bad_images)}
+        return {
+            **{split: len(s) for split, s in self.samples.items()},
+            "classes": self.classes,
+            "num_classes": len(self.classes),
+            "bad_images": len(self.bad_images),
+        }
 
     def save_file_lists(self, path: Path) -> None:
         """Write the exact ids of every split (after subsetting) to ``path`` as JSON."""
@@ -313,8 +340,9 @@ class ImageData(pl.LightningDataModule):
             errors = list(pool.map(ok, samples.paths))
         bad = [i for i, e in enumerate(errors) if e]
         if bad and self.on_bad_image == "fail":
-            raise ConfigError(f"unreadable image {samples.paths[bad[0]]} ({errors[bad[0]]}); remove it, or set "
-                              "data.on_bad_image=skip")
+            raise ConfigError(
+                f"unreadable image {samples.paths[bad[0]]} ({errors[bad[0]]}); remove it, or set data.on_bad_image=skip"
+            )
         for i in bad:
             log.warning("skipping unreadable image %s (%s)", samples.paths[i], errors[i])
         self.bad_images.extend(str(samples.paths[i]) for i in bad)
@@ -330,8 +358,9 @@ class FolderData(ImageData):
 
     name = "folder"
 
-    def __init__(self, root: str, val_fraction: float = 0.2, test_fraction: float = 0.0, split_seed: int = 0,
-                 **kwargs: Any) -> None:
+    def __init__(
+        self, root: str, val_fraction: float = 0.2, test_fraction: float = 0.0, split_seed: int = 0, **kwargs: Any
+    ) -> None:
         super().__init__(**kwargs)
         self.root = Path(str(root)).expanduser()
         self.val_fraction, self.test_fraction, self.split_seed = float(val_fraction), float(test_fraction), split_seed
@@ -344,15 +373,18 @@ class FolderData(ImageData):
             splits = {s: self._scan(self.root / s, classes, s) for s in SPLITS if (self.root / s).is_dir()}
             if "val" not in splits:  # train/ (+ test/) without val/: a fixed, stratified val split out of train/
                 if self.val_fraction <= 0:
-                    raise ConfigError(f"{self.root} has train/ but no val/ and data.val_fraction=0; add a val/ "
-                                      "folder or set data.val_fraction to a value in (0, 1)")
+                    raise ConfigError(
+                        f"{self.root} has train/ but no val/ and data.val_fraction=0; add a val/ "
+                        "folder or set data.val_fraction to a value in (0, 1)"
+                    )
                 train, val, _ = _split_indices(splits["train"].labels, (self.val_fraction, 0.0), self.split_seed)
                 splits["train"], splits["val"] = splits["train"].subset(train), splits["train"].subset(val)
         else:
             classes = _class_folders(self.root)
             everything = self._scan(self.root, classes, "all")
-            train, val, test = _split_indices(everything.labels, (self.val_fraction, self.test_fraction),
-                                              self.split_seed)
+            train, val, test = _split_indices(
+                everything.labels, (self.val_fraction, self.test_fraction), self.split_seed
+            )
             splits = {"train": everything.subset(train), "val": everything.subset(val), "test": everything.subset(test)}
         return {k: self.check_images(v) for k, v in splits.items()}, classes
 
@@ -360,8 +392,9 @@ class FolderData(ImageData):
         found = _class_folders(folder) if split != "all" else classes
         extra = sorted(set(found) - set(classes))
         if extra:
-            raise ConfigError(f"class folder(s) {extra} in {folder} are not in train/ ({classes}); add them to "
-                              "train/ or remove them")
+            raise ConfigError(
+                f"class folder(s) {extra} in {folder} are not in train/ ({classes}); add them to train/ or remove them"
+            )
         paths, labels, ignored = [], [], []
         for label, name in enumerate(classes):
             d = folder / name
@@ -372,13 +405,16 @@ class FolderData(ImageData):
             labels += [label] * len(images)
         if split in ("train", "all"):
             if not paths:
-                raise ConfigError(f"no images in any class folder of {folder} (looked for "
-                                  f"{', '.join(sorted(IMAGE_SUFFIXES))}); point data.root at your image folders")
+                raise ConfigError(
+                    f"no images in any class folder of {folder} (looked for "
+                    f"{', '.join(sorted(IMAGE_SUFFIXES))}); point data.root at your image folders"
+                )
             present = set(labels)
             empty = [str(folder / name) for i, name in enumerate(classes) if i not in present]
             if empty:
-                raise ConfigError(f"class folder {empty[0]} has no images (.jpg/.png/...); add images or remove the "
-                                  "folder")
+                raise ConfigError(
+                    f"class folder {empty[0]} has no images (.jpg/.png/...); add images or remove the folder"
+                )
         if ignored:
             log.warning("ignoring %d non-image file(s) in %s (e.g. %s)", len(ignored), folder, ignored[0])
             self.bad_images.extend(str(p) for p in ignored)
@@ -404,9 +440,16 @@ class FashionMNISTData(ImageData):
 
     name = "fashion_mnist"
 
-    def __init__(self, root: str, val_per_class: int = 100, test_per_class: int | None = None,
-                 classes: list[Any] | None = None, download: bool = False, split_seed: int = 0,
-                 **kwargs: Any) -> None:
+    def __init__(
+        self,
+        root: str,
+        val_per_class: int = 100,
+        test_per_class: int | None = None,
+        classes: list[Any] | None = None,
+        download: bool = False,
+        split_seed: int = 0,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
         self.root, self.download = Path(str(root)).expanduser(), download
         self.val_per_class, self.test_per_class, self.split_seed = int(val_per_class), test_per_class, split_seed
@@ -455,9 +498,11 @@ class FashionMNISTData(ImageData):
             FashionMNIST(str(self.root), train=True, download=True)
             FashionMNIST(str(self.root), train=False, download=True)
             return self.root / "FashionMNIST" / "raw"
-        raise ConfigError(f"Fashion-MNIST idx files not found under {self.root}; set data.root to the folder with "
-                          "train-images-idx3-ubyte.gz (Debian: apt install dataset-fashion-mnist puts them in "
-                          "/usr/share/datasets/fashion-mnist), or data.download=true when online")
+        raise ConfigError(
+            f"Fashion-MNIST idx files not found under {self.root}; set data.root to the folder with "
+            "train-images-idx3-ubyte.gz (Debian: apt install dataset-fashion-mnist puts them in "
+            "/usr/share/datasets/fashion-mnist), or data.download=true when online"
+        )
 
 
 def _read_idx(root: Path, name: str) -> np.ndarray:
@@ -466,7 +511,7 @@ def _read_idx(root: Path, name: str) -> np.ndarray:
     with opener(path, "rb") as f:
         raw = f.read()
     ndim = raw[3]
-    shape = tuple(int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
+    shape = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
     return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
 
 

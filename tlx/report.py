@@ -2,7 +2,11 @@
 
 Reads every job's ``results.json`` and ``.hydra/config.yaml`` under the multirun directory and writes there
 ``report.md`` (rows = samples per class, columns = strategy, cells = mean +- std over seeds, best per row marked),
-``report.csv`` (one row per cell) and ``report.png`` (the metric against samples per class, one line per strategy).
+``report.csv`` (one row per cell), ``report.png`` (the metric against samples per class, one line per strategy) and
+``report.html`` (the table and the plot in one self-contained page).
+
+``python -m tlx.report <run dir>`` (a directory with ``results.json`` at its top) rebuilds that run's ``report.html``
+instead (:mod:`tlx.run_report`).
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from hydra.experimental.callback import Callback
 from matplotlib.figure import Figure
 from omegaconf import DictConfig, OmegaConf
 
+from tlx.page import esc, figure_png, img_tag, page, section, table, write_page
 from tlx.results import RESULTS, read_results
 
 log = logging.getLogger(__name__)
@@ -176,15 +181,17 @@ def summarize(
 
 
 def write_report(sweep_dir: Path, metric: str = "test/acc") -> dict[str, Path]:
-    """Write report.md, report.csv and report.png into ``sweep_dir``; returns their paths."""
+    """Write report.md, report.csv, report.png and report.html into ``sweep_dir``; returns their paths."""
     sweep_dir = Path(sweep_dir)
     jobs = collect_jobs(sweep_dir, metric)
     lower_is_better = "loss" in metric
     rows, columns, cells = summarize(jobs, lower_is_better)
-    paths = {"md": sweep_dir / "report.md", "csv": sweep_dir / "report.csv", "png": sweep_dir / "report.png"}
+    paths = {ext: sweep_dir / f"report.{ext}" for ext in ("md", "csv", "png", "html")}
     paths["md"].write_text(_markdown(sweep_dir, jobs, rows, columns, cells, metric, lower_is_better))
     _write_csv(paths["csv"], rows, columns, cells, metric)
-    _plot(paths["png"], rows, columns, cells, metric)
+    png = figure_png(_plot(rows, columns, cells, metric), dpi=120)
+    paths["png"].write_bytes(png)
+    write_page(paths["html"], _html(sweep_dir, jobs, rows, columns, cells, metric, lower_is_better, png))
     for c in cells.values():
         if c.mixed:
             log.warning("the cell %s / %s averages jobs with different settings: %s", c.regime, c.strategy, c.mixed)
@@ -223,14 +230,20 @@ def _row_key(cells: dict[tuple[str, str], Cell], row: str) -> tuple[bool, float,
     return math.isnan(x), 0.0 if math.isnan(x) else x, row
 
 
-def _cell_text(cell: Cell | None) -> str:
+def _cell_text(cell: Cell | None, markdown: bool = True) -> str:
     if cell is None:
         return ""
     if not cell.values:
         return f"failed ({cell.failed})"
     text = f"{cell.mean:.4f}" + (f" ± {cell.std:.4f}" if cell.std is not None else "")
-    text = f"**{text}** ★" if cell.best else text
+    text = (f"**{text}** ★" if markdown else f"{text} ★") if cell.best else text
     return text + f" (n={len(cell.values)}" + (f", {cell.failed} failed)" if cell.failed else ")")
+
+
+def _params_text(cells: dict[tuple[str, str], Cell], columns: list[str]) -> list[str]:
+    """Trainable parameters per strategy column: one number, or the range when the jobs differ."""
+    params = [sorted({p for c in cells.values() if c.strategy == s for p in c.trainable}) for s in columns]
+    return ["" if not p else f"{p[0]:,}" if len(p) == 1 else f"{p[0]:,}–{p[-1]:,}" for p in params]
 
 
 def _markdown(
@@ -255,12 +268,7 @@ def _markdown(
         "| ---: |" + " :---: |" * len(columns),
     ]
     lines += [f"| {row} | " + " | ".join(_cell_text(cells.get((row, s))) for s in columns) + " |" for row in rows]
-    params = [sorted({p for c in cells.values() if c.strategy == s for p in c.trainable}) for s in columns]
-    lines.append(
-        "| trainable params | "
-        + " | ".join("" if not p else f"{p[0]:,}" if len(p) == 1 else f"{p[0]:,}–{p[-1]:,}" for p in params)
-        + " |"
-    )
+    lines.append("| trainable params | " + " | ".join(_params_text(cells, columns)) + " |")
     lines += [
         "",
         "## Mean wall time per job (s)",
@@ -313,7 +321,7 @@ def _blank(v: float | None, digits: int | None = None) -> float | str:
     return "" if v is None else v if digits is None else round(v, digits)
 
 
-def _plot(path: Path, rows: list[str], columns: list[str], cells: dict[tuple[str, str], Cell], metric: str) -> None:
+def _plot(rows: list[str], columns: list[str], cells: dict[tuple[str, str], Cell], metric: str) -> Figure:
     fig = Figure(figsize=(6.4, 4.4), layout="constrained")  # Agg canvas, no pyplot state
     ax = fig.add_subplot()
     for s in columns:
@@ -334,19 +342,80 @@ def _plot(path: Path, rows: list[str], columns: list[str], cells: dict[tuple[str
     ax.grid(True, which="both", alpha=0.3)
     if ax.has_data():
         ax.legend(title="strategy")
-    fig.savefig(path, dpi=120)
+    return fig
+
+
+def _html(
+    sweep_dir: Path,
+    jobs: list[Job],
+    rows: list[str],
+    columns: list[str],
+    cells: dict[tuple[str, str], Cell],
+    metric: str,
+    lower_is_better: bool,
+    png: bytes,
+) -> str:
+    n_ok = sum(j.status == "ok" for j in jobs)
+    total_s = sum(j.wall_s or 0.0 for j in jobs)
+    scores = [[row] + [_cell_text(cells.get((row, s)), markdown=False) for s in columns] for row in rows]
+    scores.append(["trainable params", *_params_text(cells, columns)])
+    times = [
+        [row] + [f"{c.mean_wall_s:.1f}" if (c := cells.get((row, s))) is not None and c.wall_s else "" for s in columns]
+        for row in rows
+    ]
+    numeric = set(range(1, len(columns) + 1))
+    sections = [
+        section(
+            "table",
+            f"{metric}: mean ± std over seeds",
+            table(scores, ["samples per class", *columns], numeric)
+            + f'<p class="note">n = finished seeds; ★ = best strategy of the row '
+            f"({'lowest' if lower_is_better else 'highest'} mean). Columns go from fewest to most trainable "
+            "parameters.</p>",
+        ),
+        section("plot", f"{metric} vs data size", img_tag(png, f"{metric} vs training images per class", "plot")),
+        section("wall-time", "Mean wall time per job (s)", table(times, ["samples per class", *columns], numeric)),
+    ]
+    mixed = [c for c in cells.values() if c.mixed]
+    if mixed:
+        items = "".join(f"<li>{esc(c.regime)} / {esc(c.strategy)}: {esc(', '.join(c.mixed))}</li>" for c in mixed)
+        sections.append(section("mixed", "Warning: cells that average different settings", f"<ul>{items}</ul>"))
+    failed = [j for j in jobs if j.status != "ok"]
+    if failed:
+        items = "".join(
+            f"<li><code>{esc(j.path)}</code> ({esc(j.status)}): {esc(j.error or 'no error recorded')}</li>"
+            for j in failed
+        )
+        sections.append(section("failed", "Failed jobs", f"<ul>{items}</ul>"))
+    subtitle = (
+        f"{sweep_dir}: {len(jobs)} jobs, {n_ok} ok, {len(jobs) - n_ok} failed; {total_s / 60:.1f} min of job time"
+    )
+    return page(f"Sweep report: {metric}", subtitle, sections)
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Command line: ``python -m tlx.report <multirun dir> [--metric test/acc]``."""
-    parser = argparse.ArgumentParser(prog="python -m tlx.report", description=__doc__.splitlines()[0])
-    parser.add_argument("sweep_dir", type=Path, help="a multirun directory (hydra.sweep.dir)")
-    parser.add_argument("--metric", default="test/acc", help="results.json metric to compare (default: test/acc)")
+    """Command line: ``python -m tlx.report <run dir or multirun dir> [--metric test/acc]``."""
+    parser = argparse.ArgumentParser(
+        prog="python -m tlx.report", description="Write report.html of a run, or the report of a sweep."
+    )
+    parser.add_argument(
+        "dir", type=Path, help="a run directory (results.json at its top) or a multirun directory (hydra.sweep.dir)"
+    )
+    parser.add_argument("--metric", default="test/acc", help="sweeps: results.json metric to compare (test/acc)")
     args = parser.parse_args(argv)
-    if not args.sweep_dir.is_dir():
-        parser.error(f"no such directory: {args.sweep_dir}")
+    if not args.dir.is_dir():
+        parser.error(f"no such directory: {args.dir}")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    write_report(args.sweep_dir, args.metric)
+    if (args.dir / RESULTS).is_file():
+        from tlx.backbones import ConfigError
+        from tlx.run_report import write_run_report  # torch and the data module are only needed for a run report
+
+        try:
+            log.info("run report: %s", write_run_report(args.dir))
+        except ConfigError as e:
+            parser.exit(2, f"tlx.report: error: {e}\n")
+    else:
+        write_report(args.dir, args.metric)
 
 
 if __name__ == "__main__":

@@ -30,6 +30,7 @@ from tlx.heads import LinearHead, Network
 from tlx.module import TransferModule
 from tlx.probe import Probe, fit_probe
 from tlx.results import print_summary, read_results, resume_command, write_results
+from tlx.run_report import save_run_report
 
 log = logging.getLogger(__name__)
 # Frozen layers are in eval mode on purpose.
@@ -184,6 +185,8 @@ def train(
         resume = latest.path if cfg.get("resume") and latest.path.is_file() else None
         if cfg.get("resume") and resume is None:
             log.warning("resume=true but %s does not exist: starting from the beginning", latest.path)
+        elif resume:
+            log.info("resuming from %s", resume)
         trainer.fit(module, datamodule=data, ckpt_path=resume)
         fit_s, tested_ckpt = time.perf_counter() - t_fit, "best"
         best_path = Path(checkpoint.best_model_path) if checkpoint.best_model_path else None
@@ -236,6 +239,7 @@ def train(
         results["data"]["fraction"] = data.fraction
     if trainer.is_global_zero:  # under DDP every process runs train(); one writes the results
         write_results(out_dir, results)
+        save_run_report(out_dir, module, data, device)  # report.html; warns instead of failing the run
         print_summary(results, out_dir)
     return results
 

@@ -1,0 +1,108 @@
+"""Self-contained HTML report pages, shared by the run report and the sweep report.
+
+Figures (matplotlib, Agg canvas, no pyplot state) and thumbnails are embedded as base64 PNG data URIs: a page is one
+file with no external files, fonts or scripts, so it can be mailed or opened from any folder.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import os
+from pathlib import Path
+from typing import Any
+
+from matplotlib.figure import Figure
+from PIL import Image
+
+_CSS = """
+body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; color: #1f2328; background: #f6f8fa;
+       margin: 0; }
+main { width: 1160px; margin: 0 auto; padding: 24px 0 48px; }
+h1 { font-size: 26px; margin: 0 0 4px; }
+h2 { font-size: 19px; margin: 0 0 12px; }
+.subtitle { color: #57606a; margin: 0 0 20px; font-size: 14px; }
+section { background: #fff; border: 1px solid #d0d7de; border-radius: 8px; padding: 16px 20px; margin: 0 0 18px; }
+table { border-collapse: collapse; font-size: 14px; }
+th, td { border-bottom: 1px solid #eaeef2; padding: 5px 12px 5px 0; text-align: left; vertical-align: top; }
+td.num, th.num { text-align: right; font-variant-numeric: tabular-nums; }
+img.figure { display: block; max-width: 100%; height: auto; }
+.note { color: #57606a; font-size: 14px; margin: 6px 0; }
+li { font-size: 14px; margin: 4px 0; }
+code { font-size: 12px; word-break: break-all; }
+.warn { color: #9a6700; }
+.gallery { display: grid; grid-template-columns: repeat(6, 1fr); gap: 12px; }
+.card { border: 1px solid #d0d7de; border-radius: 6px; padding: 8px; background: #fff; font-size: 12.5px; }
+.card img { display: block; width: 160px; height: 160px; object-fit: contain; image-rendering: pixelated;
+            background: #eaeef2; margin: 0 auto 6px; }
+.card .wrong { color: #cf222e; font-weight: 600; }
+.card .id { color: #57606a; word-break: break-all; font-size: 11px; }
+"""
+
+
+def esc(value: Any) -> str:
+    """``value`` as HTML text."""
+    return html.escape(str(value))
+
+
+def data_uri(png: bytes) -> str:
+    """A ``data:image/png;base64,...`` URI of PNG bytes."""
+    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+
+
+def figure_png(fig: Figure, dpi: int = 110) -> bytes:
+    """The figure rendered as PNG bytes."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi)
+    return buf.getvalue()
+
+
+def image_png(img: Image.Image) -> bytes:
+    """A PIL image as PNG bytes."""
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def img_tag(png: bytes, alt: str, element_id: str | None = None, css_class: str = "figure") -> str:
+    """An ``<img>`` with the PNG embedded."""
+    attr_id = f' id="{esc(element_id)}"' if element_id else ""
+    return f'<img{attr_id} class="{css_class}" alt="{esc(alt)}" src="{data_uri(png)}">'
+
+
+def table(rows: list[list[Any]], header: list[str] | None = None, numeric: set[int] | None = None) -> str:
+    """An HTML table; cells are escaped, the columns in ``numeric`` right-aligned."""
+    numeric = numeric or set()
+
+    def cells(values: list[Any], tag: str) -> str:
+        return "".join(f"<{tag}{' class=num' if i in numeric else ''}>{esc(v)}</{tag}>" for i, v in enumerate(values))
+
+    head = f"<thead><tr>{cells(header, 'th')}</tr></thead>" if header else ""
+    body = "".join(f"<tr>{cells(r, 'td')}</tr>" for r in rows)
+    return f"<table>{head}<tbody>{body}</tbody></table>"
+
+
+def section(element_id: str, title: str, body: str) -> str:
+    """A titled section of the page (the id lets tests and links find it)."""
+    return f'<section id="{esc(element_id)}"><h2>{esc(title)}</h2>{body}</section>'
+
+
+def page(title: str, subtitle: str, sections: list[str]) -> str:
+    """A complete HTML document."""
+    return (
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        f"<title>{esc(title)}</title><style>{_CSS}</style></head>\n"
+        f'<body><main><h1>{esc(title)}</h1><p class="subtitle">{esc(subtitle)}</p>\n'
+        + "\n".join(sections)
+        + "\n</main></body></html>\n"
+    )
+
+
+def write_page(path: Path, document: str) -> Path:
+    """Write the page atomically (temporary file, then rename)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(document, encoding="utf-8")
+    os.replace(tmp, path)
+    return path
