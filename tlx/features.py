@@ -152,7 +152,7 @@ def use_cached_features(
 
     Returns what results.json records: whether it was used, hits and misses, the cut and extraction time.
     """
-    info: dict[str, Any] = {"used": False, "cut": None, "hits": 0, "misses": 0, "extract_s": 0.0}
+    info: dict[str, Any] = {"used": False, "cut": None, "hits": 0, "misses": 0, "extract_s": 0.0, "read_s": 0.0}
     if cache.enabled == "false":
         return info
     cut = find_cut(net) if cut is None else cut
@@ -200,7 +200,9 @@ def use_cached_features(
             "images": hashlib.blake2b("\n".join(samples.fingerprints()).encode()).hexdigest(),
         }
         keys = {c: cache_key({**parts, "cut": _cut_name(net, c)}) for c in cuts}
+        t0 = time.perf_counter()
         features = cache.load(keys[cut])
+        info["read_s"] += time.perf_counter() - t0
         missing = [c for c in cuts if c != cut and not cache.path(keys[c]).is_file()]
         if features is None:
             missing.insert(0, cut)
@@ -237,7 +239,7 @@ def use_cached_features(
         log.info("cache %s for %s: %s", "hit" if hit else "miss", split, tuple(features.shape))
         data.features[split] = (features, views)
     info["used"] = True
-    info["extract_s"] = round(info["extract_s"], 3)
+    info["extract_s"], info["read_s"] = round(info["extract_s"], 3), round(info["read_s"], 4)
     return info
 
 

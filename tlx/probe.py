@@ -178,7 +178,7 @@ def _fit(
         with torch.no_grad():
             val_logits = torch.matmul(vb, w)  # (G, M, K)
             acc = (val_logits.argmax(-1) == val_y).float().mean(1)  # (G,)
-            vloss = torch.stack([F.cross_entropy(x, val_y) for x in val_logits])
+            vloss = F.cross_entropy(val_logits.flatten(0, 1), val_y.repeat(n_g), reduction="none").view(n_g, -1).mean(1)
             better = vloss < best_loss
             best_acc = torch.where(better, acc, best_acc)
             best_loss = torch.where(better, vloss, best_loss)
