@@ -17,11 +17,12 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.loggers import CSVLogger
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
+from tlx.cluster import requeue_setup
 from tlx.devices import torch_device
 from tlx.features import find_cut, use_cached_features
 from tlx.heads import Network
 from tlx.module import TransferModule
-from tlx.results import print_summary, read_results, resume_command, write_results
+from tlx.results import print_summary, read_results, resume_checkpoint, resume_command, write_results
 
 log = logging.getLogger(__name__)
 # Frozen layers are in eval mode on purpose.
@@ -69,15 +70,15 @@ def train(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
 
     checkpoint = ModelCheckpoint(dirpath=out_dir / "checkpoints", filename="best", monitor="val/acc", mode="max")
     latest = _LastCheckpoint(out_dir / "checkpoints" / "last.ckpt", float(cfg.get("last_checkpoint_every_s", 0)))
+    requeue_callbacks, plugins = requeue_setup(latest.path, out_dir)  # SLURM jobs: last.ckpt, then requeue
     trainer = instantiate(
         cfg.trainer,
         default_root_dir=out_dir,
-        callbacks=[checkpoint, latest, _OnInterrupt(out_dir)],
+        callbacks=[checkpoint, latest, _OnInterrupt(out_dir), *requeue_callbacks],
+        plugins=plugins,
         logger=CSVLogger(out_dir, name="logs", version=""),
     )
-    resume = latest.path if cfg.get("resume") and latest.path.is_file() else None
-    if cfg.get("resume") and resume is None:
-        log.warning("resume=true but %s does not exist: starting from the beginning", latest.path)
+    resume = resume_checkpoint(cfg.get("resume", False), latest.path, done)
     t_fit = time.perf_counter()
     trainer.fit(module, datamodule=data, ckpt_path=resume)
     fit_s = time.perf_counter() - t_fit
