@@ -5,7 +5,10 @@ SLURM sends before the time limit or at preemption (``SIGUSR2``, ``--signal=USR2
 launcher's ``checkpoint`` method (a resubmission of the same Hydra job, same overrides, so the same job directory),
 runs ``scontrol requeue`` and exits; it also counts timeouts against ``max_num_timeout``. Lightning's own SLURM
 requeue (``SLURMEnvironment(auto_requeue=True)``, on ``SIGUSR1``) would requeue the job a second time and write its
-own ``hpc_ckpt_*.ckpt`` beside tlx's ``last.ckpt``, so it is turned off in submitit jobs. tlx adds what submitit cannot
+own ``hpc_ckpt_*.ckpt`` beside tlx's ``last.ckpt``, so it is turned off in submitit jobs; so is Lightning's SIGTERM
+handler, which ends training at the next batch: SLURM sends SIGTERM at preemption before the signal above, and
+submitit ignores it on purpose, so that the job lives on to checkpoint and requeue (after ``scancel``, SLURM's
+SIGKILL follows ``KillWait`` seconds later, and the next run resumes from ``last.ckpt``). tlx adds what submitit cannot
 know: on the signal it lets the current epoch finish, writes ``checkpoints/last.ckpt`` and only then hands over to
 submitit's handler; the requeued job finds that ``last.ckpt`` and resumes from it (``resume=auto``).
 
@@ -74,6 +77,7 @@ class Preemption(pl.Callback):
         self.last, self.out_dir, self.wait_s = Path(last), Path(out_dir), wait_s
         self.signum: int | None = None
         self.submitit_handler: Any = None
+        self.sigterm_handler = signal.getsignal(signal.SIGTERM)  # submitit's (it ignores SIGTERM), before Lightning's
         self.trainer: pl.Trainer | None = None
         self.pending = False
 
@@ -84,6 +88,7 @@ class Preemption(pl.Callback):
         self.signum = JobEnvironment._usr_sig()  # SIGUSR2, or $SUBMITIT_PREEMPT_SIGNAL
         self.submitit_handler = signal.getsignal(self.signum)
         signal.signal(self.signum, self._on_signal)
+        signal.signal(signal.SIGTERM, self.sigterm_handler)  # Lightning restores it at the end of fit as well
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         if self.pending:
@@ -112,7 +117,7 @@ class Preemption(pl.Callback):
         if self.pending:  # the signal came after the last epoch ended; last.ckpt was written at fit end
             self._requeue()
         elif self.signum is not None:
-            signal.signal(self.signum, self.submitit_handler)  # testing: submitit's handler again
+            signal.signal(self.signum, self.submitit_handler)  # the test stage runs with submitit's own handler
 
     def _requeue(self) -> None:
         signal.alarm(0)
