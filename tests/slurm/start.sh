@@ -32,7 +32,7 @@ munged --force --key-file="$key" --socket="$dir/munge.socket" --pid-file="$dir/m
 
 cat > "$dir/slurm.conf" <<CONF
 ClusterName=tlxtest
-SlurmctldHost=$host
+SlurmctldHost=$host(127.0.0.1)
 SlurmctldPort=$ctld_port
 SlurmdPort=$slurmd_port
 SlurmUser=root
@@ -64,7 +64,7 @@ KillWait=1
 InactiveLimit=0
 SlurmctldTimeout=30
 SlurmdTimeout=30
-NodeName=$host CPUs=$cpus RealMemory=$mem_mb State=UNKNOWN
+NodeName=$host NodeAddr=127.0.0.1 CPUs=$cpus RealMemory=$mem_mb State=UNKNOWN
 PartitionName=tlx Nodes=$host Default=YES MaxTime=INFINITE State=UP
 CONF
 
