@@ -184,19 +184,19 @@ def test_cancelled_and_preempted_jobs_finish_like_an_uninterrupted_sweep(uninter
             stderr=subprocess.STDOUT,
         )
     try:
-        # Both jobs mid-training: their first epoch is done (last.ckpt), their results are not.
         jobs = _wait_for("the sweep's job folders", lambda: (len(_jobs(sweep)) == len(SEEDS)) and _jobs(sweep))
-        for seed in (CANCELLED, PREEMPTED):
-            _wait_for(f"job {seed}'s first epoch", (jobs[seed] / "checkpoints" / "last.ckpt").is_file)
-        cancelled, preempted = _slurm_job(sweep, CANCELLED), _slurm_job(sweep, PREEMPTED)
-        subprocess.run(["scancel", cancelled], check=True, env={**os.environ, **env})
+        slurm_env = {**os.environ, **env}
+        # Mid-training: right after a job's first epoch (its last.ckpt appears), with EPOCHS - 1 still to go.
+        _wait_for("the first epoch of the job to preempt", (jobs[PREEMPTED] / "checkpoints" / "last.ckpt").is_file)
+        preempted = _slurm_job(sweep, PREEMPTED)
         # What SLURM sends before the time limit or at preemption (submitit's --signal=USR2@signal_delay_s).
-        subprocess.run(["scancel", "--signal=USR2", preempted], check=True, env={**os.environ, **env})
+        subprocess.run(["scancel", "--signal=USR2", preempted], check=True, env=slurm_env)
+        _wait_for("the first epoch of the job to cancel", (jobs[CANCELLED] / "checkpoints" / "last.ckpt").is_file)
+        cancelled = _slurm_job(sweep, CANCELLED)
+        subprocess.run(["scancel", cancelled], check=True, env=slurm_env)
         # SLURM holds a requeued job for 2 minutes (BeginTime); let it start now.
         _wait_for("the preempted job to be requeued", lambda: "BeginTime" in _squeue(preempted, env))
-        subprocess.run(
-            ["scontrol", "update", f"JobId={preempted}", "StartTime=now"], check=True, env={**os.environ, **env}
-        )
+        subprocess.run(["scontrol", "update", f"JobId={preempted}", "StartTime=now"], check=True, env=slurm_env)
         first.wait(timeout=240)
     finally:
         if first.poll() is None:

@@ -106,35 +106,29 @@ class Preemption(pl.Callback):
         log.warning(
             "no epoch ended within %ds of the signal: requeueing with the last.ckpt already written", self.wait_s
         )
-        self._requeue()
+        self._requeue(epochs_done=int(self.trainer.current_epoch))  # mid-epoch: the finished ones
 
     def on_train_epoch_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
         if self.pending:
             trainer.save_checkpoint(self.last)
-            self._requeue()
+            self._requeue(epochs_done=int(trainer.current_epoch) + 1)
 
     def on_fit_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
         if self.pending:  # the signal came after the last epoch ended; last.ckpt was written at fit end
-            self._requeue()
+            self._requeue(epochs_done=int(trainer.current_epoch))
         elif self.signum is not None:
             signal.signal(self.signum, self.submitit_handler)  # the test stage runs with submitit's own handler
 
-    def _requeue(self) -> None:
+    def _requeue(self, epochs_done: int) -> None:
         signal.alarm(0)
         signal.signal(self.signum, self.submitit_handler)
         trainer = self.trainer
         if trainer.is_global_zero:
-            epochs = int(trainer.current_epoch)
             write_results(
                 self.out_dir,
-                {
-                    "status": "preempted",
-                    "epochs_done": epochs,
-                    "requeued": True,
-                    "resume": resume_command(self.out_dir),
-                },
+                {"status": "preempted", "epochs_done": epochs_done, "resume": resume_command(self.out_dir)},
             )
-            log.warning("preempted after %d epoch(s): handing over to submitit to requeue the job", epochs)
+            log.warning("preempted after %d epoch(s): handing over to submitit to requeue the job", epochs_done)
         # submitit pickles the resubmission, runs `scontrol requeue` and exits (SystemExit), or raises when it will
         # not requeue (e.g. timed out more than max_num_timeout times).
         self.submitit_handler(self.signum, None)
