@@ -6,17 +6,23 @@ actually loaded, the cut point, the transform, the number of augmented views, an
 content hashes (file bytes, or the idx array's hash and row for Fashion-MNIST). Content hashes rather than
 size+mtime: a copied dataset still hits, and a photo replaced by another of the same size still misses.
 Entries are written to a temporary file and renamed, so a killed run leaves nothing a later run would trust, and
-two jobs writing the same entry at once each rename a complete file.
+two jobs writing the same entry at once each rename a complete file. Jobs that need the same missing entry at the same
+time (a sweep on a cluster, one shared cache) extract it once: each takes the entry's lock file first
+(``fcntl.flock``, released by the kernel when its holder dies, so a crashed extractor never blocks the others), and
+the ones that waited find the entry written.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import logging
 import os
 import shutil
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -71,6 +77,7 @@ class FeatureCache:
             ``views > 1`` the training transform is random (``data.augment``) and still cached.
         max_gb: refuse (warn, and train through the backbone) when the entries of one run would be larger.
         dtype: ``float32`` (exact) or ``float16`` (half the disk).
+        lock_timeout_s: the longest wait for another process extracting the same entry; after it, extract here too.
     """
 
     def __init__(
@@ -80,6 +87,7 @@ class FeatureCache:
         views: int = 1,
         max_gb: float = 4.0,
         dtype: str = "float32",
+        lock_timeout_s: float = 3600.0,
     ) -> None:
         if str(enabled) not in ("auto", "True", "False", "true", "false"):
             raise ConfigError(f"cache.enabled must be auto, true or false, got {enabled}")
@@ -90,6 +98,7 @@ class FeatureCache:
         self.enabled = str(enabled).lower()
         self.root = Path(dir).expanduser() if dir else default_cache_dir()
         self.views, self.max_bytes, self.dtype = int(views), float(max_gb) * 2**30, getattr(torch, dtype)
+        self.lock_timeout_s = float(lock_timeout_s)
 
     def path(self, key: str) -> Path:
         return self.root / key[:2] / f"{key}.pt"
@@ -107,6 +116,54 @@ class FeatureCache:
             log.warning("ignoring unreadable cache entry %s (%s)", path, e)
         return None
 
+    @contextlib.contextmanager
+    def lock(self, key: str) -> Iterator[bool]:
+        """Hold the entry's lock file while extracting it; waits while another process holds it.
+
+        Yields True when the lock is held, False when the wait ran past ``lock_timeout_s`` (the caller extracts
+        anyway: entries are renamed into place whole, so two writers cannot corrupt one).
+        """
+        path = self.path(key)
+        lock_path = path.with_name(f".{path.name}.lock")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o666)
+        except OSError as e:
+            raise self._unwritable(e) from e
+        try:
+            held = self._acquire(fd, lock_path)
+            yield held
+        finally:
+            os.close(fd)  # closing releases the lock; the lock file stays (removing it would race with waiters)
+
+    def _acquire(self, fd: int, lock_path: Path) -> bool:
+        deadline = time.monotonic() + self.lock_timeout_s
+        waiting = False
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                if waiting:
+                    log.info("feature cache lock %s acquired", lock_path)
+                return True
+            except BlockingIOError:
+                if not waiting:
+                    log.info("waiting for another process extracting this cache entry (lock %s)", lock_path)
+                    waiting = True
+                if time.monotonic() >= deadline:
+                    log.warning(
+                        "waited %.0fs for the feature cache lock %s (cache.lock_timeout_s): extracting here too",
+                        self.lock_timeout_s,
+                        lock_path,
+                    )
+                    return False
+                time.sleep(0.2)
+
+    def _unwritable(self, e: OSError) -> ConfigError:
+        return ConfigError(
+            f"cannot write the feature cache at {self.root} ({e.strerror or e}); set "
+            "cache.dir=<writable folder> or TLX_CACHE_DIR, or cache.enabled=false"
+        )
+
     def save(self, key: str, features: torch.Tensor, meta: dict[str, Any]) -> None:
         """Store atomically: write a uniquely named temporary file in the same folder, then rename it."""
         path = self.path(key)
@@ -116,10 +173,7 @@ class FeatureCache:
             torch.save({"format": FORMAT, "key": key, "meta": meta, "features": features}, tmp)
             os.replace(tmp, path)
         except OSError as e:
-            raise ConfigError(
-                f"cannot write the feature cache at {self.root} ({e.strerror or e}); set "
-                "cache.dir=<writable folder> or TLX_CACHE_DIR, or cache.enabled=false"
-            ) from e
+            raise self._unwritable(e) from e
 
 
 def cache_key(parts: dict[str, Any]) -> str:
@@ -203,38 +257,39 @@ def use_cached_features(
         t0 = time.perf_counter()
         features = cache.load(keys[cut])
         info["read_s"] += time.perf_counter() - t0
-        missing = [c for c in cuts if c != cut and not cache.path(keys[c]).is_file()]
-        if features is None:
-            missing.insert(0, cut)
-        if missing:
-            t0 = time.perf_counter()
-            per_view = [
-                extract(
-                    net,
-                    missing,
-                    data.loader(data.dataset(split, train_transform=augmented)),
-                    device,
-                    cache.dtype,
-                    desc=f"extracting {split}" + (f" view {v + 1}/{views}" if views > 1 else ""),
-                    seed=seed * 1000 + v if augmented else None,
-                )
-                for v in range(views)
-            ]
-            for j, c in enumerate(missing):
-                out = torch.cat([view[j] for view in per_view])
-                cache.save(
-                    keys[c], out, {**parts, "cut": _cut_name(net, c), "n": len(samples), "shape": list(out.shape)}
-                )
-                if c == cut:
-                    features = out
-            info["extract_s"] += time.perf_counter() - t0
-            log.info(
-                "extracted %s at %s in %.1fs",
-                split,
-                ", ".join(_cut_name(net, c) for c in missing),
-                time.perf_counter() - t0,
-            )
-        hit = cut not in missing
+        hit = features is not None
+        if _missing(cache, keys, cut, features):
+            with cache.lock(keys[cut]):  # one process extracts missing entries; the others wait for it, then hit
+                features = features if features is not None else cache.load(keys[cut])
+                hit = features is not None
+                missing = _missing(cache, keys, cut, features)
+                if missing:
+                    t0 = time.perf_counter()
+                    per_view = [
+                        extract(
+                            net,
+                            missing,
+                            data.loader(data.dataset(split, train_transform=augmented)),
+                            device,
+                            cache.dtype,
+                            desc=f"extracting {split}" + (f" view {v + 1}/{views}" if views > 1 else ""),
+                            seed=seed * 1000 + v if augmented else None,
+                        )
+                        for v in range(views)
+                    ]
+                    for j, c in enumerate(missing):
+                        out = torch.cat([view[j] for view in per_view])
+                        meta = {**parts, "cut": _cut_name(net, c), "n": len(samples), "shape": list(out.shape)}
+                        cache.save(keys[c], out, meta)
+                        if c == cut:
+                            features = out
+                    info["extract_s"] += time.perf_counter() - t0
+                    log.info(
+                        "extracted %s at %s in %.1fs",
+                        split,
+                        ", ".join(_cut_name(net, c) for c in missing),
+                        time.perf_counter() - t0,
+                    )
         info["hits" if hit else "misses"] += 1
         log.info("cache %s for %s: %s", "hit" if hit else "miss", split, tuple(features.shape))
         data.features[split] = (features, views)
@@ -263,6 +318,11 @@ def extract(
             for j, a in enumerate(net.forward_to_many(x, cuts)):
                 out[j].append(a.to(dtype).contiguous().cpu())
     return [torch.cat(o) for o in out]
+
+
+def _missing(cache: FeatureCache, keys: dict[Cut, str], cut: Cut, features: torch.Tensor | None) -> list[Cut]:
+    """The cuts to extract: the run's own when it was not loaded, and every other one not on disk yet."""
+    return [c for c in keys if (features is None if c == cut else not cache.path(keys[c]).is_file())]
 
 
 def _cut_name(net: Network, cut: int | str) -> str:
@@ -300,8 +360,8 @@ def list_entries(root: Path) -> list[dict[str, Any]]:
 
 
 def clear(root: Path) -> int:
-    """Remove every entry and leftover temporary file; returns how many files went."""
-    files = list(root.glob("*/*.pt")) + list(root.glob("*/.*.tmp"))
+    """Remove every entry, leftover temporary file and lock file; returns how many files went."""
+    files = list(root.glob("*/*.pt")) + list(root.glob("*/.*.tmp")) + list(root.glob("*/.*.lock"))
     for f in files:
         f.unlink(missing_ok=True)
     for d in root.glob("*"):

@@ -10,6 +10,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from tlx.backbones import ConfigError
 from tlx.data import write_json_atomic
 
 log = logging.getLogger(__name__)
@@ -36,6 +37,32 @@ def resume_command(run_dir: Path) -> str:
     """The command that continues an interrupted run in its own directory."""
     run_dir = Path(run_dir).resolve()
     return f"python -m tlx --config-path {run_dir / '.hydra'} --config-name config hydra.run.dir={run_dir} resume=true"
+
+
+def resume_checkpoint(resume: bool | str, last: Path, done: dict[str, Any] | None) -> Path | None:
+    """The checkpoint a run continues from, or None to start from the beginning.
+
+    Args:
+        resume: ``true`` (resume, warn when there is nothing to resume from), ``false``, or ``auto``: resume when
+            ``last`` exists and the run directory holds no finished results (a requeued SLURM job, a re-run sweep
+            job, a killed run started again with the same ``hydra.run.dir``).
+        last: the run's ``checkpoints/last.ckpt``.
+        done: the run directory's results.json as it was before this run started, if any.
+    """
+    if str(resume).lower() == "auto":
+        if last.is_file() and (done or {}).get("status") != "ok":
+            log.info("resuming from %s (results.json: %s)", last, (done or {}).get("status", "none"))
+            return last
+        return None
+    if str(resume).lower() not in ("true", "false"):
+        raise ConfigError(f"resume must be true, false or auto, got {resume}")
+    if str(resume).lower() == "false":
+        return None
+    if not last.is_file():
+        log.warning("resume=true but %s does not exist: starting from the beginning", last)
+        return None
+    log.info("resuming from %s", last)
+    return last
 
 
 def print_summary(results: dict[str, Any], run_dir: Path) -> None:

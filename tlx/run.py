@@ -22,6 +22,7 @@ from pytorch_lightning.loggers import CSVLogger
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from tlx.backbones import Backbone, ConfigError
+from tlx.cluster import requeue_setup
 from tlx.data import ImageData
 from tlx.devices import torch_device
 from tlx.features import find_cut, use_cached_features
@@ -29,7 +30,7 @@ from tlx.freeze import Freeze
 from tlx.heads import LinearHead, Network
 from tlx.module import TransferModule
 from tlx.probe import Probe, fit_probe
-from tlx.results import print_summary, read_results, resume_command, write_results
+from tlx.results import print_summary, read_results, resume_checkpoint, resume_command, write_results
 from tlx.run_report import save_run_report
 
 log = logging.getLogger(__name__)
@@ -167,10 +168,12 @@ def train(
 
     checkpoint = ModelCheckpoint(dirpath=out_dir / "checkpoints", filename="best", monitor="val/acc", mode="max")
     latest = _LastCheckpoint(out_dir / "checkpoints" / "last.ckpt", float(cfg.get("last_checkpoint_every_s", 0)))
+    requeue_callbacks, plugins = requeue_setup(latest.path, out_dir)  # SLURM jobs: last.ckpt, then requeue
     trainer = instantiate(
         cfg.trainer,
         default_root_dir=out_dir,
-        callbacks=[checkpoint, latest, _OnInterrupt(out_dir), *callbacks],
+        callbacks=[checkpoint, latest, _OnInterrupt(out_dir), *requeue_callbacks, *callbacks],
+        plugins=plugins,
         logger=CSVLogger(out_dir, name="logs", version=""),
     )
     t_fit = time.perf_counter()
@@ -182,11 +185,7 @@ def train(
         trainer.save_checkpoint(best_path)
         fit_s, tested_ckpt = time.perf_counter() - t_fit, None
     else:
-        resume = latest.path if cfg.get("resume") and latest.path.is_file() else None
-        if cfg.get("resume") and resume is None:
-            log.warning("resume=true but %s does not exist: starting from the beginning", latest.path)
-        elif resume:
-            log.info("resuming from %s", resume)
+        resume = resume_checkpoint(cfg.get("resume", False), latest.path, done)
         trainer.fit(module, datamodule=data, ckpt_path=resume)
         fit_s, tested_ckpt = time.perf_counter() - t_fit, "best"
         best_path = Path(checkpoint.best_model_path) if checkpoint.best_model_path else None
