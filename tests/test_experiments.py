@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
+from tlx.auto import run_auto
 from tlx.run import train
 
 from .conftest import CONF, fashion_mnist_root, run_cli
@@ -34,7 +35,11 @@ def test_experiment_composes_and_runs_tiny(experiment, make_cfg, tmp_path):
     cfg.trainer.max_epochs = 1
     if cfg.trainer.get("check_val_every_n_epoch", 1) is None:  # validates every N steps (regime_sweep): once
         cfg.trainer.max_steps = cfg.trainer.val_check_interval = 2
-    results = train(cfg, tmp_path)
+    if cfg.get("auto") is not None:  # auto composes each candidate as the CLI does: this run's overrides + strategy
+        results = run_auto(cfg, tmp_path, lambda name: make_cfg(f"+experiment={experiment}", f"strategy={name}"))
+        assert results["auto"]["winner"] in {c["strategy"] for c in results["auto"]["candidates"]}
+    else:
+        results = train(cfg, tmp_path)
     assert results["status"] == "ok"
     assert 0.0 <= results["metrics"]["val/acc"] <= 1.0 and 0.0 <= results["metrics"]["test/acc"] <= 1.0
     saved = json.loads((tmp_path / "results.json").read_text())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import shutil
 import signal
 import time
 import warnings
@@ -183,6 +184,7 @@ def train(
         trainer.validate(module, datamodule=data, verbose=False)
         best_path = out_dir / "checkpoints" / "best.ckpt"
         trainer.save_checkpoint(best_path)
+        shutil.copyfile(best_path, latest.path)  # the finished state too, as a fitted run leaves it
         fit_s, tested_ckpt = time.perf_counter() - t_fit, None
     else:
         resume = resume_checkpoint(cfg.get("resume", False), latest.path, done)
