@@ -1,8 +1,7 @@
-"""Datasets (image folders, Fashion-MNIST idx files, the bundled demo), seeded subsets, transforms, loaders."""
+"""What every data source shares: samples, seeded subsets and splits, transforms, loaders, the data module."""
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import json
 import logging
@@ -25,9 +24,6 @@ log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 SPLITS = ("train", "val", "test")
-DEMO_ROOT = Path(__file__).parent / "demo"
-FASHION_MNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
-                         "Ankle boot"]
 
 
 class Samples:
@@ -312,162 +308,6 @@ class ImageData(pl.LightningDataModule):
             log.warning("skipping unreadable image %s (%s)", samples.paths[i], errors[i])
         self.bad_images.extend(str(samples.paths[i]) for i in bad)
         return samples.subset([i for i, e in enumerate(errors) if not e]) if bad else samples
-
-
-class FolderData(ImageData):
-    """An image folder with one subfolder per class.
-
-    Either ``root/train``, ``root/val`` (and optionally ``root/test``) splits, or a single folder of class
-    subfolders that is split with a fixed, stratified split (``val_fraction``, ``test_fraction``, ``split_seed``).
-    """
-
-    name = "folder"
-
-    def __init__(self, root: str, val_fraction: float = 0.2, test_fraction: float = 0.0, split_seed: int = 0,
-                 **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.root = Path(str(root)).expanduser()
-        self.val_fraction, self.test_fraction, self.split_seed = float(val_fraction), float(test_fraction), split_seed
-
-    def _splits(self) -> tuple[dict[str, Samples], list[str]]:
-        if not self.root.is_dir():
-            raise ConfigError(f"data root not found: {self.root}; set data.root=<folder with one subfolder per class>")
-        if (self.root / "train").is_dir():
-            classes = _class_folders(self.root / "train")
-            splits = {s: self._scan(self.root / s, classes, s) for s in SPLITS if (self.root / s).is_dir()}
-            if "val" not in splits:  # train/ (+ test/) without val/: a fixed, stratified val split out of train/
-                if self.val_fraction <= 0:
-                    raise ConfigError(f"{self.root} has train/ but no val/ and data.val_fraction=0; add a val/ "
-                                      "folder or set data.val_fraction to a value in (0, 1)")
-                train, val, _ = _split_indices(splits["train"].labels, (self.val_fraction, 0.0), self.split_seed)
-                splits["train"], splits["val"] = splits["train"].subset(train), splits["train"].subset(val)
-        else:
-            classes = _class_folders(self.root)
-            everything = self._scan(self.root, classes, "all")
-            train, val, test = _split_indices(everything.labels, (self.val_fraction, self.test_fraction),
-                                              self.split_seed)
-            splits = {"train": everything.subset(train), "val": everything.subset(val), "test": everything.subset(test)}
-        return {k: self.check_images(v) for k, v in splits.items()}, classes
-
-    def _scan(self, folder: Path, classes: list[str], split: str) -> FileSamples:
-        found = _class_folders(folder) if split != "all" else classes
-        extra = sorted(set(found) - set(classes))
-        if extra:
-            raise ConfigError(f"class folder(s) {extra} in {folder} are not in train/ ({classes}); add them to "
-                              "train/ or remove them")
-        paths, labels, ignored = [], [], []
-        for label, name in enumerate(classes):
-            d = folder / name
-            files = sorted(p for p in d.rglob("*") if p.is_file() and not p.name.startswith(".")) if d.is_dir() else []
-            images = [p for p in files if p.suffix.lower() in IMAGE_SUFFIXES]
-            ignored += [p for p in files if p.suffix.lower() not in IMAGE_SUFFIXES]
-            paths += images
-            labels += [label] * len(images)
-        if split in ("train", "all"):
-            if not paths:
-                raise ConfigError(f"no images in any class folder of {folder} (looked for "
-                                  f"{', '.join(sorted(IMAGE_SUFFIXES))}); point data.root at your image folders")
-            present = set(labels)
-            empty = [str(folder / name) for i, name in enumerate(classes) if i not in present]
-            if empty:
-                raise ConfigError(f"class folder {empty[0]} has no images (.jpg/.png/...); add images or remove the "
-                                  "folder")
-        if ignored:
-            log.warning("ignoring %d non-image file(s) in %s (e.g. %s)", len(ignored), folder, ignored[0])
-            self.bad_images.extend(str(p) for p in ignored)
-        return FileSamples(paths, labels)
-
-
-class DemoData(FolderData):
-    """The small demo dataset shipped inside tlx (3 Fashion-MNIST classes; MIT, see tlx/demo/COPYRIGHT)."""
-
-    name = "demo"
-
-    def __init__(self, root: str | None = None, **kwargs: Any) -> None:
-        super().__init__(root=root or DEMO_ROOT, **kwargs)
-
-
-class FashionMNISTData(ImageData):
-    """Fashion-MNIST from its original idx files (gzipped or not).
-
-    Train pool = the 60,000 training images minus a fixed, stratified validation set of ``val_per_class`` images
-    per class; test = the 10,000 t10k images (or ``test_per_class`` of them per class). ``classes`` restricts to
-    some classes (names or label numbers). With ``download: true`` and a network, torchvision fetches the files.
-    """
-
-    name = "fashion_mnist"
-
-    def __init__(self, root: str, val_per_class: int = 100, test_per_class: int | None = None,
-                 classes: list[Any] | None = None, download: bool = False, split_seed: int = 0,
-                 **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.root, self.download = Path(str(root)).expanduser(), download
-        self.val_per_class, self.test_per_class, self.split_seed = int(val_per_class), test_per_class, split_seed
-        self.only = classes
-
-    def _splits(self) -> tuple[dict[str, Samples], list[str]]:
-        root = self._find_root()
-        keep = self._class_ids()
-        out = {}
-        for split, prefix in (("train", "train"), ("test", "t10k")):
-            images = _read_idx(root, f"{prefix}-images-idx3-ubyte")
-            labels = _read_idx(root, f"{prefix}-labels-idx1-ubyte")
-            array_hash = hashlib.blake2b(images.tobytes(), digest_size=8).hexdigest()
-            rows = [i for i in range(len(labels)) if int(labels[i]) in keep]
-            lab = [keep.index(int(labels[i])) for i in rows]
-            out[split] = ArraySamples([f"{prefix}:{i}" for i in rows], lab, images, rows, array_hash)
-        val = stratified_subset(out["train"].labels, self.split_seed + 1_000_003, self.val_per_class)
-        val_set = set(val)
-        pool = [i for i in range(len(out["train"])) if i not in val_set]
-        out["train"], out["val"] = out["train"].subset(pool), out["train"].subset(val)
-        if self.test_per_class:
-            keep_test = stratified_subset(out["test"].labels, self.split_seed, self.test_per_class)
-            out["test"] = out["test"].subset(keep_test)
-        return out, [FASHION_MNIST_CLASSES[c] for c in keep]
-
-    def _class_ids(self) -> list[int]:
-        if not self.only:
-            return list(range(10))
-        ids = []
-        for c in self.only:
-            if isinstance(c, int) and 0 <= c < 10:
-                ids.append(c)
-            elif c in FASHION_MNIST_CLASSES:
-                ids.append(FASHION_MNIST_CLASSES.index(c))
-            else:
-                raise ConfigError(f"unknown Fashion-MNIST class {c!r}; use 0-9 or one of {FASHION_MNIST_CLASSES}")
-        return ids
-
-    def _find_root(self) -> Path:
-        for cand in (self.root, self.root / "FashionMNIST" / "raw"):
-            if any((cand / f"train-images-idx3-ubyte{s}").is_file() for s in ("", ".gz")):
-                return cand
-        if self.download:
-            from torchvision.datasets import FashionMNIST
-
-            FashionMNIST(str(self.root), train=True, download=True)
-            FashionMNIST(str(self.root), train=False, download=True)
-            return self.root / "FashionMNIST" / "raw"
-        raise ConfigError(f"Fashion-MNIST idx files not found under {self.root}; set data.root to the folder with "
-                          "train-images-idx3-ubyte.gz (Debian: apt install dataset-fashion-mnist puts them in "
-                          "/usr/share/datasets/fashion-mnist), or data.download=true when online")
-
-
-def _read_idx(root: Path, name: str) -> np.ndarray:
-    path = root / name if (root / name).is_file() else root / f"{name}.gz"
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as f:
-        raw = f.read()
-    ndim = raw[3]
-    shape = tuple(int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
-    return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
-
-
-def _class_folders(folder: Path) -> list[str]:
-    classes = sorted(d.name for d in folder.iterdir() if d.is_dir() and not d.name.startswith("."))
-    if not classes:
-        raise ConfigError(f"no class folders in {folder}; put one subfolder of images per class there")
-    return classes
 
 
 def default_workers() -> int:
