@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import shutil
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -91,6 +92,20 @@ class FeatureCache:
         self.root = Path(dir).expanduser() if dir else default_cache_dir()
         self.views, self.max_bytes, self.dtype = int(views), float(max_gb) * 2**30, getattr(torch, dtype)
 
+    def check_writable(self) -> None:
+        """Fail now, naming the fix, if entries could not be written (rather than after the extraction)."""
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            tempfile.TemporaryFile(dir=self.root).close()
+        except OSError as e:
+            raise ConfigError(self._unwritable(e)) from e
+
+    def _unwritable(self, e: OSError) -> str:
+        return (
+            f"cannot write the feature cache at {self.root} ({e.strerror or e}); set "
+            "cache.dir=<writable folder> or TLX_CACHE_DIR, or cache.enabled=false"
+        )
+
     def path(self, key: str) -> Path:
         return self.root / key[:2] / f"{key}.pt"
 
@@ -116,10 +131,7 @@ class FeatureCache:
             torch.save({"format": FORMAT, "key": key, "meta": meta, "features": features}, tmp)
             os.replace(tmp, path)
         except OSError as e:
-            raise ConfigError(
-                f"cannot write the feature cache at {self.root} ({e.strerror or e}); set "
-                "cache.dir=<writable folder> or TLX_CACHE_DIR, or cache.enabled=false"
-            ) from e
+            raise ConfigError(self._unwritable(e)) from e
 
 
 def cache_key(parts: dict[str, Any]) -> str:
@@ -184,6 +196,7 @@ def use_cached_features(
             "views": views,
             "aug_seed": seed if augment else None,
             "dtype": str(cache.dtype),
+            "decoder": samples.decoder,  # e.g. EXIF orientation applied: pixels decoded otherwise must miss
             # The ordered content hashes, not the paths: activations depend on the bytes alone.
             "images": hashlib.blake2b(
                 "\n".join(samples.fingerprint(i) for i in range(len(samples))).encode()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -17,6 +18,7 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.loggers import CSVLogger
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
+from tlx.backbones import ConfigError
 from tlx.devices import torch_device
 from tlx.features import find_cut, use_cached_features
 from tlx.heads import Network
@@ -42,7 +44,8 @@ def train(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
 
     # Backbone first: its pretraining data config decides the transforms.
     backbone = instantiate(cfg.backbone)
-    data = instantiate(cfg.data)(data_config=backbone.data_config)
+    _check_before_data(cfg, len(backbone.stage_groups()), out_dir)
+    data = instantiate(cfg.data)(data_config=backbone.data_config)  # its constructor checks the data settings
     data.seed = int(cfg.seed)
     data.setup()
     data.save_file_lists(out_dir / "files.json")
@@ -52,7 +55,14 @@ def train(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     net = Network(backbone, head)
     freeze = instantiate(cfg.freeze)
     params = freeze.apply(net, backbone.stage_groups(exclude=set(head.new_backbone_modules)))
-    module = TransferModule(net, freeze, instantiate(cfg.optim), num_classes=len(data.classes), seed=int(cfg.seed))
+    module = TransferModule(
+        net,
+        freeze,
+        instantiate(cfg.optim),
+        num_classes=len(data.classes),
+        seed=int(cfg.seed),
+        class_weights=data.class_weights(),
+    )
 
     # Frozen prefix: compute its activations once (or read them from the cache) and train only the rest.
     if cfg.get("channels_last") and net.chain:
@@ -127,6 +137,36 @@ def train(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
         write_results(out_dir, results)
         print_summary(results, out_dir)
     return results
+
+
+def _check_before_data(cfg: DictConfig, stages: int, out_dir: Path) -> None:
+    """Refuse settings that can only be wrong before any image is decoded, each with one line naming the fix.
+
+    The data, freeze, head and cache constructors check their own ranges; this checks what needs more than one
+    setting: the trainer's length, freeze.n and head.n against the backbone's ``stages``, writable folders.
+    """
+    epochs, steps = cfg.trainer.get("max_epochs"), cfg.trainer.get("max_steps")
+    if epochs is not None and int(epochs) < 1 and not (int(epochs) == -1 and steps is not None and int(steps) > 0):
+        raise ConfigError(
+            f"trainer.max_epochs must be >= 1 (or -1 with trainer.max_steps > 0), got {epochs}; "
+            "set trainer.max_epochs=10, for example"
+        )
+    head_n = int(cfg.head.n) if str(cfg.head.get("_target_")).endswith("ReinitLastHead") else 0
+    if head_n and not 1 <= head_n < stages:
+        raise ConfigError(f"head.n={head_n} but the backbone has {stages} stages; use 1 <= head.n <= {stages - 1}")
+    if cfg.freeze.get("mode") == "last_n" and cfg.freeze.get("n") is not None and int(cfg.freeze.n) > stages - head_n:
+        left = f" left after head.n={head_n}" if head_n else ""
+        raise ConfigError(
+            f"freeze.n={cfg.freeze.n} but the backbone has only {stages - head_n} stages{left}; "
+            f"use freeze.n<={stages - head_n} or freeze=none"
+        )
+    try:
+        tempfile.TemporaryFile(dir=out_dir).close()
+    except OSError as e:
+        raise ConfigError(f"cannot write the run directory {out_dir} ({e.strerror or e}); set hydra.run.dir") from e
+    cache = instantiate(cfg.cache)
+    if cache.enabled != "false" and cfg.freeze.get("mode") != "none":  # freeze=none never caches
+        cache.check_writable()
 
 
 class _LastCheckpoint(pl.Callback):

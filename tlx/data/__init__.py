@@ -12,11 +12,13 @@ from tlx.data.base import (
     stratified_subset,
     write_json_atomic,
 )
+from tlx.data.csvfile import CSVData
 from tlx.data.fashion_mnist import FASHION_MNIST_CLASSES, FashionMNISTData
 from tlx.data.folder import DEMO_ROOT, DemoData, FolderData
 
 __all__ = [
     "ArraySamples",
+    "CSVData",
     "DEMO_ROOT",
     "DemoData",
     "EpochSampler",

@@ -12,8 +12,18 @@ import numpy as np
 from tlx.backbones import ConfigError
 from tlx.data.base import ArraySamples, ImageData, Samples, stratified_subset
 
-FASHION_MNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
-                         "Ankle boot"]
+FASHION_MNIST_CLASSES = [
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+]
 
 
 class FashionMNISTData(ImageData):
@@ -26,9 +36,16 @@ class FashionMNISTData(ImageData):
 
     name = "fashion_mnist"
 
-    def __init__(self, root: str, val_per_class: int = 100, test_per_class: int | None = None,
-                 classes: list[Any] | None = None, download: bool = False, split_seed: int = 0,
-                 **kwargs: Any) -> None:
+    def __init__(
+        self,
+        root: str,
+        val_per_class: int = 100,
+        test_per_class: int | None = None,
+        classes: list[Any] | None = None,
+        download: bool = False,
+        split_seed: int = 0,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
         self.root, self.download = Path(str(root)).expanduser(), download
         self.val_per_class, self.test_per_class, self.split_seed = int(val_per_class), test_per_class, split_seed
@@ -77,9 +94,11 @@ class FashionMNISTData(ImageData):
             FashionMNIST(str(self.root), train=True, download=True)
             FashionMNIST(str(self.root), train=False, download=True)
             return self.root / "FashionMNIST" / "raw"
-        raise ConfigError(f"Fashion-MNIST idx files not found under {self.root}; set data.root to the folder with "
-                          "train-images-idx3-ubyte.gz (Debian: apt install dataset-fashion-mnist puts them in "
-                          "/usr/share/datasets/fashion-mnist), or data.download=true when online")
+        raise ConfigError(
+            f"Fashion-MNIST idx files not found under {self.root}; set data.root to the folder with "
+            "train-images-idx3-ubyte.gz (Debian: apt install dataset-fashion-mnist puts them in "
+            "/usr/share/datasets/fashion-mnist), or data.download=true when online"
+        )
 
 
 def _read_idx(root: Path, name: str) -> np.ndarray:
@@ -88,5 +107,5 @@ def _read_idx(root: Path, name: str) -> np.ndarray:
     with opener(path, "rb") as f:
         raw = f.read()
     ndim = raw[3]
-    shape = tuple(int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
+    shape = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
     return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
