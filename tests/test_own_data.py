@@ -211,40 +211,50 @@ def test_csv_end_to_end_with_subset_cache_and_exif(make_cfg, tmp_path, cache_dir
 
 
 def _imbalanced(root: Path) -> Path:
-    """10:1 training images (train/), balanced val/ and test/; the classes differ in brightness (an easy signal)."""
-    for split, n, seed in (("train", 44, 1), ("val", 10, 2), ("test", 10, 3)):
-        write_images(root / split, classes=("common", "rare"), n=n, shift=30, seed=seed)
-    for i in range(4, 44):
-        (root / "train" / "rare" / f"{i}.png").unlink()
+    """44:4 training images, balanced val/ and test/. The classes are noisy reddish vs bluish squares that overlap:
+    a classifier that follows the 11:1 prior calls the doubtful rare ones common."""
+    for split, counts, seed in (("train", (44, 4), 1), ("val", (10, 10), 2), ("test", (20, 20), 3)):
+        rng = np.random.default_rng(seed)
+        for c, (name, n) in enumerate(zip(("common", "rare"), counts, strict=True)):
+            (root / split / name).mkdir(parents=True)
+            mean = np.array([158, 128, 98]) if c == 0 else np.array([98, 128, 158])
+            for i in range(n):
+                pixels = rng.normal(mean, 40, (32, 32, 3)).clip(0, 255).astype(np.uint8)
+                Image.fromarray(pixels).save(root / split / name / f"{i}.png")
     return root
 
 
-def test_imbalance_warns_and_balancing_raises_the_rare_class_recall(make_cfg, tmp_path, caplog):
-    root = _imbalanced(tmp_path / "photos")
-    recall, warned = {}, {}
-    for balance in ("none", "weighted_loss", "sampler"):
-        caplog.clear()
-        cfg = make_cfg("data=folder", f"data.root={root}", "data.samples_per_class=null", f"data.balance={balance}",
-                       "trainer.max_epochs=6", "optim.lr=0.01")  # fmt: skip
-        with caplog.at_level(logging.WARNING):
-            results = train(cfg, tmp_path / balance)
-        recall[balance] = results["per_class"]["test"]["per_class_acc"][1]
-        warned[balance] = any("unbalanced classes: 'common' has 44" in r.getMessage() for r in caplog.records)
-        assert results["data"]["train_per_class"] == {"common": 44, "rare": 4}
-        assert "test/bal_acc" in results["metrics"]
-    assert all(warned.values()), warned
-    assert recall["weighted_loss"] > recall["none"] and recall["sampler"] > recall["none"], recall
-
-
-def test_weighted_loss_and_sampler_weights(tmp_path):
+def test_imbalance_warning_class_weights_and_sampler(tmp_path, caplog):
     root = _imbalanced(tmp_path / "photos")
     data = FolderData(root=str(root), data_config=DATA_CONFIG, num_workers=0, balance="weighted_loss")
-    data.setup()
+    with caplog.at_level(logging.WARNING):
+        data.setup()
+    assert [r.getMessage() for r in caplog.records if "unbalanced" in r.getMessage()] == [
+        "unbalanced classes: 'common' has 44 training images, 'rare' only 4 (11x)"
+    ]
+    assert data.counts()["train_per_class"] == {"common": 44, "rare": 4}
     assert torch.allclose(data.class_weights(), torch.tensor([48 / (2 * 44), 48 / (2 * 4)]))
     data.balance = "sampler"
+    assert data.class_weights() is None
     sampler = data.train_dataloader().sampler
     sampler.set_epoch(3)
     drawn = list(sampler)
     assert drawn == list(sampler) and len(drawn) == 48  # fixed per epoch (resume), one epoch's length
+    sampler.set_epoch(4)
+    assert list(sampler) != drawn
     rare = sum(data.samples["train"].labels[i] for i in drawn)
     assert 12 <= rare <= 36  # about half, not 4 of 48
+
+
+@pytest.mark.slow
+def test_balancing_raises_the_rare_class_recall(make_cfg, tmp_path):
+    root = _imbalanced(tmp_path / "photos")
+    recall = {}
+    for balance in ("none", "weighted_loss", "sampler"):
+        cfg = make_cfg("data=folder", f"data.root={root}", "data.samples_per_class=null", f"data.balance={balance}",
+                       "trainer.max_epochs=20", "optim.lr=0.05")  # fmt: skip
+        results = train(cfg, tmp_path / balance)
+        recall[balance] = results["per_class"]["test"]["per_class_acc"][1]
+        assert results["data"]["balance"] == balance and "test/bal_acc" in results["metrics"]
+    # measured: none 0.65, weighted_loss 0.75, sampler 0.85 (20 rare test images)
+    assert recall["weighted_loss"] > recall["none"] and recall["sampler"] > recall["none"], recall

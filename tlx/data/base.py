@@ -523,16 +523,38 @@ class ImageData(pl.LightningDataModule):
     def test_dataloader(self) -> DataLoader:
         return self._split_loader("test" if "test" in self.samples else "val", False)
 
-    def check_images(
-        self, samples: FileSamples, where: Path | str = "the input", names: list[str] | None = None
-    ) -> FileSamples:
-        """Decode every file once (JPEG at reduced scale); skip (and count) or fail on unreadable ones.
+    def check_images(self, samples: FileSamples, where: Path | str = "the input") -> FileSamples:
+        """Decode every file once (JPEG at reduced scale); skip (warn and count) or fail on unreadable ones.
 
         Args:
             samples: the files to check.
             where: what holds them, for messages (e.g. the data root).
-            names: class names, given for training images: a class whose every image is unreadable is an error.
         """
+        errors = self._decode_errors(samples, where)
+        return samples.subset([i for i, e in enumerate(errors) if not e]) if any(errors) else samples
+
+    def check_splits(self, splits: dict[str, FileSamples], classes: list[str]) -> dict[str, FileSamples]:
+        """``check_images`` over every split at once, so that "all N images were unreadable" counts the whole source;
+        a class whose every training image is unreadable is an error that names it."""
+        keys = list(splits)
+        union = FileSamples([p for k in keys for p in splits[k].paths], [y for k in keys for y in splits[k].labels])
+        errors = self._decode_errors(union, self.location)
+        out, start = {}, 0
+        for k in keys:
+            samples, errs = splits[k], errors[start : start + len(splits[k])]
+            start += len(samples)
+            for c in sorted(set(samples.labels)) if k == "train" else []:
+                mine = [i for i, label in enumerate(samples.labels) if label == c]
+                if all(errs[i] for i in mine):
+                    raise ConfigError(
+                        f"all {len(mine)} training images of class '{classes[c]}' in {self.location} were unreadable "
+                        f"(first: {samples.paths[mine[0]]}: {errs[mine[0]]}); fix or remove them"
+                    )
+            out[k] = samples.subset([i for i, e in enumerate(errs) if not e]) if any(errs) else samples
+        return out
+
+    def _decode_errors(self, samples: FileSamples, where: Path | str) -> list[str | None]:
+        """One error message per file (None: it decodes); counts and logs the bad ones, or raises when asked to."""
 
         def ok(path: Path) -> str | None:
             try:
@@ -555,13 +577,6 @@ class ImageData(pl.LightningDataModule):
                 f"all {len(bad)} images in {where} were unreadable (first: {samples.paths[bad[0]]}: {errors[bad[0]]}); "
                 "check that they are image files"
             )
-        for c in sorted(set(samples.labels)) if names else []:
-            mine = [i for i, label in enumerate(samples.labels) if label == c]
-            if all(errors[i] for i in mine):
-                raise ConfigError(
-                    f"all {len(mine)} training images of class '{names[c]}' in {where} were unreadable (first: "
-                    f"{samples.paths[mine[0]]}: {errors[mine[0]]}); fix or remove them"
-                )
         for i in bad[:5]:
             log.warning("skipping unreadable image %s (%s)", samples.paths[i], errors[i])
         if len(bad) > 5:
@@ -569,7 +584,7 @@ class ImageData(pl.LightningDataModule):
         for i in bad:
             self.scan.skip("missing" if errors[i].startswith("FileNotFoundError") else "unreadable", samples.paths[i])
         self.bad_images.extend(str(samples.paths[i]) for i in bad)
-        return samples.subset([i for i, e in enumerate(errors) if not e]) if bad else samples
+        return errors
 
 
 def default_workers() -> int:

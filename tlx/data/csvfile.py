@@ -47,8 +47,7 @@ class CSVData(ImageData):
         if "all" not in splits and "train" not in splits:
             raise ConfigError(f"no row of {self.path} has split 'train'; mark the training images or drop the column")
         splits = fixed_splits(splits, (self.val_fraction, self.test_fraction), self.split_seed, classes, self.path)
-        checked = {k: self.check_images(v, self.path, classes if k == "train" else None) for k, v in splits.items()}
-        return checked, classes
+        return self.check_splits(splits, classes), classes
 
     def _read(self) -> list[tuple[int, Path, str, str]]:
         """(line, resolved path, label, split or ``all``) per row, each file once."""

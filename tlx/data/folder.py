@@ -50,8 +50,7 @@ class FolderData(ImageData):
             classes = sorted(dirs)
             splits = {"all": self._scan(self.root, dirs, classes, "all")}
         splits = fixed_splits(splits, (self.val_fraction, self.test_fraction), self.split_seed, classes, self.root)
-        checked = {k: self.check_images(v, self.root, classes if k == "train" else None) for k, v in splits.items()}
-        return checked, classes
+        return self.check_splits(splits, classes), classes
 
     def _class_dirs(self, folder: Path) -> dict[str, Path]:
         dirs = {d.name: d for d in self.scan.subfolders(folder)}
