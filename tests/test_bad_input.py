@@ -271,3 +271,10 @@ def test_a_folder_of_unreadable_images_says_so(tmp_path):
     data = FolderData(root=str(root), data_config=_DATA_CONFIG, num_workers=0)
     with pytest.raises(ConfigError, match=re.escape(f"all 15 images in {root} were unreadable (first: {root}/ant/")):
         data.setup()
+
+
+def test_run_dir_cannot_be_written(tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("a file, not a folder")
+    proc = run_cli(*TINY, f"hydra.run.dir={blocker / 'run'}", f"cache.dir={tmp_path / 'cache'}")
+    _assert_fails(proc, None, f"cannot write the output directory {blocker / 'run'}", "set hydra.run.dir=")

@@ -5,11 +5,14 @@ from __future__ import annotations
 import logging
 import math
 import sys
+import tempfile
 from pathlib import Path
+from typing import Any
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
+from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig
 from omegaconf.errors import MissingMandatoryValue
@@ -37,6 +40,27 @@ def _user_error(e: BaseException) -> str | None:
         what = " ".join(ln for ln in lines if not ln.startswith(("full_key:", "object_type=")))
         return f"{what}{f' (in {where})' if where else ''}; check the config keys against conf/"
     return None
+
+
+class WritableOutput(Callback):
+    """Hydra callback: an unwritable run or sweep directory ends with one line, before Hydra writes its config there
+    (Hydra itself would stop with a traceback)."""
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        _require_writable(Path(str(config.hydra.run.dir)), "hydra.run.dir")
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        _require_writable(Path(str(config.hydra.sweep.dir)), "hydra.sweep.dir")
+
+
+def _require_writable(folder: Path, key: str) -> None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=folder).close()
+    except OSError as e:
+        print(f"tlx: error: cannot write the output directory {folder} ({e.strerror or e}); set {key}=<writable "
+              "folder>", file=sys.stderr)  # fmt: skip
+        sys.exit(2)
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
