@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from tlx.data import FASHION_MNIST_CLASSES, _read_idx
+from tlx.data.fashion_mnist import FASHION_MNIST_CLASSES, _read_idx
 
 CLASSES = ["Sandal", "Sneaker", "Ankle boot"]
 SIZES = {"train": 20, "val": 100, "test": 50}

@@ -99,11 +99,13 @@ def test_non_image_files_are_ignored_and_counted(tmp_path):
     root = _folder(tmp_path, n=6)
     (root / "ant" / "README.md").write_text("notes")
     (root / "bee" / "Thumbs.db").write_bytes(b"\0" * 16)
-    (root / "bee" / ".DS_Store").write_bytes(b"\0" * 16)  # hidden files are not even counted
+    (root / "bee" / ".DS_Store").write_bytes(b"\0" * 16)
     proc, results = _run(tmp_path, "data=folder", f"data.root={root}")
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "ignoring 2 non-image file(s)" in proc.stdout + proc.stderr
-    assert results["status"] == "ok" and results["data"]["bad_images"] == 2
+    assert f"left out 3 file(s)/folder(s) under {root}: 1 not_an_image (e.g. {root / 'ant' / 'README.md'})" in (
+        proc.stdout + proc.stderr
+    )
+    assert results["status"] == "ok" and results["data"]["skipped"] == {"not_an_image": 1, "os_metadata": 2}
     assert results["data"]["train"] == 12 and results["data"]["val"] == 3  # every image still used
 
 
@@ -166,7 +168,7 @@ def test_cache_dir_cannot_be_written(tmp_path):
     ("layout", "expected"),
     [
         ("flat", "no class folders in"),
-        ("unreadable_class", "['cat'] have no readable training images"),
+        ("unreadable_class", "all 4 training images of class 'cat' in"),
         ("empty_val", "no validation images found"),
         ("no_val_fraction", "no validation images found"),
     ],
@@ -203,3 +205,76 @@ def test_instantiate_errors_become_one_line(make_cfg, override, expected):
     with pytest.raises(Exception) as info:
         instantiate(cfg.optim if override.startswith("+optim") else cfg.backbone)
     assert expected in _user_error(info.value)
+
+
+# Settings that can only be wrong fail before any image is decoded (issue 11.5).
+
+
+def test_zero_epochs_is_one_line_not_a_lightning_traceback(tmp_path):
+    proc, results = _run(tmp_path, "trainer.max_epochs=0")
+    _assert_fails(proc, results, "trainer.max_epochs must be >= 1 (or -1 with trainer.max_steps > 0), got 0")
+
+
+def test_val_fraction_outside_0_1_is_named_as_such(tmp_path):
+    proc, results = _run(tmp_path, "data=folder", f"data.root={_folder(tmp_path)}", "data.val_fraction=1.5")
+    _assert_fails(proc, results, "data.val_fraction must be in [0, 1)", "got 1.5")
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        (["trainer.max_epochs=-1"], "trainer.max_epochs must be >= 1 (or -1 with trainer.max_steps > 0), got -1"),
+        (["data.test_fraction=-0.1"], "data.test_fraction must be in [0, 1)"),
+        (["data.val_fraction=0.5", "data.test_fraction=0.5"], "data.val_fraction + data.test_fraction must be < 1"),
+        (["data.fraction=0"], "data.fraction must be in (0, 1], got 0"),
+        (["data.samples_per_class=0"], "data.samples_per_class must be >= 1, got 0"),
+        (["data.balance=oversample"], "data.balance must be none, weighted_loss or sampler, got 'oversample'"),
+        (["freeze=last_n", "freeze.n=9"], "freeze.n=9 but the backbone has only 8 stages; use freeze.n<=8"),
+        (["head=reinit_last", "head.n=8"], "head.n=8 but the backbone has 8 stages; use 1 <= head.n <= 7"),
+        (
+            ["head=reinit_last", "head.n=3", "freeze=last_n", "freeze.n=6"],
+            "freeze.n=6 but the backbone has only 5 stages left after head.n=3; use freeze.n<=5",
+        ),
+        (["cache.dir=BLOCKED/cache"], "cannot write the feature cache at BLOCKED/cache"),
+        (["data.val_fraction=0.5", "data.test_fraction=0.4"], "class 'lone' has only 1 images: too few to keep one"),
+    ],
+    ids=lambda x: x[-1] if isinstance(x, list) else None,
+)
+def test_bad_settings_fail_before_any_image_is_decoded(make_cfg, tmp_path, monkeypatch, overrides, expected):
+    from tlx.data import FileSamples, ImageData
+    from tlx.run import train
+
+    def decoded(*args, **kwargs):
+        raise AssertionError("an image was decoded before the setting was checked")
+
+    monkeypatch.setattr(ImageData, "_decode_errors", decoded)
+    monkeypatch.setattr(FileSamples, "load", decoded)
+    root = _folder(tmp_path, n=10)
+    write_images(root, classes=("lone",), n=1)
+    (tmp_path / "BLOCKED").write_text("a file: nothing can be created below it")
+    overrides = [o.replace("BLOCKED", str(tmp_path / "BLOCKED")) for o in overrides]
+    cfg = make_cfg("data=folder", f"data.root={root}", "data.samples_per_class=null", *overrides)
+    with pytest.raises(ConfigError, match=re.escape(expected.replace("BLOCKED", str(tmp_path / "BLOCKED")))):
+        train(cfg, tmp_path / "run")
+
+
+def test_max_epochs_minus_one_with_max_steps_is_valid(make_cfg, tmp_path):
+    from tlx.run import _check_before_data
+
+    _check_before_data(make_cfg("trainer.max_epochs=-1", "+trainer.max_steps=5"), 8, tmp_path)
+
+
+def test_a_folder_of_unreadable_images_says_so(tmp_path):
+    root = _folder(tmp_path)
+    for path in root.rglob("*.png"):
+        path.write_bytes(b"junk")
+    data = FolderData(root=str(root), data_config=_DATA_CONFIG, num_workers=0)
+    with pytest.raises(ConfigError, match=re.escape(f"all 15 images in {root} were unreadable (first: {root}/ant/")):
+        data.setup()
+
+
+def test_run_dir_cannot_be_written(tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("a file, not a folder")
+    proc = run_cli(*TINY, f"hydra.run.dir={blocker / 'run'}", f"cache.dir={tmp_path / 'cache'}")
+    _assert_fails(proc, None, f"cannot write the output directory {blocker / 'run'}", "set hydra.run.dir=")

@@ -76,6 +76,9 @@ def test_transforms_come_from_the_backbone():
         "classes": None,
         "num_classes": 3,
         "bad_images": 0,
+        "skipped": {},
+        "train_per_class": dict.fromkeys(data.classes, 20),
+        "balance": "none",
     }
 
 

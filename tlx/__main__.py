@@ -5,12 +5,15 @@ from __future__ import annotations
 import logging
 import math
 import sys
+import tempfile
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
+from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig
 from omegaconf.errors import MissingMandatoryValue
@@ -45,6 +48,27 @@ def _compose_candidate(config_name: str, overrides: list[str], strategy: str) ->
     """The config of an auto candidate: this run's own overrides, with ``strategy=<candidate>`` instead of auto."""
     kept = [o for o in overrides if not o.lstrip("+~").startswith("strategy=")]
     return hydra.compose(config_name=config_name, overrides=[*kept, f"strategy={strategy}"])
+
+
+class WritableOutput(Callback):
+    """Hydra callback: an unwritable run or sweep directory ends with one line, before Hydra writes its config there
+    (Hydra itself would stop with a traceback)."""
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        _require_writable(Path(str(config.hydra.run.dir)), "hydra.run.dir")
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        _require_writable(Path(str(config.hydra.sweep.dir)), "hydra.sweep.dir")
+
+
+def _require_writable(folder: Path, key: str) -> None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=folder).close()
+    except OSError as e:
+        print(f"tlx: error: cannot write the output directory {folder} ({e.strerror or e}); set {key}=<writable "
+              "folder>", file=sys.stderr)  # fmt: skip
+        sys.exit(2)
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")

@@ -141,14 +141,15 @@ def run_auto(cfg: DictConfig, out_dir: Path, compose: Callable[[str], DictConfig
     out_dir = Path(out_dir)
     settings: Auto = instantiate(cfg.auto)
     configs = {name: _candidate_config(out_dir, name, compose) for name in [PROBE, *settings_names(settings)]}
-    prepared = prepare(configs[PROBE])
+    prepared = prepare(configs[PROBE], out_dir)
     data = prepared.data
     per_class = len(data.samples["train"]) / len(data.classes)
     deadline = time.monotonic() + settings.budget_s if settings.budget_s else None
     log.info("auto: %.0f training images per class; candidates %s", per_class, list(configs))
 
     # One pass over the images extracts every cut a cached candidate will read, alongside the probe's own.
-    prefetch = tuple(c for c in (_cut_of(configs[n], prepared) for n in settings_names(settings)) if c is not None)
+    cuts = [_cut_of(configs[n], prepared, out_dir / CANDIDATES_DIR / n) for n in settings_names(settings)]
+    prefetch = tuple(c for c in cuts if c is not None)
     tried: list[dict[str, Any]] = []
     best: dict[str, Any] | None = None
     for name in [PROBE, *settings_names(settings)]:
@@ -185,11 +186,11 @@ def run_auto(cfg: DictConfig, out_dir: Path, compose: Callable[[str], DictConfig
     return _finish(out_dir, best, tried, per_class, time.perf_counter() - start, time.process_time() - cpu_start)
 
 
-def _cut_of(cfg: DictConfig, prepared: Prepared) -> int | str | None:
+def _cut_of(cfg: DictConfig, prepared: Prepared, run_dir: Path) -> int | str | None:
     """Where a candidate's cached activations would be cut, or None when it cannot train from the cache."""
     if cfg.data.augment or str(cfg.cache.enabled).lower() == "false":
         return None
-    backbone, data = prepared.take(cfg)
+    backbone, data = prepared.take(cfg, run_dir)
     return find_cut(build_network(cfg, backbone, len(data.classes))[0])
 
 

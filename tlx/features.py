@@ -21,6 +21,7 @@ import json
 import logging
 import os
 import shutil
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -99,6 +100,14 @@ class FeatureCache:
         self.root = Path(dir).expanduser() if dir else default_cache_dir()
         self.views, self.max_bytes, self.dtype = int(views), float(max_gb) * 2**30, getattr(torch, dtype)
         self.lock_timeout_s = float(lock_timeout_s)
+
+    def check_writable(self) -> None:
+        """Fail now, naming the fix, if entries could not be written (rather than after the extraction)."""
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            tempfile.TemporaryFile(dir=self.root).close()
+        except OSError as e:
+            raise ConfigError(self._unwritable(e)) from e
 
     def path(self, key: str) -> Path:
         return self.root / key[:2] / f"{key}.pt"
@@ -250,6 +259,7 @@ def use_cached_features(
             "views": views,
             "aug_seed": seed if augmented else None,
             "dtype": str(cache.dtype),
+            "decoder": samples.decoder,  # e.g. EXIF orientation applied: pixels decoded otherwise must miss
             # The ordered content hashes, not the paths: activations depend on the bytes alone.
             "images": hashlib.blake2b("\n".join(samples.fingerprints()).encode()).hexdigest(),
         }

@@ -75,17 +75,27 @@ class TransferModule(pl.LightningModule):
         optim: optimizer settings.
         num_classes: number of classes.
         seed: reseeds the global RNG at every epoch start (dropout), so a resumed run continues exactly.
+        class_weights: per-class cross-entropy weights (K,), for unbalanced classes; None weighs every image alike.
     """
 
-    def __init__(self, net: Network, freeze: Freeze, optim: Optim, num_classes: int, seed: int = 0) -> None:
+    def __init__(
+        self,
+        net: Network,
+        freeze: Freeze,
+        optim: Optim,
+        num_classes: int,
+        seed: int = 0,
+        class_weights: torch.Tensor | None = None,
+    ) -> None:
         super().__init__()
         self.net, self.freeze, self.optim, self.seed = net, freeze, optim, seed
         self.cut: int | str | None = None  # set when training from cached activations
         self.channels_last = False
-        self.loss = nn.CrossEntropyLoss(label_smoothing=optim.label_smoothing)
+        self.loss = nn.CrossEntropyLoss(weight=class_weights, label_smoothing=optim.label_smoothing)
         scalar = MetricCollection(
             {
                 "acc": MulticlassAccuracy(num_classes, average="micro"),
+                "bal_acc": MulticlassAccuracy(num_classes, average="macro"),  # mean per-class recall
                 "f1": MulticlassF1Score(num_classes, average="macro"),
             }
         )

@@ -6,6 +6,7 @@ import copy
 import logging
 import shutil
 import signal
+import tempfile
 import time
 import warnings
 from dataclasses import dataclass
@@ -52,10 +53,10 @@ class Prepared:
     backbone: Backbone
     data: ImageData
 
-    def take(self, cfg: DictConfig) -> tuple[Backbone, ImageData]:
+    def take(self, cfg: DictConfig, out_dir: Path) -> tuple[Backbone, ImageData]:
         """A backbone and data for ``cfg``, from what is already built where the configs agree."""
         if _plain(cfg.backbone) != _plain(self.cfg.backbone):
-            fresh = prepare(cfg)
+            fresh = prepare(cfg, out_dir)
             return fresh.backbone, fresh.data
         differ = {k for k in {*cfg.data, *self.cfg.data} if _plain(cfg.data.get(k)) != _plain(self.cfg.data.get(k))}
         if differ - {"augment"}:
@@ -69,9 +70,11 @@ class Prepared:
         return copy.deepcopy(self.backbone), data
 
 
-def prepare(cfg: DictConfig) -> Prepared:
-    """Build the backbone (its pretraining data config decides the transforms), then set up the data."""
+def prepare(cfg: DictConfig, out_dir: Path) -> Prepared:
+    """Build the backbone (its pretraining data config decides the transforms), check the settings that can only be
+    wrong, then set up the data (the first images are decoded here)."""
     backbone = instantiate(cfg.backbone)
+    _check_before_data(cfg, len(backbone.stage_groups()), out_dir)
     return Prepared(cfg, backbone, _setup_data(cfg, backbone))
 
 
@@ -124,12 +127,23 @@ def train(
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     torch.set_num_threads(cfg.threads) if cfg.get("threads") else None
 
-    backbone, data = (prepared or prepare(cfg)).take(cfg)
+    if prepared is None:
+        prepared = prepare(cfg, out_dir)
+    else:
+        _check_before_data(cfg, len(prepared.backbone.stage_groups()), out_dir)
+    backbone, data = prepared.take(cfg, out_dir)
     data.save_file_lists(out_dir / "files.json")
 
     net, freeze, params = build_network(cfg, backbone, len(data.classes))
     head = net.head
-    module = TransferModule(net, freeze, instantiate(cfg.optim), num_classes=len(data.classes), seed=int(cfg.seed))
+    module = TransferModule(
+        net,
+        freeze,
+        instantiate(cfg.optim),
+        num_classes=len(data.classes),
+        seed=int(cfg.seed),
+        class_weights=data.class_weights(),
+    )
     probe = instantiate(cfg.probe)
     lp_ft = bool(OmegaConf.select(cfg, "lp_ft.enabled", default=False))
     if lp_ft and (freeze.mode == "head_only" or not isinstance(head, LinearHead)):
@@ -260,7 +274,15 @@ def _probe_stage(module: TransferModule, data: ImageData, probe: Probe, cache_in
     train_y = torch.as_tensor(data.samples["train"].labels * views)
     val_y = torch.as_tensor(data.samples["val"].labels)
     fitted = fit_probe(
-        train_x, train_y, val_x, val_y, len(data.classes), probe, module.seed, module.optim.label_smoothing
+        train_x,
+        train_y,
+        val_x,
+        val_y,
+        len(data.classes),
+        probe,
+        module.seed,
+        module.optim.label_smoothing,
+        data.class_weights(),
     )
     fc = module.net.head.fc
     with torch.no_grad():
@@ -274,6 +296,36 @@ def _probe_stage(module: TransferModule, data: ImageData, probe: Probe, cache_in
         "val/loss": chosen["val/loss"],
         **fitted.summary(),
     }
+
+
+def _check_before_data(cfg: DictConfig, stages: int, out_dir: Path) -> None:
+    """Refuse settings that can only be wrong before any image is decoded, each with one line naming the fix.
+
+    The data, freeze, head and cache constructors check their own ranges; this checks what needs more than one
+    setting: the trainer's length, freeze.n and head.n against the backbone's ``stages``, writable folders.
+    """
+    epochs, steps = cfg.trainer.get("max_epochs"), cfg.trainer.get("max_steps")
+    if epochs is not None and int(epochs) < 1 and not (int(epochs) == -1 and steps is not None and int(steps) > 0):
+        raise ConfigError(
+            f"trainer.max_epochs must be >= 1 (or -1 with trainer.max_steps > 0), got {epochs}; "
+            "set trainer.max_epochs=10, for example"
+        )
+    head_n = int(cfg.head.n) if str(cfg.head.get("_target_")).endswith("ReinitLastHead") else 0
+    if head_n and not 1 <= head_n < stages:
+        raise ConfigError(f"head.n={head_n} but the backbone has {stages} stages; use 1 <= head.n <= {stages - 1}")
+    if cfg.freeze.get("mode") == "last_n" and cfg.freeze.get("n") is not None and int(cfg.freeze.n) > stages - head_n:
+        left = f" left after head.n={head_n}" if head_n else ""
+        raise ConfigError(
+            f"freeze.n={cfg.freeze.n} but the backbone has only {stages - head_n} stages{left}; "
+            f"use freeze.n<={stages - head_n} or freeze=none"
+        )
+    try:
+        tempfile.TemporaryFile(dir=out_dir).close()
+    except OSError as e:
+        raise ConfigError(f"cannot write the run directory {out_dir} ({e.strerror or e}); set hydra.run.dir") from e
+    cache = instantiate(cfg.cache)
+    if cache.enabled != "false" and cfg.freeze.get("mode") != "none":  # freeze=none never caches
+        cache.check_writable()
 
 
 class _LastCheckpoint(pl.Callback):

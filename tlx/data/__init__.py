@@ -1,0 +1,36 @@
+"""Data sources (one module each) and what they share; ``tlx.data.FolderData`` etc. are the config targets."""
+
+from tlx.data.base import (
+    IMAGE_SUFFIXES,
+    SPLITS,
+    ArraySamples,
+    EpochSampler,
+    FileSamples,
+    ImageData,
+    Samples,
+    default_workers,
+    stratified_subset,
+    write_json_atomic,
+)
+from tlx.data.csvfile import CSVData
+from tlx.data.fashion_mnist import FASHION_MNIST_CLASSES, FashionMNISTData
+from tlx.data.folder import DEMO_ROOT, DemoData, FolderData
+
+__all__ = [
+    "ArraySamples",
+    "CSVData",
+    "DEMO_ROOT",
+    "DemoData",
+    "EpochSampler",
+    "FASHION_MNIST_CLASSES",
+    "FashionMNISTData",
+    "FileSamples",
+    "FolderData",
+    "IMAGE_SUFFIXES",
+    "ImageData",
+    "SPLITS",
+    "Samples",
+    "default_workers",
+    "stratified_subset",
+    "write_json_atomic",
+]
