@@ -30,6 +30,7 @@ import argparse
 import importlib.util
 import json
 import os
+import shlex
 import subprocess
 import sys
 import time
@@ -82,9 +83,8 @@ def run_tlx(cmd: list[str], run_dir: Path) -> dict[str, Any]:
     with open(log_path, "w") as log:
         done = subprocess.run(cmd, cwd=ROOT, env={**os.environ, "HYDRA_FULL_ERROR": "0"}, stdout=log, stderr=log)
     wall = time.perf_counter() - t0
-    tail = log_path.read_text().strip().splitlines()[-1:] or ["(no output)"]
     if done.returncode != 0:
-        _fail(f"tlx exited {done.returncode}: {tail[0]} (full output: {log_path})")
+        _fail(f"tlx exited {done.returncode}: {_tlx_error(log_path.read_text())} (full output: {log_path})")
     results = json.loads((run_dir / "results.json").read_text())
     if results.get("status") != "ok":
         _fail(f"tlx run did not finish: results.json status {results.get('status')!r} (see {log_path})")
@@ -97,6 +97,14 @@ def run_tlx(cmd: list[str], run_dir: Path) -> dict[str, Any]:
         "config": OmegaConf.load(run_dir / ".hydra" / "config.yaml"),
         "log": log_path,
     }
+
+
+def _tlx_error(output: str) -> str:
+    """The line of tlx's output that says what went wrong: its own ``tlx: error:`` line, else Hydra's first line."""
+    lines = [ln.strip() for ln in output.splitlines() if ln.strip() and "HYDRA_FULL_ERROR" not in ln]
+    own = [ln for ln in lines if ln.startswith("tlx: error:")]
+    hydra = [ln for ln in lines if ln.startswith(("In '", "Could not", "Error"))]
+    return (own or hydra or lines[-1:] or ["(no output)"])[-1 if own else 0]
 
 
 def labelled(paths: list[str], classes: list[str], split: str) -> list[Path]:
@@ -239,7 +247,8 @@ def main() -> None:
     name = "demo" if args.data == "demo" else Path(args.data).expanduser().resolve().name
     out = args.out or ROOT / "outputs" / "bench" / "peer_fastai" / f"{name}_{datetime.now():%Y-%m-%d_%H-%M-%S}"
     cmd = tlx_command(args, out / "tlx")
-    print(f"tlx: {' '.join(cmd[1:])}", flush=True)
+    shown = shlex.join(["python", *cmd[1:]])
+    print(f"tlx: {shown}", flush=True)
     tlx = run_tlx(cmd, out / "tlx")
     r = tlx["results"]
     print(f"tlx done in {tlx['wall_s']:.1f} s; fastai fine_tune({args.epochs}) on the same split...", flush=True)
@@ -285,7 +294,7 @@ def main() -> None:
         "input_size": fa["input_size"],
         "seed": args.seed,
         "tlx": {
-            "command": " ".join(cmd[1:]),
+            "command": shown,
             "experiment": args.tlx_experiment,
             "val/acc": tlx_val,
             "test/acc": tlx_test,

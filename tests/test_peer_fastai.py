@@ -107,3 +107,12 @@ def test_tlx_command_passes_the_data_size_and_subset(tmp_path):
     with pytest.raises(SystemExit) as e:
         peer_fastai.tlx_command(args, tmp_path / "run")
     assert e.value.code == 2
+
+
+def test_a_failed_tlx_run_is_reported_by_its_error_line():
+    hydra = "In 'config': Could not find 'experiment/auto'\n\nAvailable options in 'experiment':\n\tsmall_data\n"
+    hint = "Set the environment variable HYDRA_FULL_ERROR=1 for a complete stack trace.\n"
+    assert peer_fastai._tlx_error(hydra + hint) == "In 'config': Could not find 'experiment/auto'"
+    assert peer_fastai._tlx_error("[INFO] building\ntlx: error: no images in x; add some\n" + hint) == (
+        "tlx: error: no images in x; add some"
+    )
