@@ -14,7 +14,6 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import ModelCheckpoint
-from pytorch_lightning.loggers import CSVLogger
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from tlx.devices import torch_device
@@ -22,6 +21,7 @@ from tlx.features import find_cut, use_cached_features
 from tlx.heads import Network
 from tlx.module import TransferModule
 from tlx.results import print_summary, read_results, resume_command, write_results
+from tlx.tracking import create_loggers, finish_tracking
 
 log = logging.getLogger(__name__)
 # Frozen layers are in eval mode on purpose.
@@ -73,7 +73,7 @@ def train(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
         cfg.trainer,
         default_root_dir=out_dir,
         callbacks=[checkpoint, latest, _OnInterrupt(out_dir)],
-        logger=CSVLogger(out_dir, name="logs", version=""),
+        logger=create_loggers(cfg, out_dir),  # conf/logger/: csv (logs/metrics.csv) by default
     )
     resume = latest.path if cfg.get("resume") and latest.path.is_file() else None
     if cfg.get("resume") and resume is None:
@@ -126,6 +126,7 @@ def train(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     if trainer.is_global_zero:  # under DDP every process runs train(); one writes the results
         write_results(out_dir, results)
         print_summary(results, out_dir)
+        finish_tracking(trainer.loggers, out_dir)
     return results
 
 
