@@ -357,19 +357,20 @@ def collect_trials(sweep_dir: Path, storage: str, study_name: str | None = None)
             raise ValueError(f"{storage} holds {len(names)} studies ({names}); name one")
         study_name = names[0]
     study = optuna.load_study(study_name=study_name, storage=storage)
-    jobs = {}
-    for overrides_file in Path(sweep_dir).rglob(".hydra/overrides.yaml"):
-        jobs[frozenset(OmegaConf.load(overrides_file))] = overrides_file.parent.parent
+    # Jobs in the order they started; each trial takes the first unclaimed one whose overrides hold its parameters.
+    files = sorted(Path(sweep_dir).rglob(".hydra/overrides.yaml"), key=lambda f: f.stat().st_mtime_ns)
+    jobs = [(set(OmegaConf.load(f)), f.parent.parent) for f in files]
     done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     best = study.best_trial.number if done else None
     trials = []
     for t in study.trials:
         wanted = {f"{k}={v}" for k, v in t.params.items()} | {f"{k}={v}" for k, v in t.user_attrs.items()}
-        job_dir = next((d for o, d in jobs.items() if wanted <= o), None)
+        job = next((j for j in jobs if wanted <= j[0]), None)
         trial = Trial(t.number, t.state.name, t.value, dict(t.params), best=t.number == best)
-        if job_dir is not None:
-            trial.path = str(job_dir.relative_to(sweep_dir))
-            trial.results = read_results(job_dir) or {}
+        if job is not None:
+            jobs.remove(job)
+            trial.path = str(job[1].relative_to(sweep_dir))
+            trial.results = read_results(job[1]) or {}
         trials.append(trial)
     return study_name, study.direction.name.lower(), trials
 
