@@ -9,6 +9,7 @@ import json
 from pathlib import Path
 
 from tests.conftest import run_cli, write_images
+from tlx.report import main as report_main
 
 
 def test_search_persists_continues_and_reports(tmp_path: Path) -> None:
@@ -68,3 +69,7 @@ def test_search_persists_continues_and_reports(tmp_path: Path) -> None:
     md = (sweep / "report.md").read_text()
     best_line = next(line for line in md.splitlines() if line.startswith(f"| {best} |"))
     assert "★" in best_line and md.count("★") == 2  # the legend and the best trial
+
+    (sweep / "report.md").unlink()
+    report_main([str(sweep)])  # by hand: python -m tlx.report <sweep dir> finds the study in it
+    assert (sweep / "report.md").read_text() == md

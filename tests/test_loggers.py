@@ -156,5 +156,5 @@ def test_missing_tracker_package_names_the_extra(make_cfg, tmp_path: Path, monke
 
     monkeypatch.setattr(pl_mlflow, "_MLFLOW_AVAILABLE", False)
     cfg = make_cfg("logger=mlflow", f"logger.mlflow.tracking_uri=sqlite:///{tmp_path / 'm.db'}")
-    with pytest.raises(ConfigError, match=r"logger=mlflow needs a package .*pip install 'tlx\[track\]'"):
+    with pytest.raises(ConfigError, match=r"logger=mlflow needs a package .*pip install -e '\.\[track\]'"):
         create_loggers(cfg, tmp_path / "run")

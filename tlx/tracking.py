@@ -55,7 +55,7 @@ def create_loggers(cfg: DictConfig, out_dir: Path) -> list[Logger]:
             if isinstance(e.__cause__, ModuleNotFoundError):
                 raise ConfigError(
                     f"logger={key} needs a package that is not installed ({e.__cause__}); "
-                    "install the trackers with: pip install 'tlx[track]'"
+                    "install the trackers with: pip install -e '.[track]'"
                 ) from e
             raise
         logger.log_hyperparams(params)
