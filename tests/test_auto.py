@@ -97,10 +97,13 @@ def test_resumed_auto_does_not_redo_finished_candidates(auto_runs):
     tmp, data, first, _ = auto_runs
     run = tmp / "resumed"
     shutil.copytree(tmp / "a", run)
-    # As if killed during the third candidate: the last candidates never finished, the run never wrote results.
+    # As if killed before the third candidate's first checkpoint: the later candidates hold only their composed
+    # config, and the run never wrote its results.
     trained = [c["dir"] for c in first["auto"]["candidates"] if c["status"] != "skipped"]
     for later in trained[2:]:
-        (run / later / "results.json").unlink()
+        for path in (run / later).iterdir():
+            if path.name != ".hydra":
+                shutil.rmtree(path) if path.is_dir() else path.unlink()
     (run / "results.json").unlink()
     kept = {d: (run / d / "results.json").stat().st_mtime_ns for d in trained[:2]}
     done = run_cli(

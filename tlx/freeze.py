@@ -22,14 +22,15 @@ class Freeze:
         mode: ``head_only`` (only new layers train), ``last_n`` (the last ``n`` pretrained stages train too) or
             ``none`` (everything trains, pretrained weights as the start).
         n: number of trailing stages that train with ``last_n``; stages are timm's ``group_matcher(coarse=True)``.
+            ``0`` trains no pretrained stage (as ``head_only``), so a search over ``freeze.n`` can include it.
         train_bn: let frozen BatchNorm layers update their running statistics (default: keep them in eval mode).
     """
 
     def __init__(self, mode: str, n: int | None = None, train_bn: bool = False) -> None:
         if mode not in MODES:
             raise ConfigError(f"unknown freeze mode '{mode}'; use freeze=head_only, freeze=last_n or freeze=none")
-        if mode == "last_n" and (n is None or int(n) < 1):
-            raise ConfigError(f"freeze=last_n needs freeze.n >= 1, got {n}")
+        if mode == "last_n" and (n is None or int(n) < 0):
+            raise ConfigError(f"freeze=last_n needs freeze.n >= 0, got {n}")
         self.mode, self.n, self.train_bn = mode, (int(n) if n is not None else None), train_bn
 
     def apply(self, net: Network, stages: list[list[str]]) -> dict[str, int]:
@@ -48,7 +49,7 @@ class Freeze:
                     f"freeze.n={self.n} but the backbone has only {len(stages)} stages; "
                     f"use freeze.n<={len(stages)} or freeze=none"
                 )
-            trainable_backbone = {p for stage in stages[-self.n :] for p in stage}
+            trainable_backbone = {p for stage in stages[len(stages) - self.n :] for p in stage}  # [-0:] is all
         for name, p in net.named_parameters():
             p.requires_grad_(net.is_new(name) or name.removeprefix("backbone.") in trainable_backbone)
         self.apply_bn_policy(net)

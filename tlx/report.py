@@ -3,7 +3,8 @@
 Reads every job's ``results.json`` and ``.hydra/config.yaml`` under the multirun directory and writes there
 ``report.md`` (rows = samples per class, columns = strategy, cells = mean +- std over seeds, best per row marked),
 ``report.csv`` (one row per cell), ``report.png`` (the metric against samples per class, one line per strategy) and
-``report.html`` (the table and the plot in one self-contained page).
+``report.html`` (the table and the plot in one self-contained page). An Optuna search (``hparams_search=``, its study
+in ``<sweep dir>/optuna.db``) gets a table of trials instead.
 
 ``python -m tlx.report <run dir>`` (a directory with ``results.json`` at its top) rebuilds that run's ``report.html``
 instead (:mod:`tlx.run_report`).
@@ -393,6 +394,134 @@ def _html(
     return page(f"Sweep report: {metric}", subtitle, sections)
 
 
+OPTUNA_DB = "optuna.db"  # where conf/hparams_search/ keeps a study: in its sweep dir
+_TRIAL_FIELDS = "trial state value best params test_acc cache_hits wall_s path".split()
+
+
+@dataclass
+class Trial:
+    """One Optuna trial, joined with its job's results.json."""
+
+    number: int
+    state: str
+    value: float | None
+    params: dict[str, Any]
+    best: bool = False
+    path: str | None = None
+    results: dict[str, Any] = field(default_factory=dict)
+
+
+def collect_trials(sweep_dir: Path, storage: str, study_name: str | None = None) -> tuple[str, str, list[Trial]]:
+    """The study's trials (from the Optuna storage, every run of the search), each joined with the job directory
+    whose overrides are its parameters; returns (study name, direction, trials)."""
+    import optuna  # the `search` extra; only Optuna sweeps come here
+
+    if study_name is None:
+        names = [s.study_name for s in optuna.get_all_study_summaries(storage)]
+        if len(names) != 1:
+            raise ValueError(f"{storage} holds {len(names)} studies ({names}); name one")
+        study_name = names[0]
+    study = optuna.load_study(study_name=study_name, storage=storage)
+    # Jobs in the order they started; each trial takes the first unclaimed one whose overrides hold its parameters.
+    files = sorted(Path(sweep_dir).rglob(".hydra/overrides.yaml"), key=lambda f: f.stat().st_mtime_ns)
+    jobs = [(set(OmegaConf.load(f)), f.parent.parent) for f in files]
+    done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    best = study.best_trial.number if done else None
+    trials = []
+    for t in study.trials:
+        wanted = {f"{k}={v}" for k, v in t.params.items()} | {f"{k}={v}" for k, v in t.user_attrs.items()}
+        job = next((j for j in jobs if wanted <= j[0]), None)
+        trial = Trial(t.number, t.state.name, t.value, dict(t.params), best=t.number == best)
+        if job is not None:
+            jobs.remove(job)
+            trial.path = str(job[1].relative_to(sweep_dir))
+            trial.results = read_results(job[1]) or {}
+        trials.append(trial)
+    return study_name, study.direction.name.lower(), trials
+
+
+def write_trials_report(
+    sweep_dir: Path, storage: str, study_name: str | None = None, metric: str = "val/acc"
+) -> dict[str, Path]:
+    """Write report.md and report.csv for an Optuna search into ``sweep_dir``: one row per trial, best marked ★.
+
+    Args:
+        sweep_dir: the search's sweep directory.
+        storage: the study's Optuna storage URL, e.g. ``sqlite:///<sweep dir>/optuna.db``.
+        study_name: the study; None when the storage holds only one.
+        metric: the name of what the trials returned (the config's ``metric``), for the column header.
+    """
+    sweep_dir = Path(sweep_dir)
+    name, direction, trials = collect_trials(sweep_dir, storage, study_name)
+    keys = sorted({k for t in trials for k in t.params})
+    lines = [
+        f"# Optuna search: {name}",
+        "",
+        f"`{sweep_dir}`: {len(trials)} trials ({sum(t.state == 'COMPLETE' for t in trials)} complete), "
+        f"{direction} {metric}; ★ = best trial. Study: `{storage}`.",
+        "",
+        f"| trial | {metric} | test/acc | " + " | ".join(keys) + " | state | feature cache hits | wall s |",
+        "| ---: | ---: | ---: |" + " ---: |" * len(keys) + " :--- | ---: | ---: |",
+    ]
+    for t in trials:
+        value = "" if t.value is None else f"{t.value:.4f}"
+        test_acc = t.results.get("metrics", {}).get("test/acc")
+        lines.append(
+            f"| {t.number} | {f'**{value}** ★' if t.best else value} | "
+            + ("" if test_acc is None else f"{test_acc:.4f}")
+            + " | "
+            + " | ".join(_param_text(t.params.get(k)) for k in keys)
+            + f" | {t.state.lower()} | {t.results.get('cache', {}).get('hits', '')} | "
+            + f"{t.results.get('timing', {}).get('total_s', '')} |"
+        )
+    best = next((t for t in trials if t.best), None)
+    if best is not None:
+        lines += ["", f"Best: trial {best.number}, {metric} = {best.value:.4f}, in `{best.path}`:", ""]
+        lines += [f"- `{k}={v}`" for k, v in best.params.items()]
+    paths = {"md": sweep_dir / "report.md", "csv": sweep_dir / "report.csv"}
+    paths["md"].write_text("\n".join(lines) + "\n")
+    with paths["csv"].open("w", newline="") as f:
+        writer = csv.DictWriter(f, _TRIAL_FIELDS)
+        writer.writeheader()
+        for t in trials:
+            writer.writerow(
+                dict(
+                    trial=t.number,
+                    state=t.state.lower(),
+                    value=_blank(t.value),
+                    best=t.best,
+                    params=" ".join(f"{k}={v}" for k, v in t.params.items()),
+                    test_acc=_blank(t.results.get("metrics", {}).get("test/acc")),
+                    cache_hits=t.results.get("cache", {}).get("hits", ""),
+                    wall_s=t.results.get("timing", {}).get("total_s", ""),
+                    path=t.path or "",
+                )
+            )
+    log.info("Optuna trials report (%d trials, best %s): %s", len(trials), best and best.number, paths["md"])
+    return paths
+
+
+class TrialsReport(Callback):
+    """Hydra callback of an Optuna search (conf/hparams_search/): creates the sweep dir before the sweeper opens its
+    SQLite study there, and writes the trials report when the search ends; never fails the search."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        Path(config.hydra.sweep.dir).mkdir(parents=True, exist_ok=True)
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        sweeper = config.hydra.sweeper
+        try:
+            write_trials_report(Path(config.hydra.sweep.dir), sweeper.storage, sweeper.study_name, config.metric)
+        except Exception:  # the trials are in the study already; a broken report must not turn the search red
+            log.exception(
+                "could not write the trials report; retry with: python -m tlx.report %s", config.hydra.sweep.dir
+            )
+
+
+def _param_text(v: Any) -> str:
+    return "" if v is None else f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Command line: ``python -m tlx.report <run dir or multirun dir> [--metric test/acc]``."""
     parser = argparse.ArgumentParser(
@@ -414,6 +543,8 @@ def main(argv: list[str] | None = None) -> None:
             log.info("run report: %s", write_run_report(args.dir))
         except ConfigError as e:
             parser.exit(2, f"tlx.report: error: {e}\n")
+    elif (args.dir / OPTUNA_DB).is_file():
+        write_trials_report(args.dir, f"sqlite:///{args.dir / OPTUNA_DB}")
     else:
         write_report(args.dir, args.metric)
 

@@ -20,7 +20,6 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from pytorch_lightning.callbacks import ModelCheckpoint
-from pytorch_lightning.loggers import CSVLogger
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from tlx.backbones import Backbone, ConfigError
@@ -34,6 +33,7 @@ from tlx.module import TransferModule
 from tlx.probe import Probe, fit_probe
 from tlx.results import print_summary, read_results, resume_checkpoint, resume_command, write_results
 from tlx.run_report import save_run_report
+from tlx.tracking import create_loggers, finish_tracking
 
 log = logging.getLogger(__name__)
 # Frozen layers are in eval mode on purpose.
@@ -189,7 +189,7 @@ def train(
         default_root_dir=out_dir,
         callbacks=[checkpoint, latest, _OnInterrupt(out_dir), *requeue_callbacks, *callbacks],
         plugins=plugins,
-        logger=CSVLogger(out_dir, name="logs", version=""),
+        logger=create_loggers(cfg, out_dir),  # conf/logger/: csv (logs/metrics.csv) by default
     )
     t_fit = time.perf_counter()
     if probe.enabled and module.cut == "pooled" and isinstance(head, LinearHead) and not lp_ft:
@@ -256,6 +256,7 @@ def train(
         write_results(out_dir, results)
         save_run_report(out_dir, module, data, device)  # report.html; warns instead of failing the run
         print_summary(results, out_dir)
+        finish_tracking(trainer.loggers, out_dir)
     return results
 
 
