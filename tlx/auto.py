@@ -166,7 +166,7 @@ def run_auto(cfg: DictConfig, out_dir: Path, compose: Callable[[str], DictConfig
         results = read_results(run_dir) or {}
         if results.get("status") != "ok":
             log.info("auto: training candidate %s", name)
-            results = train(configs[name], run_dir, prepared, (race,), prefetch if name == PROBE else ())
+            results = train(configs[name], run_dir, prepared, (race,), prefetch if name == PROBE else (), summary=False)
             results["auto_candidate"] = {"stopped": race.stopped, "progress": round(race.progress, 3)}
             write_results(run_dir, results)
         stop = results.get("auto_candidate", {})
@@ -179,6 +179,14 @@ def run_auto(cfg: DictConfig, out_dir: Path, compose: Callable[[str], DictConfig
             "why": stop.get("stopped") or "trained to the end",
         }
         tried.append(entry)
+        log.info(
+            "auto: %s %s: val/acc %.4f in %.1fs (%s)",
+            name,
+            entry["status"],
+            entry["val/acc"],
+            entry["seconds"],
+            entry["why"],
+        )
         if best is None or entry["val/acc"] > best["val/acc"]:
             best = entry | {"results": results}
     if best is None:

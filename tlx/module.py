@@ -91,6 +91,7 @@ class TransferModule(pl.LightningModule):
         self.net, self.freeze, self.optim, self.seed = net, freeze, optim, seed
         self.cut: int | str | None = None  # set when training from cached activations
         self.channels_last = False
+        self.log_to_loggers = True  # off while the probe's head is validated: the probe logs its own epochs
         self.loss = nn.CrossEntropyLoss(weight=class_weights, label_smoothing=optim.label_smoothing)
         scalar = MetricCollection(
             {
@@ -135,10 +136,9 @@ class TransferModule(pl.LightningModule):
         self.metrics[f"{stage}_"].update(logits, y)
         if f"{stage}_" in self.details:
             self.details[f"{stage}_"].update(logits, y)
-        self.log(f"{stage}/loss", loss, on_step=False, on_epoch=True, prog_bar=stage != "test", batch_size=len(y))
-        self.log_dict(
-            self.metrics[f"{stage}_"], on_step=False, on_epoch=True, prog_bar=stage == "val", batch_size=len(y)
-        )
+        shown = {"on_step": False, "on_epoch": True, "batch_size": len(y), "logger": self.log_to_loggers}
+        self.log(f"{stage}/loss", loss, prog_bar=stage != "test", **shown)
+        self.log_dict(self.metrics[f"{stage}_"], prog_bar=stage == "val", **shown)
         return loss
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:

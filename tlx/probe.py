@@ -71,6 +71,7 @@ class ProbeResult:
         lr: the chosen learning rate; weight_decay: the chosen decay; epoch: its best epoch (0-based).
         table: one row per candidate: ``lr``, ``weight_decay``, ``epoch``, ``val/acc``, ``val/loss``.
         seconds: wall time of the whole search.
+        history: the chosen candidate's metrics per epoch (``train/loss``, ``train/acc``, ``val/loss``, ``val/acc``).
     """
 
     weight: torch.Tensor
@@ -80,6 +81,7 @@ class ProbeResult:
     epoch: int
     table: list[dict[str, float]] = field(default_factory=list)
     seconds: float = 0.0
+    history: list[dict[str, float]] = field(default_factory=list)
 
     def summary(self) -> dict[str, Any]:
         """What results.json records of the probe."""
@@ -154,19 +156,25 @@ def _fit(
     best_w = w.detach().clone()
     decay_mask = torch.ones(1, n_f + 1, 1)
     decay_mask[:, -1] = 0  # no weight decay on the bias, as torch.optim.AdamW applies it to a separate bias too
+    history = torch.zeros(probe.epochs, 4, n_g)  # per epoch: train loss, train acc, val loss, val acc
     for epoch in range(probe.epochs):
+        seen = torch.zeros(2, n_g)  # summed train loss and correct predictions over the epoch
         order = torch.randperm(n, generator=torch.Generator().manual_seed(int(seed) * 100_003 + epoch))
         for i in range(0, n, batch):
             idx = order[i : i + batch]
             logits = torch.matmul(xb[idx], w)  # (G, B, K)
-            loss = F.cross_entropy(
+            per_sample = F.cross_entropy(
                 logits.reshape(-1, num_classes),
                 train_y[idx].repeat(n_g),
                 weight=class_weight,
                 label_smoothing=label_smoothing,
-                reduction="sum",
-            ) / len(idx)  # the candidates' mean losses, summed: each gets its own gradient
-            (grad,) = torch.autograd.grad(loss, w)
+                reduction="none",
+            ).view(n_g, -1)  # (G, B)
+            # The candidates' mean losses, summed: each candidate gets the gradient of its own loss.
+            (grad,) = torch.autograd.grad(per_sample.mean(1).sum(), w)
+            with torch.no_grad():
+                seen[0] += per_sample.sum(1)
+                seen[1] += (logits.argmax(-1) == train_y[idx]).sum(1)
             step += 1
             with torch.no_grad():  # AdamW, per candidate lr and decay, cosine schedule to 0 over the run
                 scale = 0.5 * (1 + math.cos(math.pi * (step - 1) / total))
@@ -179,6 +187,7 @@ def _fit(
             val_logits = torch.matmul(vb, w)  # (G, M, K)
             acc = (val_logits.argmax(-1) == val_y).float().mean(1)  # (G,)
             vloss = F.cross_entropy(val_logits.flatten(0, 1), val_y.repeat(n_g), reduction="none").view(n_g, -1).mean(1)
+            history[epoch] = torch.stack([seen[0] / n, seen[1] / n, vloss, acc])
             better = vloss < best_loss
             best_acc = torch.where(better, acc, best_acc)
             best_loss = torch.where(better, vloss, best_loss)
@@ -197,6 +206,10 @@ def _fit(
         epoch=int(best_epoch[k]),
         table=table,
         seconds=time.perf_counter() - start,
+        history=[
+            dict(zip(("train/loss", "train/acc", "val/loss", "val/acc"), row[:, k].tolist(), strict=True))
+            for row in history
+        ],
     )
     log.info(
         "linear probe: lr=%g weight_decay=%g (epoch %d) chosen of %d candidates, val/acc %.4f, %.2fs",

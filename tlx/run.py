@@ -107,6 +107,7 @@ def train(
     prepared: Prepared | None = None,
     callbacks: tuple[pl.Callback, ...] = (),
     prefetch: tuple[int | str, ...] = (),
+    summary: bool = True,
 ) -> dict[str, Any]:
     """Train and test one classifier as ``cfg`` says; write ``results.json`` into ``out_dir`` and return it.
 
@@ -116,6 +117,7 @@ def train(
         prepared: backbone and data already built for this config's backbone and data (else built here).
         callbacks: further Lightning callbacks for the fine-tuning stage (``tlx.auto`` stops candidates with one).
         prefetch: further cuts to extract into the cache in the same pass as this run's own (for later runs).
+        summary: print the summary table at the end (``tlx.auto`` prints one for the whole search instead).
     """
     start, cpu_start = time.perf_counter(), time.process_time()
     out_dir = Path(out_dir)
@@ -172,7 +174,9 @@ def train(
     stages, extract_s = [], 0.0
     if lp_ft:  # stage 1 of LP-FT: the probe on pooled features; the cut of stage 2 is extracted in the same pass
         pooled = features(cut="pooled", prefetch=(find_cut(net),), augment=False)
-        stages.append(_probe_stage(module, data, probe, pooled) | {"cache": "hit" if pooled["misses"] == 0 else "miss"})
+        stage = _probe_stage(module, data, probe, pooled)
+        stage.pop("history")
+        stages.append(stage | {"cache": "hit" if pooled["misses"] == 0 else "miss"})
         extract_s += pooled["extract_s"]
         data.features.clear()
     cache_info = features(prefetch=prefetch)
@@ -194,16 +198,26 @@ def train(
     t_fit = time.perf_counter()
     if probe.enabled and module.cut == "pooled" and isinstance(head, LinearHead) and not lp_ft:
         # A linear head on cached features is convex: solve it (and choose its L2 on val) instead of epochs of SGD.
-        stages.append(_probe_stage(module, data, probe, cache_info))
+        stage = _probe_stage(module, data, probe, cache_info)
+        stages.append(stage)
+        module.log_to_loggers = False  # the metrics of the chosen epoch are already among the probe's epochs
         trainer.validate(module, datamodule=data, verbose=False)
+        module.log_to_loggers = True
+        for logger in trainer.loggers:  # the chosen candidate's epochs, as a fitted run logs its own
+            for epoch, row in enumerate(stage.pop("history")):
+                logger.log_metrics({**row, "epoch": epoch}, step=epoch)
+            logger.save()
         best_path = out_dir / "checkpoints" / "best.ckpt"
         trainer.save_checkpoint(best_path)
         shutil.copyfile(best_path, latest.path)  # the finished state too, as a fitted run leaves it
         fit_s, tested_ckpt = time.perf_counter() - t_fit, None
+        module.val_history[-1]["epoch"] = stage["best_epoch"]
+        epochs = probe.epochs
     else:
         resume = resume_checkpoint(cfg.get("resume", False), latest.path, done)
         trainer.fit(module, datamodule=data, ckpt_path=resume)
         fit_s, tested_ckpt = time.perf_counter() - t_fit, "best"
+        epochs = int(trainer.current_epoch)
         best_path = Path(checkpoint.best_model_path) if checkpoint.best_model_path else None
         stages.append(
             {
@@ -246,7 +260,7 @@ def train(
         "backbone": backbone.name,
         "head": OmegaConf.select(cfg, "head._target_").rsplit(".", 1)[-1],
         "freeze": freeze.mode + (f"(n={freeze.n})" if freeze.mode == "last_n" else ""),
-        "epochs": int(trainer.current_epoch),
+        "epochs": epochs,
         "checkpoint": str(best_path.relative_to(out_dir)) if best_path else None,
     }
     if data.name == "fashion_mnist" or data.samples_per_class or data.fraction:
@@ -255,7 +269,8 @@ def train(
     if trainer.is_global_zero:  # under DDP every process runs train(); one writes the results
         write_results(out_dir, results)
         save_run_report(out_dir, module, data, device)  # report.html; warns instead of failing the run
-        print_summary(results, out_dir)
+        if summary:
+            print_summary(results, out_dir)
         finish_tracking(trainer.loggers, out_dir)
     return results
 
@@ -296,6 +311,7 @@ def _probe_stage(module: TransferModule, data: ImageData, probe: Probe, cache_in
         "val/acc": chosen["val/acc"],
         "val/loss": chosen["val/loss"],
         **fitted.summary(),
+        "history": fitted.history,
     }
 
 
