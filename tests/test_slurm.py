@@ -86,6 +86,7 @@ def _sweep_args(sweep: Path, photos: Path) -> list[str]:
         "data.batch_size=8",
         "data.num_workers=0",
         f"trainer.max_epochs={EPOCHS}",
+        "probe.enabled=false",  # the head trains for epochs in the Lightning loop: there is training to interrupt
         "trainer.enable_progress_bar=false",
         "threads=1",
         "last_checkpoint_every_s=0",  # last.ckpt at every epoch end: the cancelled job resumes from it too

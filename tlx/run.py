@@ -171,10 +171,12 @@ def train(
         device,
         train_bn=freeze.train_bn,
     )
+    max_epochs = int(cfg.trainer.get("max_epochs") or -1)
+    probe_epochs = max_epochs if max_epochs > 0 else 30  # a run sized in steps (max_epochs=-1) probes 30 epochs
     stages, extract_s = [], 0.0
     if lp_ft:  # stage 1 of LP-FT: the probe on pooled features; the cut of stage 2 is extracted in the same pass
         pooled = features(cut="pooled", prefetch=(find_cut(net),), augment=False)
-        stage = _probe_stage(module, data, probe, pooled)
+        stage = _probe_stage(module, data, probe, pooled, probe_epochs)
         stage.pop("history")
         stages.append(stage | {"cache": "hit" if pooled["misses"] == 0 else "miss"})
         extract_s += pooled["extract_s"]
@@ -198,13 +200,14 @@ def train(
     t_fit = time.perf_counter()
     if probe.enabled and module.cut == "pooled" and isinstance(head, LinearHead) and not lp_ft:
         # A linear head on cached features is convex: solve it (and choose its L2 on val) instead of epochs of SGD.
-        stage = _probe_stage(module, data, probe, cache_info)
+        stage = _probe_stage(module, data, probe, cache_info, probe_epochs)
         stages.append(stage)
         module.log_to_loggers = False  # the metrics of the chosen epoch are already among the probe's epochs
         trainer.validate(module, datamodule=data, verbose=False)
         module.log_to_loggers = True
+        history = stage.pop("history")
         for logger in trainer.loggers:  # the chosen candidate's epochs, as a fitted run logs its own
-            for epoch, row in enumerate(stage.pop("history")):
+            for epoch, row in enumerate(history):
                 logger.log_metrics({**row, "epoch": epoch}, step=epoch)
             logger.save()
         best_path = out_dir / "checkpoints" / "best.ckpt"
@@ -212,7 +215,7 @@ def train(
         shutil.copyfile(best_path, latest.path)  # the finished state too, as a fitted run leaves it
         fit_s, tested_ckpt = time.perf_counter() - t_fit, None
         module.val_history[-1]["epoch"] = stage["best_epoch"]
-        epochs = probe.epochs
+        epochs = len(history)
     else:
         resume = resume_checkpoint(cfg.get("resume", False), latest.path, done)
         trainer.fit(module, datamodule=data, ckpt_path=resume)
@@ -279,8 +282,11 @@ def _val_of(history_entry: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in history_entry.items() if k.startswith("val/")}
 
 
-def _probe_stage(module: TransferModule, data: ImageData, probe: Probe, cache_info: dict[str, Any]) -> dict[str, Any]:
-    """Fit the linear head on the pooled features now in ``data.features`` and put it into the network."""
+def _probe_stage(
+    module: TransferModule, data: ImageData, probe: Probe, cache_info: dict[str, Any], epochs: int
+) -> dict[str, Any]:
+    """Fit the linear head on the pooled features now in ``data.features`` (for ``epochs``, unless ``probe.epochs``
+    is set) and put it into the network."""
     if not cache_info["used"]:
         raise ConfigError(
             "the linear probe needs the feature cache (pooled features); set cache.enabled=auto, "
@@ -299,6 +305,7 @@ def _probe_stage(module: TransferModule, data: ImageData, probe: Probe, cache_in
         module.seed,
         module.optim.label_smoothing,
         data.class_weights(),
+        epochs,
     )
     fc = module.net.head.fc
     with torch.no_grad():
