@@ -111,6 +111,7 @@ class _Race(pl.Callback):
     def __init__(self, best_so_far: float, check_fraction: float, slack: float, deadline: float | None) -> None:
         self.best_so_far, self.check_fraction, self.slack, self.deadline = best_so_far, check_fraction, slack, deadline
         self.stopped: str | None = None
+        self.lost = False  # stopped because it could no longer win (then its test pass is skipped)
         self.progress = 0.0
 
     def on_validation_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
@@ -122,6 +123,7 @@ class _Race(pl.Callback):
             self.stopped = f"budget spent at {self.progress:.0%}"
         elif self.progress >= self.check_fraction and best + self.slack * (1 - self.progress) < self.best_so_far:
             self.stopped = f"stopped at {self.progress:.0%}: val/acc {best:.4f} could not reach {self.best_so_far:.4f}"
+            self.lost = True
         if self.stopped:
             trainer.should_stop = True
             log.info("auto: %s", self.stopped)

@@ -231,7 +231,8 @@ def train(
             }
         )
     t_test = time.perf_counter()
-    tested = trainer.test(module, datamodule=data, ckpt_path=tested_ckpt, verbose=False)[0]
+    lost = any(getattr(c, "lost", False) for c in callbacks)  # an auto candidate that cannot win: no test pass
+    tested = {} if lost else trainer.test(module, datamodule=data, ckpt_path=tested_ckpt, verbose=False)[0]
     test_s = time.perf_counter() - t_test
 
     best = module.best_val()  # validation metrics of the epoch whose checkpoint is tested
