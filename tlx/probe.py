@@ -201,10 +201,10 @@ def fit_probe(
             ],
         )
         log.info(
-            "linear probe: lr=%g weight_decay=%g (epoch %d) chosen of %d candidates, val/acc %.4f, %.2fs",
+            "linear probe: lr=%g weight_decay=%g (best epoch %d) chosen of %d candidates, val/acc %.4f, %.2fs",
             result.lr,
             result.weight_decay,
-            result.epoch + 1,
+            result.epoch,
             n_g,
             float(best_acc[k]),
             result.seconds,

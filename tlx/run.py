@@ -315,7 +315,7 @@ def _probe_stage(
     chosen = next(r for r in fitted.table if (r["lr"], r["weight_decay"]) == (fitted.lr, fitted.weight_decay))
     return {
         "stage": "probe",
-        "epochs": fitted.epoch + 1,
+        "epochs": len(fitted.history),
         "val/acc": chosen["val/acc"],
         "val/loss": chosen["val/loss"],
         **fitted.summary(),

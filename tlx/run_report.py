@@ -228,7 +228,7 @@ def _auto_html(auto: dict[str, Any]) -> str:
 
 def _probe_html(probe: dict[str, Any]) -> str:
     rows = [
-        [_fmt(r["lr"]), _fmt(r["weight_decay"]), r["epoch"] + 1, _fmt(r["val/acc"]), _fmt(r["val/loss"])]
+        [_fmt(r["lr"]), _fmt(r["weight_decay"]), r["epoch"], _fmt(r["val/acc"]), _fmt(r["val/loss"])]
         for r in probe.get("table", [])
     ]
     note = (
