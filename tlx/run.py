@@ -134,6 +134,9 @@ def train(
     else:
         _check_before_data(cfg, len(prepared.backbone.stage_groups()), out_dir)
     backbone, data = prepared.take(cfg, out_dir)
+    # Seeded again: building the backbone and the data draws from the RNG, and a run given them already made (an
+    # auto candidate) must start its head from the same state as the same run on its own.
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
     data.save_file_lists(out_dir / "files.json")
 
     net, freeze, params = build_network(cfg, backbone, len(data.classes))
