@@ -85,6 +85,19 @@ def test_auto_tries_candidates_and_keeps_the_best(auto_runs):
     assert (tmp / "a" / "checkpoints" / "best.ckpt").is_file()
 
 
+def test_a_candidate_is_the_same_run_as_its_strategy_alone(auto_runs):
+    tmp, data, first, _ = auto_runs
+    entry = next(c for c in first["auto"]["candidates"] if c["strategy"] == "reinit_last")
+    out = tmp / "reinit_alone"
+    extra = [f"data.root={data}", f"cache.dir={tmp / 'cache'}", f"hydra.run.dir={out}", "strategy=reinit_last"]
+    done = run_cli(*[o for o in AUTO_RUN if o != "+experiment=auto"], *extra)
+    assert done.returncode == 0, done.stderr[-3000:]
+    alone = json.loads((out / "results.json").read_text())["metrics"]
+    assert alone["val/acc"] == entry["val/acc"]
+    if entry["test/acc"] is not None:  # a candidate stopped as a loser skips its test pass
+        assert alone["test/acc"] == entry["test/acc"]
+
+
 def test_auto_is_deterministic_for_a_seed(auto_runs):
     _, _, first, second = auto_runs
     assert first["auto"]["winner"] == second["auto"]["winner"]
