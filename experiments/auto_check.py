@@ -45,11 +45,13 @@ def check(sweep: Path) -> list[str]:
         chosen_label = next(k for k, v in _PRESETS.items() if v == auto["auto"]["winner"])
         alone = jobs[chosen_label]["timing"]
         acc, best_acc = auto["metrics"]["test/acc"], jobs[best]["metrics"]["test/acc"]
+        wall, cpu = (
+            f"{auto['timing'][k]:.0f} s / {alone[k]:.0f} s = {auto['timing'][k] / alone[k]:.1f}x"
+            for k in ("total_s", "cpu_s")
+        )
         lines.append(
             f"| {n} | {best} {best_acc:.4f} | {acc:.4f} ({auto['auto']['winner']}) | {(acc - best_acc) * 100:+.2f} | "
-            f"{jobs['head_only']['metrics']['test/acc']:.4f} | "
-            f"{auto['timing']['total_s']:.0f} s / {alone['total_s']:.0f} s = {auto['timing']['total_s'] / alone['total_s']:.1f}x | "
-            f"{auto['timing']['cpu_s']:.0f} s / {alone['cpu_s']:.0f} s = {auto['timing']['cpu_s'] / alone['cpu_s']:.1f}x |"
+            f"{jobs['head_only']['metrics']['test/acc']:.4f} | {wall} | {cpu} |"
         )
     return lines
 
