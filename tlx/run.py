@@ -129,11 +129,12 @@ def train(
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     torch.set_num_threads(cfg.threads) if cfg.get("threads") else None
 
-    if prepared is None:
-        prepared = prepare(cfg, out_dir)
+    if prepared is None:  # built for this run alone: no copy needed
+        built = prepare(cfg, out_dir)
+        backbone, data = built.backbone, built.data
     else:
         _check_before_data(cfg, len(prepared.backbone.stage_groups()), out_dir)
-    backbone, data = prepared.take(cfg, out_dir)
+        backbone, data = prepared.take(cfg, out_dir)
     # Seeded again: building the backbone and the data draws from the RNG, and a run given them already made (an
     # auto candidate) must start its head from the same state as the same run on its own.
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
