@@ -150,7 +150,8 @@ def run_auto(cfg: DictConfig, out_dir: Path, compose: Callable[[str], DictConfig
     log.info("auto: %.0f training images per class; candidates %s", per_class, list(configs))
 
     # One pass over the images extracts every cut a cached candidate will read, alongside the probe's own.
-    cuts = [_cut_of(configs[n], prepared, out_dir / CANDIDATES_DIR / n) for n in settings_names(settings)]
+    tried_later = [c.strategy for c in settings.candidates if per_class >= c.min_per_class]
+    cuts = [_cut_of(configs[n], prepared, out_dir / CANDIDATES_DIR / n) for n in tried_later]
     prefetch = tuple(c for c in cuts if c is not None)
     tried: list[dict[str, Any]] = []
     best: dict[str, Any] | None = None
