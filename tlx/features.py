@@ -107,7 +107,7 @@ class FeatureCache:
             self.root.mkdir(parents=True, exist_ok=True)
             tempfile.TemporaryFile(dir=self.root).close()
         except OSError as e:
-            raise ConfigError(self._unwritable(e)) from e
+            raise self._unwritable(e) from e
 
     def path(self, key: str) -> Path:
         return self.root / key[:2] / f"{key}.pt"
