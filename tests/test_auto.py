@@ -76,7 +76,7 @@ def test_auto_tries_candidates_and_keeps_the_best(auto_runs):
     auto = first["auto"]
     tried = {c["strategy"]: c for c in auto["candidates"]}
     assert list(tried)[0] == "head_only" and tried["head_only"]["status"] == "finished"
-    assert tried["full"]["status"] == "skipped"  # 6 images per class: under its min_per_class prior of 30
+    assert tried["full"]["status"] == "skipped"  # 6 images per class: under its min_per_class prior of 100
     trained = [c for c in auto["candidates"] if c["status"] != "skipped"]
     assert len(trained) >= 2
     assert auto["winner"] == max(trained, key=lambda c: c["val/acc"])["strategy"]
@@ -143,3 +143,37 @@ def test_auto_winner_predicts_and_exports(auto_runs):
     assert done.returncode == 0, done.stderr[-2000:]
     scripted = torch.jit.load(str(tmp / "export" / "model.pt"))
     assert torch.allclose(scripted(x), winner.net(x), atol=1e-5)
+
+
+def _race_step(race, step: int, acc: float, total: int = 200) -> str | None:
+    """Feed ``race`` one validation at ``step`` of ``total`` with val/acc ``acc``; return why it stopped, if it did."""
+    from types import SimpleNamespace
+
+    history = getattr(race, "_test_history", [])
+    history.append({"val/acc": acc})
+    race._test_history = history
+    trainer = SimpleNamespace(sanity_checking=False, global_step=step, estimated_stepping_batches=total, should_stop=False)
+    race.on_validation_end(trainer, SimpleNamespace(val_history=history))
+    return race.stopped if trainer.should_stop else None
+
+
+def test_race_stops_a_candidate_that_trails_the_leader_at_the_same_step():
+    from tlx.auto import _Race
+
+    leader = [[50, 0.57], [100, 0.60], [150, 0.64], [200, 0.65]]
+    # 10 points behind the leader's curve at step 50: stopped there, at the first check (25%)
+    far = _Race(0.65, leader, check_fraction=0.25, slack=1.0, gap=0.04, deadline=None)
+    assert "trails the leader's 0.5700 at step 50" in _race_step(far, 50, 0.47)
+    assert far.lost and far.curve == [[50, 0.47]]
+    # 3 points behind at every step: within the gap, and the slack bound (1.0) cannot stop it: it trains to the end
+    near = _Race(0.65, leader, check_fraction=0.25, slack=1.0, gap=0.04, deadline=None)
+    assert [_race_step(near, s, a - 0.03) for s, a in leader[:3]] == [None, None, None]
+    # the same 10 points behind, but before check_fraction (50%): not yet judged
+    early = _Race(0.65, leader, check_fraction=0.5, slack=1.0, gap=0.04, deadline=None)
+    assert _race_step(early, 50, 0.47) is None
+    # compared with the leader's best by the same step, never with its later (higher) values
+    catching_up = _Race(0.65, leader, check_fraction=0.25, slack=1.0, gap=0.04, deadline=None)
+    assert _race_step(catching_up, 50, 0.54) is None  # 0.54 + 0.04 >= 0.57, though far below the leader's 0.65
+    # gap=null leaves only the slack bound: 0.47 + 0.1 * 0.75 < 0.65
+    no_gap = _Race(0.65, leader, check_fraction=0.25, slack=0.1, gap=None, deadline=None)
+    assert "could not reach 0.6500" in _race_step(no_gap, 50, 0.47)

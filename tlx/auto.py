@@ -11,9 +11,11 @@ The search:
 2. The deeper candidates follow in the configured order (cheapest first), each only if the training images per class
    reach its ``min_per_class`` (the prior, measured by the regime sweeps in ``experiments/``) and the time budget is
    not spent.
-3. A candidate races the best so far: at each validation after ``check_fraction`` of its steps, it is stopped when
-   even ``slack`` points per remaining unit of progress could not lift its best validation accuracy to the best so
-   far (an optimistic bound on how much it can still gain).
+3. A candidate races the best so far: at each validation from ``check_fraction`` of its steps on, it is stopped
+   when it trails the best candidate's curve at the same step by more than ``gap`` (the candidates train the same
+   steps on the same data, so their curves compare step by step), or when even ``slack`` per remaining unit of
+   progress could not lift its best validation accuracy to the best so far (an optimistic bound on what it can still
+   gain). A stopped candidate skips its test pass and its validation predictions.
 4. The highest validation accuracy wins (ties: the earlier, cheaper candidate). Its checkpoint becomes the run's
    ``checkpoints/best.ckpt``, its results the run's ``results.json``, with an ``auto`` section that lists every
    candidate, the winner and a one-line reason.
@@ -69,6 +71,8 @@ class Auto:
         check_fraction: a candidate can be stopped from this fraction of its training steps on.
         slack: the most validation accuracy a candidate is assumed to gain over its whole remaining training (it
             gains ``slack * (1 - progress)`` at most); smaller stops losers sooner.
+        gap: a candidate whose best validation accuracy so far trails the leader's at the same step by more than
+            this is stopped (null: no such rule).
         budget_s: wall-clock budget of the whole search in seconds (null: none). A candidate still training when it
             is spent is stopped; later ones are skipped.
     """
@@ -76,14 +80,17 @@ class Auto:
     def __init__(
         self,
         candidates: list[dict[str, Any]],
-        check_fraction: float = 0.3,
+        check_fraction: float = 0.25,
         slack: float = 0.1,
+        gap: float | None = 0.04,
         budget_s: float | None = None,
     ) -> None:
         if not 0.0 < float(check_fraction) <= 1.0:
             raise ConfigError(f"auto.check_fraction must be in (0, 1], got {check_fraction}")
         if float(slack) < 0:
             raise ConfigError(f"auto.slack must be >= 0, got {slack}")
+        if gap is not None and not float(gap) >= 0:
+            raise ConfigError(f"auto.gap must be >= 0 or null, got {gap}")
         if budget_s is not None and not float(budget_s) > 0:
             raise ConfigError(f"auto.budget_s must be > 0 or null, got {budget_s}")
         parsed = []
@@ -102,28 +109,55 @@ class Auto:
                 f"got {names}"
             )
         self.candidates, self.check_fraction, self.slack = parsed, float(check_fraction), float(slack)
+        self.gap = None if gap is None else float(gap)
         self.budget_s = None if budget_s is None else float(budget_s)
 
 
 class _Race(pl.Callback):
-    """Stops a candidate that can no longer beat the best validation accuracy so far, or runs past the deadline."""
+    """Stops a candidate that can no longer beat the best so far, or runs past the deadline.
 
-    def __init__(self, best_so_far: float, check_fraction: float, slack: float, deadline: float | None) -> None:
-        self.best_so_far, self.check_fraction, self.slack, self.deadline = best_so_far, check_fraction, slack, deadline
+    Args:
+        best_so_far: the leader's best validation accuracy (-1: no leader yet).
+        leader_curve: the leader's ``[step, val/acc]`` at each of its validations (empty: no step-wise comparison).
+        check_fraction, slack, gap: as in :class:`Auto`.
+        deadline: ``time.monotonic()`` past which the search's budget is spent, or None.
+    """
+
+    def __init__(
+        self,
+        best_so_far: float,
+        leader_curve: list[list[float]],
+        check_fraction: float,
+        slack: float,
+        gap: float | None,
+        deadline: float | None,
+    ) -> None:
+        self.best_so_far, self.leader_curve = best_so_far, leader_curve
+        self.check_fraction, self.slack, self.gap, self.deadline = check_fraction, slack, gap, deadline
         self.stopped: str | None = None
         self.lost = False  # stopped because it could no longer win (then its test pass is skipped)
         self.progress = 0.0
+        self.curve: list[list[float]] = []  # [step, val/acc] at each validation, for the candidates after this one
 
     def on_validation_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
         if trainer.sanity_checking or not module.val_history:
             return
-        self.progress = min(1.0, trainer.global_step / max(1, trainer.estimated_stepping_batches))
+        step = int(trainer.global_step)
+        self.curve.append([step, float(module.val_history[-1]["val/acc"])])
+        self.progress = min(1.0, step / max(1, trainer.estimated_stepping_batches))
         best = max(h["val/acc"] for h in module.val_history)
+        # the leader's best validation accuracy by the same step
+        lead = max((acc for s, acc in self.leader_curve if s <= step), default=None)
         if self.deadline is not None and time.monotonic() > self.deadline:
             self.stopped = f"budget spent at {self.progress:.0%}"
-        elif self.progress >= self.check_fraction and best + self.slack * (1 - self.progress) < self.best_so_far:
-            self.stopped = f"stopped at {self.progress:.0%}: val/acc {best:.4f} could not reach {self.best_so_far:.4f}"
-            self.lost = True
+        elif self.progress >= self.check_fraction and self.progress < 1:
+            if self.gap is not None and lead is not None and best + self.gap < lead:
+                self.stopped = (
+                    f"stopped at {self.progress:.0%}: val/acc {best:.4f} trails the leader's {lead:.4f} at step {step}"
+                )
+            elif best + self.slack * (1 - self.progress) < self.best_so_far:
+                self.stopped = f"stopped at {self.progress:.0%}: val/acc {best:.4f} could not reach {self.best_so_far:.4f}"
+            self.lost = self.stopped is not None
         if self.stopped:
             trainer.should_stop = True
             log.info("auto: %s", self.stopped)
@@ -165,12 +199,21 @@ def run_auto(cfg: DictConfig, out_dir: Path, compose: Callable[[str], DictConfig
             tried.append(row | {"status": "skipped", "why": "budget spent"})
             continue
         run_dir = out_dir / CANDIDATES_DIR / name
-        race = _Race(best["val/acc"] if best else -1.0, settings.check_fraction, settings.slack, deadline)
+        race = _Race(
+            best["val/acc"] if best else -1.0,
+            best["curve"] if best else [],
+            settings.check_fraction,
+            settings.slack,
+            settings.gap,
+            deadline,
+        )
         results = read_results(run_dir) or {}
         if results.get("status") != "ok":
             log.info("auto: training candidate %s", name)
-            results = train(configs[name], run_dir, prepared, (race,), prefetch if name == PROBE else (), summary=False)
-            results["auto_candidate"] = {"stopped": race.stopped, "progress": round(race.progress, 3)}
+            results = train(
+                configs[name], run_dir, prepared, (race,), prefetch if name == PROBE else (), summary=False, html=False
+            )
+            results["auto_candidate"] = {"stopped": race.stopped, "progress": round(race.progress, 3), "curve": race.curve}
             write_results(run_dir, results)
         stop = results.get("auto_candidate", {})
         entry = row | {
@@ -191,7 +234,7 @@ def run_auto(cfg: DictConfig, out_dir: Path, compose: Callable[[str], DictConfig
             entry["why"],
         )
         if best is None or entry["val/acc"] > best["val/acc"]:
-            best = entry | {"results": results}
+            best = entry | {"results": results, "curve": stop.get("curve", [])}
     if best is None:
         raise ConfigError("auto tried no candidate; lower auto.candidates' min_per_class or raise auto.budget_s")
     return _finish(out_dir, best, tried, per_class, time.perf_counter() - start, time.process_time() - cpu_start)
@@ -264,7 +307,7 @@ def _finish(
         "reason": reason,
         "train_per_class": per_class,
         "probe_val_acc": probe.get("val/acc"),
-        "candidates": [{k: v for k, v in t.items() if k != "results"} for t in tried],
+        "candidates": [{k: v for k, v in t.items() if k not in ("results", "curve")} for t in tried],
     }
     write_results(out_dir, results)
     try:

@@ -108,6 +108,7 @@ def train(
     callbacks: tuple[pl.Callback, ...] = (),
     prefetch: tuple[int | str, ...] = (),
     summary: bool = True,
+    html: bool = True,
 ) -> dict[str, Any]:
     """Train and test one classifier as ``cfg`` says; write ``results.json`` into ``out_dir`` and return it.
 
@@ -118,6 +119,8 @@ def train(
         callbacks: further Lightning callbacks for the fine-tuning stage (``tlx.auto`` stops candidates with one).
         prefetch: further cuts to extract into the cache in the same pass as this run's own (for later runs).
         summary: print the summary table at the end (``tlx.auto`` prints one for the whole search instead).
+        html: write ``report.html`` (``tlx.auto`` writes one for the whole search instead; its candidates still write
+            their validation predictions and gallery, unless stopped as losers).
     """
     start, cpu_start = time.perf_counter(), time.process_time()
     out_dir = Path(out_dir)
@@ -276,7 +279,8 @@ def train(
         results["data"]["fraction"] = data.fraction
     if trainer.is_global_zero:  # under DDP every process runs train(); one writes the results
         write_results(out_dir, results)
-        save_run_report(out_dir, module, data, device)  # report.html; warns instead of failing the run
+        if not lost:  # report.html; warns instead of failing the run
+            save_run_report(out_dir, module, data, device, html=html)
         if summary:
             print_summary(results, out_dir)
         finish_tracking(trainer.loggers, out_dir)

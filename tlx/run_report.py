@@ -39,14 +39,19 @@ THUMBNAIL_PX = 160
 TOP_K = 3
 
 
-def save_run_report(out_dir: Path, module: TransferModule, data: ImageData, device: torch.device) -> Path | None:
-    """End of a run: the tested checkpoint's validation predictions, the gallery thumbnails and ``report.html``.
+def save_run_report(
+    out_dir: Path, module: TransferModule, data: ImageData, device: torch.device, html: bool = True
+) -> Path | None:
+    """End of a run: the tested checkpoint's validation predictions, the gallery thumbnails and ``report.html``
+    (unless ``html`` is false).
 
     Never raises: the run's results are already saved, so a failure here is logged as a warning.
     """
     try:
         probs = predict_val(module, data, device)
         write_val_predictions(out_dir, probs, data.samples["val"], data.classes)
+        if not html:
+            return None
         path = write_run_report(out_dir)
     except Exception as e:  # a broken report must not fail a finished run
         log.warning(
