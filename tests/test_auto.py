@@ -164,7 +164,7 @@ def test_race_stops_a_candidate_that_trails_the_leader_at_the_same_step():
     # 10 points behind the leader's curve at step 50: stopped there, at the first check (25%)
     far = _Race(0.65, leader, check_fraction=0.25, slack=1.0, gap=0.04, deadline=None)
     assert "trails the leader's 0.5700 at step 50" in _race_step(far, 50, 0.47)
-    assert far.lost and far.curve == [[50, 0.47]]
+    assert far.lost and far.trailed and far.curve == [[50, 0.47]]
     # 3 points behind at every step: within the gap, and the slack bound (1.0) cannot stop it: it trains to the end
     near = _Race(0.65, leader, check_fraction=0.25, slack=1.0, gap=0.04, deadline=None)
     assert [_race_step(near, s, a - 0.03) for s, a in leader[:3]] == [None, None, None]
@@ -177,3 +177,15 @@ def test_race_stops_a_candidate_that_trails_the_leader_at_the_same_step():
     # gap=null leaves only the slack bound: 0.47 + 0.1 * 0.75 < 0.65
     no_gap = _Race(0.65, leader, check_fraction=0.25, slack=0.1, gap=None, deadline=None)
     assert "could not reach 0.6500" in _race_step(no_gap, 50, 0.47)
+    assert no_gap.lost and not no_gap.trailed  # lost, but not by trailing: the deeper candidates are still tried
+
+
+def test_a_candidate_that_trails_the_leader_skips_the_deeper_ones():
+    from tlx.auto import Candidate, skip_reason
+
+    full = Candidate("full", min_per_class=100)
+    assert skip_reason(full, 800, False, None, 0.04) is None
+    assert skip_reason(full, 30, False, None, 0.04) == "fewer than 100 images per class"
+    assert skip_reason(full, 800, True, None, 0.04) == "budget spent"
+    why = skip_reason(full, 800, False, "last_n2", 0.04)
+    assert why == "last_n2 trailed the leader by more than 0.04 at the same step; full trains more"

@@ -15,7 +15,9 @@ The search:
    when it trails the best candidate's curve at the same step by more than ``gap`` (the candidates train the same
    steps on the same data, so their curves compare step by step), or when even ``slack`` per remaining unit of
    progress could not lift its best validation accuracy to the best so far (an optimistic bound on what it can still
-   gain). A stopped candidate skips its test pass and its validation predictions.
+   gain). A stopped candidate skips its test pass and its validation predictions. One stopped for trailing the
+   leader's curve also ends the search (``prune_deeper``): the candidates after it train more of the same backbone
+   from the same weights, and in the regime sweeps those trailed further at the same step.
 4. The highest validation accuracy wins (ties: the earlier, cheaper candidate). Its checkpoint becomes the run's
    ``checkpoints/best.ckpt``, its results the run's ``results.json``, with an ``auto`` section that lists every
    candidate, the winner and a one-line reason.
@@ -73,6 +75,7 @@ class Auto:
             gains ``slack * (1 - progress)`` at most); smaller stops losers sooner.
         gap: a candidate whose best validation accuracy so far trails the leader's at the same step by more than
             this is stopped (null: no such rule).
+        prune_deeper: when a candidate is stopped by ``gap``, skip the candidates after it (they are deeper).
         budget_s: wall-clock budget of the whole search in seconds (null: none). A candidate still training when it
             is spent is stopped; later ones are skipped.
     """
@@ -83,6 +86,7 @@ class Auto:
         check_fraction: float = 0.25,
         slack: float = 0.1,
         gap: float | None = 0.04,
+        prune_deeper: bool = True,
         budget_s: float | None = None,
     ) -> None:
         if not 0.0 < float(check_fraction) <= 1.0:
@@ -109,7 +113,7 @@ class Auto:
                 f"got {names}"
             )
         self.candidates, self.check_fraction, self.slack = parsed, float(check_fraction), float(slack)
-        self.gap = None if gap is None else float(gap)
+        self.gap, self.prune_deeper = (None if gap is None else float(gap)), bool(prune_deeper)
         self.budget_s = None if budget_s is None else float(budget_s)
 
 
@@ -136,6 +140,7 @@ class _Race(pl.Callback):
         self.check_fraction, self.slack, self.gap, self.deadline = check_fraction, slack, gap, deadline
         self.stopped: str | None = None
         self.lost = False  # stopped because it could no longer win (then its test pass is skipped)
+        self.trailed = False  # stopped by the gap rule
         self.progress = 0.0
         self.curve: list[list[float]] = []  # [step, val/acc] at each validation, for the candidates after this one
 
@@ -155,6 +160,7 @@ class _Race(pl.Callback):
                 self.stopped = (
                     f"stopped at {self.progress:.0%}: val/acc {best:.4f} trails the leader's {lead:.4f} at step {step}"
                 )
+                self.trailed = True
             elif best + self.slack * (1 - self.progress) < self.best_so_far:
                 self.stopped = f"stopped at {self.progress:.0%}: val/acc {best:.4f} could not reach {self.best_so_far:.4f}"
             self.lost = self.stopped is not None
@@ -189,14 +195,14 @@ def run_auto(cfg: DictConfig, out_dir: Path, compose: Callable[[str], DictConfig
     prefetch = tuple(c for c in cuts if c is not None)
     tried: list[dict[str, Any]] = []
     best: dict[str, Any] | None = None
+    trailed: str | None = None  # the candidate that ended the search by trailing the leader (prune_deeper)
     for name in [PROBE, *settings_names(settings)]:
         cand = next((c for c in settings.candidates if c.strategy == name), Candidate(name))
         row: dict[str, Any] = {"strategy": name, "dir": f"{CANDIDATES_DIR}/{name}"}
-        if per_class < cand.min_per_class:
-            tried.append(row | {"status": "skipped", "why": f"fewer than {cand.min_per_class} images per class"})
-            continue
-        if deadline is not None and time.monotonic() > deadline and best is not None:
-            tried.append(row | {"status": "skipped", "why": "budget spent"})
+        spent = deadline is not None and time.monotonic() > deadline and best is not None
+        why_not = skip_reason(cand, per_class, spent, trailed if settings.prune_deeper else None, settings.gap)
+        if why_not:
+            tried.append(row | {"status": "skipped", "why": why_not})
             continue
         run_dir = out_dir / CANDIDATES_DIR / name
         race = _Race(
@@ -213,7 +219,12 @@ def run_auto(cfg: DictConfig, out_dir: Path, compose: Callable[[str], DictConfig
             results = train(
                 configs[name], run_dir, prepared, (race,), prefetch if name == PROBE else (), summary=False, html=False
             )
-            results["auto_candidate"] = {"stopped": race.stopped, "progress": round(race.progress, 3), "curve": race.curve}
+            results["auto_candidate"] = {
+                "stopped": race.stopped,
+                "trailed": race.trailed,
+                "progress": round(race.progress, 3),
+                "curve": race.curve,
+            }
             write_results(run_dir, results)
         stop = results.get("auto_candidate", {})
         entry = row | {
@@ -233,11 +244,34 @@ def run_auto(cfg: DictConfig, out_dir: Path, compose: Callable[[str], DictConfig
             entry["seconds"],
             entry["why"],
         )
+        if stop.get("trailed"):
+            trailed = name
         if best is None or entry["val/acc"] > best["val/acc"]:
             best = entry | {"results": results, "curve": stop.get("curve", [])}
     if best is None:
         raise ConfigError("auto tried no candidate; lower auto.candidates' min_per_class or raise auto.budget_s")
     return _finish(out_dir, best, tried, per_class, time.perf_counter() - start, time.process_time() - cpu_start)
+
+
+def skip_reason(
+    cand: Candidate, per_class: float, budget_spent: bool, trailed: str | None, gap: float | None
+) -> str | None:
+    """Why ``cand`` is not tried, or None when it is.
+
+    Args:
+        cand: the candidate.
+        per_class: training images per class.
+        budget_spent: the search's time budget is spent (and some candidate finished).
+        trailed: an earlier candidate stopped for trailing the leader's curve by more than ``gap`` (prune_deeper).
+        gap: ``auto.gap``, for the message.
+    """
+    if per_class < cand.min_per_class:
+        return f"fewer than {cand.min_per_class} images per class"
+    if budget_spent:
+        return "budget spent"
+    if trailed:
+        return f"{trailed} trailed the leader by more than {gap:g} at the same step; {cand.strategy} trains more"
+    return None
 
 
 def _cut_of(cfg: DictConfig, prepared: Prepared, run_dir: Path) -> int | str | None:
