@@ -25,13 +25,13 @@ _PRESETS = {"head_only": "head_only", "reinit_last(1)": "reinit_last", "last_n(2
 
 def check(sweep: Path) -> list[str]:
     """One markdown table for the sweep, and a line of counts."""
-    rows: dict[int, dict[str, dict]] = {}
+    rows: dict[int, dict[str, dict]] = {}  # samples per class (0: all the training images) -> strategy -> results
     for config in sorted(sweep.glob("*/.hydra/config.yaml")):
         results = read_results(config.parent.parent)
         if not results or results.get("status") != "ok":
             continue
         cfg = OmegaConf.load(config)
-        rows.setdefault(int(cfg.data.samples_per_class), {})[strategy_label(cfg)] = results
+        rows.setdefault(int(cfg.data.get("samples_per_class") or 0), {})[strategy_label(cfg)] = results
     lines = [
         f"`{sweep}`",
         "",
@@ -51,7 +51,7 @@ def check(sweep: Path) -> list[str]:
         head = jobs["head_only"]["metrics"]["test/acc"]
         wall = auto["timing"]["total_s"]
 
-        def ratio(alone: float) -> str:
+        def ratio(alone: float, wall: float = wall) -> str:
             return f"{wall:.0f} s / {alone:.0f} s = {wall / alone:.1f}x"
 
         best_alone = jobs[best]["timing"]["total_s"]
@@ -60,8 +60,8 @@ def check(sweep: Path) -> list[str]:
         above += acc >= head
         fast += wall <= 3 * best_alone
         lines.append(
-            f"| {n} | {best} {best_acc:.4f} | {acc:.4f} ({auto['auto']['winner']}) | {(acc - best_acc) * 100:+.2f} | "
-            f"{head:.4f} | {ratio(best_alone)} | {ratio(chosen['total_s'])} | "
+            f"| {n or 'all'} | {best} {best_acc:.4f} | {acc:.4f} ({auto['auto']['winner']}) | "
+            f"{(acc - best_acc) * 100:+.2f} | {head:.4f} | {ratio(best_alone)} | {ratio(chosen['total_s'])} | "
             f"{ratio(chosen['total_s'] - chosen.get('extract_s', 0.0))} |"
         )
     lines += [

@@ -152,7 +152,9 @@ def _race_step(race, step: int, acc: float, total: int = 200) -> str | None:
     history = getattr(race, "_test_history", [])
     history.append({"val/acc": acc})
     race._test_history = history
-    trainer = SimpleNamespace(sanity_checking=False, global_step=step, estimated_stepping_batches=total, should_stop=False)
+    trainer = SimpleNamespace(
+        sanity_checking=False, global_step=step, estimated_stepping_batches=total, should_stop=False
+    )
     race.on_validation_end(trainer, SimpleNamespace(val_history=history))
     return race.stopped if trainer.should_stop else None
 

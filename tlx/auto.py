@@ -162,7 +162,9 @@ class _Race(pl.Callback):
                 )
                 self.trailed = True
             elif best + self.slack * (1 - self.progress) < self.best_so_far:
-                self.stopped = f"stopped at {self.progress:.0%}: val/acc {best:.4f} could not reach {self.best_so_far:.4f}"
+                self.stopped = (
+                    f"stopped at {self.progress:.0%}: val/acc {best:.4f} could not reach {self.best_so_far:.4f}"
+                )
             self.lost = self.stopped is not None
         if self.stopped:
             trainer.should_stop = True
@@ -233,6 +235,7 @@ def run_auto(cfg: DictConfig, out_dir: Path, compose: Callable[[str], DictConfig
             "test/acc": results["metrics"].get("test/acc"),
             "seconds": results["timing"]["total_s"],
             "epochs": results.get("epochs"),
+            "progress": stop.get("progress") if stop.get("stopped") else 1.0,  # the fraction of its steps it trained
             "why": stop.get("stopped") or "trained to the end",
         }
         tried.append(entry)
@@ -316,15 +319,15 @@ def _finish(
     probe = next(t for t in tried if t["strategy"] == PROBE)
     others = [t for t in tried if t is not best and t.get("val/acc") is not None and t["strategy"] != best["strategy"]]
     runner_up = max(others, key=lambda t: t["val/acc"], default=None)
+    versus = ""
+    if runner_up:
+        versus = f" ({(best['val/acc'] - runner_up['val/acc']) * 100:+.1f} points over {runner_up['strategy']}"
+        if runner_up["status"] == "stopped" and runner_up.get("progress") is not None:
+            versus += f", stopped at {runner_up['progress']:.0%} of its steps"  # a partial score, not its final one
+        versus += ")"
     reason = (
-        f"{best['strategy']} won with val/acc {best['val/acc']:.4f}"
-        + (
-            f" ({(best['val/acc'] - runner_up['val/acc']) * 100:+.1f} points over {runner_up['strategy']})"
-            if runner_up
-            else ""
-        )
-        + f" at {per_class:.0f} training images per class; "
-        + f"{sum(t['status'] != 'skipped' for t in tried)} of {len(tried)} candidates trained"
+        f"{best['strategy']} won with val/acc {best['val/acc']:.4f}{versus} at {per_class:.0f} training images per "
+        f"class; {sum(t['status'] != 'skipped' for t in tried)} of {len(tried)} candidates trained"
     )
     results = {k: v for k, v in best["results"].items() if k != "auto_candidate"}
     results["checkpoint"] = "checkpoints/best.ckpt"

@@ -124,7 +124,9 @@ def fit_probe(
     """
     start = time.perf_counter()
     epochs = probe.epochs or epochs
-    with _one_thread(), torch.no_grad():  # steps this small gain nothing from threads (measured 3-25x slower with 2 on 2 cores)
+    # One thread: steps this small gain nothing from threads (measured 3-25x slower with 2 on 2 cores). No autograd:
+    # the gradients are written out below.
+    with _one_thread(), torch.no_grad():
         train_x, val_x = train_x.float().flatten(1), val_x.float().flatten(1)  # (N, F), (M, F)
         train_y, val_y = train_y.long(), val_y.long()
         n, n_f, n_g = len(train_x), train_x.shape[1], len(probe.grid)
@@ -150,7 +152,8 @@ def fit_probe(
         history = torch.zeros(epochs, 4, n_g)  # per epoch: train loss, train acc, val loss, val acc
         # Cross-entropy with class weights and label smoothing, as F.cross_entropy computes it, written out so that a
         # step is a handful of tensor ops (autograd's per-step cost was most of the probe's time on small sets):
-        # loss_i = sum_c T_ic * (logsumexp(z_i) - z_ic), whose gradient in z_i is s_i * softmax(z_i) - T_i, s_i = sum T_i.
+        # loss_i = sum_c T_ic * (logsumexp(z_i) - z_ic), whose gradient in z_i is s_i * softmax(z_i) - T_i, where
+        # s_i = sum_c T_ic.
         cw = torch.ones(num_classes) if class_weight is None else class_weight.float()
         targets = (1 - label_smoothing) * F.one_hot(train_y, num_classes).float() * cw[train_y, None]
         targets += label_smoothing / num_classes * cw  # (N, K)
@@ -167,7 +170,9 @@ def fit_probe(
                 seen[0] += (ts * lse - t * logits).sum((0, 2))
                 seen[1] += (logits.argmax(-1) == train_y[idx, None]).sum(0)
                 # Each candidate's mean loss over the batch, differentiated in its own weights.
-                grad = (x.t() @ ((torch.exp(logits - lse) * ts - t) / len(idx)).view(len(idx), -1)).view_as(w)  # (F+1, G, K)
+                grad = (x.t() @ ((torch.exp(logits - lse) * ts - t) / len(idx)).view(len(idx), -1)).view_as(
+                    w
+                )  # (F+1, G, K)
                 step += 1
                 # AdamW, per candidate lr and decay, cosine schedule to 0 over the run
                 scale = 0.5 * (1 + math.cos(math.pi * (step - 1) / total))

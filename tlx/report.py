@@ -323,18 +323,22 @@ def _blank(v: float | None, digits: int | None = None) -> float | str:
 
 
 def _plot(rows: list[str], columns: list[str], cells: dict[tuple[str, str], Cell], metric: str) -> Figure:
-    fig = Figure(figsize=(6.4, 4.4), layout="constrained")  # Agg canvas, no pyplot state
+    fig = Figure(figsize=(7.6, 4.4), layout="constrained")  # Agg canvas, no pyplot state
     ax = fig.add_subplot()
     for s in columns:
         points = [c for r in rows if (c := cells.get((r, s))) is not None and c.values and not math.isnan(c.x)]
+        # auto repeats one of the fixed columns on every row: dashed black crosses on top keep both visible
+        style = (
+            {"marker": "x", "markersize": 9, "linestyle": "--", "color": "black", "zorder": 3} if s == "auto" else {}
+        )
         if points:
             ax.errorbar(
                 [c.x for c in points],
                 [c.mean for c in points],
                 yerr=[c.std or 0.0 for c in points],
-                marker="o",
                 capsize=3,
                 label=s,
+                **({"marker": "o"} | style),
             )
     ax.set_xscale("log")
     ax.set_xlabel("training images per class")
@@ -342,7 +346,7 @@ def _plot(rows: list[str], columns: list[str], cells: dict[tuple[str, str], Cell
     ax.set_title(f"{metric} vs data size (mean ± std over seeds)")
     ax.grid(True, which="both", alpha=0.3)
     if ax.has_data():
-        ax.legend(title="strategy")
+        ax.legend(title="strategy", loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside the plot, off the points
     return fig
 
 
