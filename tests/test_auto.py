@@ -176,6 +176,10 @@ def test_race_stops_a_candidate_that_trails_the_leader_at_the_same_step():
     # compared with the leader's best by the same step, never with its later (higher) values
     catching_up = _Race(0.65, leader, check_fraction=0.25, slack=1.0, gap=0.04, deadline=None)
     assert _race_step(catching_up, 50, 0.54) is None  # 0.54 + 0.04 >= 0.57, though far below the leader's 0.65
+    # a candidate with gap_from=0.5 (full fine-tuning) is not judged by the gap at 25%, only by the slack bound
+    late = _Race(0.65, leader, check_fraction=0.25, slack=1.0, gap=0.04, deadline=None, gap_from=0.5)
+    assert _race_step(late, 50, 0.47) is None
+    assert "trails the leader's 0.6000 at step 100" in _race_step(late, 100, 0.50)
     # gap=null leaves only the slack bound: 0.47 + 0.1 * 0.75 < 0.65
     no_gap = _Race(0.65, leader, check_fraction=0.25, slack=0.1, gap=None, deadline=None)
     assert "could not reach 0.6500" in _race_step(no_gap, 50, 0.47)
@@ -191,3 +195,12 @@ def test_a_candidate_that_trails_the_leader_skips_the_deeper_ones():
     assert skip_reason(full, 800, True, None, 0.04) == "budget spent"
     why = skip_reason(full, 800, False, "last_n2", 0.04)
     assert why == "last_n2 trailed the leader by more than 0.04 at the same step; full trains more"
+
+
+def test_auto_refuses_a_bad_gap_from():
+    from tlx.auto import Auto
+    from tlx.backbones import ConfigError
+
+    assert Auto([{"strategy": "full", "gap_from": 0.5}]).candidates[0].gap_from == 0.5
+    with pytest.raises(ConfigError, match="gap_from must be in"):
+        Auto([{"strategy": "full", "gap_from": 2}])

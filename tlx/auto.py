@@ -58,10 +58,13 @@ class Candidate:
     Attributes:
         strategy: a preset in ``conf/strategy/``.
         min_per_class: tried only when the training images per class reach this (the prior).
+        gap_from: the gap rule may stop it only from this fraction of its steps on (null: ``auto.check_fraction``).
+            Full fine-tuning starts slowest, so the sweeps give it until half its steps.
     """
 
     strategy: str
     min_per_class: int = 0
+    gap_from: float | None = None
 
 
 class Auto:
@@ -100,12 +103,20 @@ class Auto:
         parsed = []
         for c in candidates:
             c = dict(c)
-            unknown = set(c) - {"strategy", "min_per_class"}
+            unknown = set(c) - {"strategy", "min_per_class", "gap_from"}
             if "strategy" not in c or unknown:
                 raise ConfigError(
-                    f"auto.candidates entries are {{strategy: <conf/strategy name>, min_per_class: <int>}}, got {c}"
+                    "auto.candidates entries are {strategy: <conf/strategy name>, min_per_class: <int>, "
+                    f"gap_from: <fraction or null>}}, got {c}"
                 )
-            parsed.append(Candidate(str(c["strategy"]), int(c.get("min_per_class", 0))))
+            gap_from = c.get("gap_from")
+            if gap_from is not None and not 0.0 <= float(gap_from) <= 1.0:
+                raise ConfigError(f"auto.candidates: gap_from must be in [0, 1] or null, got {c}")
+            parsed.append(
+                Candidate(
+                    str(c["strategy"]), int(c.get("min_per_class", 0)), None if gap_from is None else float(gap_from)
+                )
+            )
         names = [c.strategy for c in parsed]
         if PROBE in names or len(set(names)) != len(names) or "auto" in names:
             raise ConfigError(
@@ -124,6 +135,7 @@ class _Race(pl.Callback):
         best_so_far: the leader's best validation accuracy (-1: no leader yet).
         leader_curve: the leader's ``[step, val/acc]`` at each of its validations (empty: no step-wise comparison).
         check_fraction, slack, gap: as in :class:`Auto`.
+        gap_from: the gap rule applies from this fraction of the steps on (and not before ``check_fraction``).
         deadline: ``time.monotonic()`` past which the search's budget is spent, or None.
     """
 
@@ -135,8 +147,9 @@ class _Race(pl.Callback):
         slack: float,
         gap: float | None,
         deadline: float | None,
+        gap_from: float = 0.0,
     ) -> None:
-        self.best_so_far, self.leader_curve = best_so_far, leader_curve
+        self.best_so_far, self.leader_curve, self.gap_from = best_so_far, leader_curve, gap_from
         self.check_fraction, self.slack, self.gap, self.deadline = check_fraction, slack, gap, deadline
         self.stopped: str | None = None
         self.lost = False  # stopped because it could no longer win (then its test pass is skipped)
@@ -156,7 +169,8 @@ class _Race(pl.Callback):
         if self.deadline is not None and time.monotonic() > self.deadline:
             self.stopped = f"budget spent at {self.progress:.0%}"
         elif self.progress >= self.check_fraction and self.progress < 1:
-            if self.gap is not None and lead is not None and best + self.gap < lead:
+            gap_applies = self.gap is not None and lead is not None and self.progress >= self.gap_from
+            if gap_applies and best + self.gap < lead:
                 self.stopped = (
                     f"stopped at {self.progress:.0%}: val/acc {best:.4f} trails the leader's {lead:.4f} at step {step}"
                 )
@@ -214,6 +228,7 @@ def run_auto(cfg: DictConfig, out_dir: Path, compose: Callable[[str], DictConfig
             settings.slack,
             settings.gap,
             deadline,
+            cand.gap_from or 0.0,
         )
         results = read_results(run_dir) or {}
         if results.get("status") != "ok":
