@@ -3,10 +3,11 @@ validation.
 
 On cached features a linear head costs almost nothing to train, so instead of one setting trained by the Lightning
 loop (whose per-step overhead dwarfs the arithmetic) every (lr, weight decay) pair of a small grid is trained at once,
-as one batched problem in plain PyTorch: the candidates' weights are stacked into one (G, F, K) tensor, one batched
-matrix product per step covers them all, and AdamW is applied with each candidate's own lr and decay. Validation
-runs after every epoch; each candidate keeps its best epoch (early stopping), and the best candidate on validation
-accuracy (ties: lower validation loss) becomes the head. Kornblith et al. (CVPR 2019) tune the regularisation of
+as one problem in plain PyTorch: the candidates' weights sit side by side in one (F+1, G, K) tensor, so one matrix
+product per step serves them all; the cross-entropy gradient is written out (no autograd), and AdamW is applied with
+each candidate's own lr and decay. Validation runs after every epoch; each candidate keeps its epoch of lowest
+validation loss (early stopping), and the candidate with the lowest validation loss (ties: higher validation
+accuracy) becomes the head. Kornblith et al. (CVPR 2019) tune the regularisation of
 their linear-probe baselines the same way.
 """
 
@@ -140,8 +141,8 @@ def fit_probe(
         w = w0.repeat(1, n_g, 1)
         w2 = w.view(n_f + 1, n_g * num_classes)
         m, v = torch.zeros_like(w), torch.zeros_like(w)
-        ones = torch.ones(n, 1)
-        xb, vb = torch.cat([train_x, ones], 1), torch.cat([val_x, torch.ones(len(val_x), 1)], 1)  # (N, F+1), (M, F+1)
+        xb = torch.cat([train_x, torch.ones(n, 1)], 1)  # (N, F+1): a constant 1 feature carries the bias
+        vb = torch.cat([val_x, torch.ones(len(val_x), 1)], 1)  # (M, F+1)
         batch = probe.batch_size or max(32, math.ceil(n / 64))
         total, step = epochs * math.ceil(n / batch), 0
         best_acc = torch.full((n_g,), -1.0)
@@ -170,9 +171,8 @@ def fit_probe(
                 seen[0] += (ts * lse - t * logits).sum((0, 2))
                 seen[1] += (logits.argmax(-1) == train_y[idx, None]).sum(0)
                 # Each candidate's mean loss over the batch, differentiated in its own weights.
-                grad = (x.t() @ ((torch.exp(logits - lse) * ts - t) / len(idx)).view(len(idx), -1)).view_as(
-                    w
-                )  # (F+1, G, K)
+                d_logits = (torch.exp(logits - lse) * ts - t) / len(idx)  # (B, G, K)
+                grad = (x.t() @ d_logits.view(len(idx), -1)).view_as(w)  # (F+1, G, K)
                 step += 1
                 # AdamW, per candidate lr and decay, cosine schedule to 0 over the run
                 scale = 0.5 * (1 + math.cos(math.pi * (step - 1) / total))
