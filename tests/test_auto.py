@@ -204,3 +204,20 @@ def test_auto_refuses_a_bad_gap_from():
     assert Auto([{"strategy": "full", "gap_from": 0.5}]).candidates[0].gap_from == 0.5
     with pytest.raises(ConfigError, match="gap_from must be in"):
         Auto([{"strategy": "full", "gap_from": 2}])
+
+
+def test_probe_train_loss_is_the_cross_entropy_it_trains():
+    """With an lr too small to move the weights, each epoch's logged train loss is the cross-entropy of the initial
+    head on the training features (class weights and label smoothing included), as F.cross_entropy computes it."""
+    g = torch.Generator().manual_seed(1)
+    x, y = torch.randn(40, 8, generator=g), torch.arange(40) % 4
+    weight = torch.tensor([1.0, 2.0, 0.5, 1.5])
+    fitted = fit_probe(x, y, x[:8], y[:8], 4, Probe(lr=(1e-12,), weight_decay=(0.0,), epochs=2), 0, 0.1, weight)
+    head = torch.nn.Linear(8, 4)
+    with torch.no_grad():
+        head.weight.copy_(fitted.weight)
+        head.bias.copy_(fitted.bias)
+        expected = torch.nn.functional.cross_entropy(
+            head(x), y, weight=weight, label_smoothing=0.1, reduction="none"
+        ).mean()
+    assert [h["train/loss"] for h in fitted.history] == pytest.approx([float(expected)] * 2, rel=1e-5)

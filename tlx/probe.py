@@ -168,7 +168,7 @@ def fit_probe(
                 x, t, ts = xb[idx], targets[idx, None], target_sum[idx, None]  # (B, F+1), (B, 1, K), (B, 1, 1)
                 logits = (x @ w2).view(len(idx), n_g, num_classes)  # (B, G, K)
                 lse = torch.logsumexp(logits, -1, keepdim=True)  # (B, G, 1)
-                seen[0] += (ts * lse - t * logits).sum((0, 2))
+                seen[0] += (ts[:, :, 0] * lse[:, :, 0] - (t * logits).sum(2)).sum(0)  # per sample: s_i lse_i - T_i.z_i
                 seen[1] += (logits.argmax(-1) == train_y[idx, None]).sum(0)
                 # Each candidate's mean loss over the batch, differentiated in its own weights.
                 d_logits = (torch.exp(logits - lse) * ts - t) / len(idx)  # (B, G, K)
