@@ -83,6 +83,10 @@ def test_auto_tries_candidates_and_keeps_the_best(auto_runs):
     assert first["metrics"]["val/acc"] == tried[auto["winner"]]["val/acc"]
     assert auto["winner"] in auto["reason"] and "images per class" in auto["reason"]
     assert (tmp / "a" / "checkpoints" / "best.ckpt").is_file()
+    # the run is named by what it trained: the console summary's and report.html's titles read "auto: <winner>"
+    winner = json.loads((tmp / "a" / auto["winner_dir"] / "results.json").read_text())
+    assert first["strategy"] == f"auto: {winner['strategy']}"
+    assert f"tlx run: {first['backbone']} / auto: {winner['strategy']}" in (tmp / "a" / "report.html").read_text()
 
 
 def test_a_candidate_is_the_same_run_as_its_strategy_alone(auto_runs):
@@ -92,7 +96,9 @@ def test_a_candidate_is_the_same_run_as_its_strategy_alone(auto_runs):
     extra = [f"data.root={data}", f"cache.dir={tmp / 'cache'}", f"hydra.run.dir={out}", "strategy=reinit_last"]
     done = run_cli(*[o for o in AUTO_RUN if o != "+experiment=auto"], *extra)
     assert done.returncode == 0, done.stderr[-3000:]
-    alone = json.loads((out / "results.json").read_text())["metrics"]
+    alone_results = json.loads((out / "results.json").read_text())
+    assert alone_results["strategy"] == "reinit_last(1)"
+    alone = alone_results["metrics"]
     assert alone["val/acc"] == entry["val/acc"]
     if entry["test/acc"] is not None:  # a candidate stopped as a loser skips its test pass
         assert alone["test/acc"] == entry["test/acc"]

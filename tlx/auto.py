@@ -346,6 +346,7 @@ def _finish(
     )
     results = {k: v for k, v in best["results"].items() if k != "auto_candidate"}
     results["checkpoint"] = "checkpoints/best.ckpt"
+    results["strategy"] = f"auto: {results.get('strategy', best['strategy'])}"
     results["timing"] = dict(
         results["timing"],
         total_s=round(seconds, 3),

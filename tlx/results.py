@@ -65,9 +65,15 @@ def resume_checkpoint(resume: bool | str, last: Path, done: dict[str, Any] | Non
     return last
 
 
+def what_trains(results: dict[str, Any]) -> str:
+    """The run's strategy as the sweep reports name it (``reinit_last(1)``, ``auto: last_n(2)``); runs written before
+    results.json had a ``strategy`` say head and freeze mode."""
+    return results.get("strategy") or f"{results['head']} / {results['freeze']}"
+
+
 def print_summary(results: dict[str, Any], run_dir: Path) -> None:
     """A short table of what was trained and how well, printed at the end of every run."""
-    table = Table(title=f"tlx: {results['backbone']} / {results['head']} / {results['freeze']}", show_header=False)
+    table = Table(title=f"tlx: {results['backbone']} / {what_trains(results)}", show_header=False)
     table.add_column(style="bold")
     table.add_column()
     m = results["metrics"]

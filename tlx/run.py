@@ -31,6 +31,7 @@ from tlx.freeze import Freeze
 from tlx.heads import LinearHead, Network
 from tlx.module import TransferModule
 from tlx.probe import Probe, fit_probe
+from tlx.report import strategy_label
 from tlx.results import print_summary, read_results, resume_checkpoint, resume_command, write_results
 from tlx.run_report import save_run_report
 from tlx.tracking import create_loggers, finish_tracking
@@ -271,6 +272,7 @@ def train(
         "backbone": backbone.name,
         "head": OmegaConf.select(cfg, "head._target_").rsplit(".", 1)[-1],
         "freeze": freeze.mode + (f"(n={freeze.n})" if freeze.mode == "last_n" else ""),
+        "strategy": strategy_label(cfg),  # what trains, as the sweep reports name it: reinit_last(1), last_n(2), ...
         "epochs": epochs,
         "checkpoint": str(best_path.relative_to(out_dir)) if best_path else None,
     }

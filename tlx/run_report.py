@@ -27,7 +27,7 @@ from tlx.backbones import ConfigError
 from tlx.data import ImageData, Samples
 from tlx.module import TransferModule
 from tlx.page import esc, figure_png, image_png, img_tag, page, section, table, write_page
-from tlx.results import read_results, resume_command
+from tlx.results import read_results, resume_command, what_trains
 
 log = logging.getLogger(__name__)
 
@@ -147,7 +147,7 @@ def write_run_report(run_dir: Path) -> Path:
     per_class = results.get("per_class", {})
     classes = per_class.get("classes") or results.get("data", {}).get("classes") or []
     if results.get("backbone"):
-        title = f"tlx run: {results['backbone']} / {results['head']} / {results['freeze']}"
+        title = f"tlx run: {results['backbone']} / {what_trains(results)}"
     else:
         title = f"tlx run ({status})"
     sections = [
