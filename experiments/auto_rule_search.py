@@ -1,0 +1,173 @@
+"""Replays auto's racing rule on finished regime sweeps, for the shipped settings and a grid of others.
+
+An auto candidate is the same run as its strategy run alone (tests/test_auto.py checks this to the last digit), so
+a sweep's fixed jobs hold everything a search would see: each strategy's validation accuracy at every validation
+step (`logs/metrics.csv`) and its cost (`timing.total_s` minus its extraction, which auto's probe does once for
+every candidate). This script runs the search of `tlx/auto.py` over those curves: the probe, then `reinit_last`,
+`last_n2` and `full` in that order, each skipped under its `min_per_class` or after a candidate was stopped by the
+gap (`prune_deeper`), stopped from `check_fraction` of its steps on when its best val/acc trails the leader's best
+by the same step by more than the gap (for `full` only from its `gap_from`), or when `slack * (1 - progress)` could
+not lift it to the leader. Its time is the auto job's own probe candidate plus each candidate's cost times the
+fraction it trained, plus 1 s for the search itself.
+
+For every rule it counts the rows where the pick is within 1 point of the row's best fixed strategy (test), and
+where the replayed time is at most 3x the row's best strategy run alone and the chosen strategy run alone.
+
+Usage: python experiments/auto_rule_search.py SWEEP_DIR [SWEEP_DIR ...] [--rows]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import itertools
+from dataclasses import dataclass
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from tlx.results import read_results
+
+ORDER = ("reinit_last", "last_n2", "full")
+_LABELS = {"head_only": "head_only", "reinit_last(1)": "reinit_last", "last_n(2)": "last_n2", "full": "full"}
+
+
+@dataclass(frozen=True)
+class Rule:
+    gap: float | None = 0.04
+    shrink: bool = False  # the gap narrows linearly to 0 at the end of training
+    full_gap_from: float = 0.5
+    full_min_per_class: int = 100
+    check_fraction: float = 0.25
+    slack: float = 0.1
+    prune_deeper: bool = True
+
+    def gap_at(self, strategy: str, progress: float) -> float | None:
+        if self.gap is None or (strategy == "full" and progress < self.full_gap_from):
+            return None
+        return self.gap * (1 - progress) / (1 - self.check_fraction) if self.shrink else self.gap
+
+
+def load(sweep: Path) -> dict[int, dict]:
+    """samples per class -> {strategy: {val: [...], test, alone_s, fit_s}, "_probe_s": the auto job's probe}."""
+    from tlx.report import strategy_label
+
+    rows: dict[int, dict] = {}
+    for config in sorted(sweep.glob("*/.hydra/config.yaml")):
+        job = config.parent.parent
+        results = read_results(job)
+        if not results or results.get("status") != "ok":
+            continue
+        cfg = OmegaConf.load(config)
+        row = rows.setdefault(int(cfg.data.get("samples_per_class") or 0), {})
+        label = strategy_label(cfg)
+        if label == "auto":
+            row["_probe_s"] = read_results(job / "candidates" / "head_only")["timing"]["total_s"]
+            row["_auto"] = {"winner": results["auto"]["winner"], "s": results["timing"]["total_s"]}
+            continue
+        with open(job / "logs" / "metrics.csv") as f:
+            val = [float(r["val/acc"]) for r in csv.DictReader(f) if r.get("val/acc")]
+        timing = results["timing"]
+        if label == "head_only":  # the probe's chosen epoch, not its last
+            val = [results["metrics"]["val/acc"]]
+        row[_LABELS.get(label, label)] = {
+            "val": val,
+            "test": results["metrics"]["test/acc"],
+            "alone_s": timing["total_s"],
+            "fit_s": timing["total_s"] - timing.get("extract_s", 0.0),
+        }
+    return {n: r for n, r in rows.items() if "_probe_s" in r}
+
+
+def replay(rule: Rule, n: int, row: dict) -> tuple[str, float, list[str]]:
+    """The strategy the search picks, its replayed wall time, and what happened to each candidate."""
+    best, best_val = "head_only", row["head_only"]["val"][-1]
+    best_curve = [best_val] * len(row[ORDER[0]]["val"])  # the probe's curve is one point, at step 0
+    cost, log, pruned = row["_probe_s"] + 1.0, [], False
+    for name in ORDER:
+        if pruned or (name == "full" and n < rule.full_min_per_class):
+            log.append(f"{name}: skipped")
+            continue
+        curve, top, stopped, trailed = row[name]["val"], -1.0, None, False
+        for i, acc in enumerate(curve):
+            progress, top = (i + 1) / len(curve), max(top, acc)
+            if progress < rule.check_fraction or progress >= 1:
+                continue
+            gap = rule.gap_at(name, progress)
+            lead = max(best_curve[: i + 1])
+            if gap is not None and top + gap < lead:
+                stopped, trailed = progress, True
+                break
+            if top + rule.slack * (1 - progress) < best_val:
+                stopped = progress
+                break
+        cost += row[name]["fit_s"] * (stopped or 1.0)
+        log.append(f"{name}: " + (f"stopped at {stopped:.0%}" if stopped else "finished"))
+        pruned = pruned or (trailed and rule.prune_deeper)
+        if stopped is None and top > best_val:
+            best, best_val, best_curve = name, top, curve
+    return best, cost, log
+
+
+def score(rule: Rule, data: dict[str, dict], show: bool = False) -> tuple[int, int, int, int]:
+    """Rows within 1 point, at most 3x the best alone, at most 3x the chosen alone, and rows in all. With ``show``,
+    prints every row with the real auto job's pick and time beside the replayed ones."""
+    within = fast_best = fast_chosen = total = agree = 0
+    for sweep, rows in data.items():
+        for n, row in sorted(rows.items()):
+            fixed = {k: v for k, v in row.items() if not k.startswith("_")}
+            top = max(fixed, key=lambda k: fixed[k]["test"])
+            pick, cost, log = replay(rule, n, row)
+            gap = (fixed[pick]["test"] - fixed[top]["test"]) * 100
+            total += 1
+            within += gap >= -1.0
+            fast_best += cost <= 3 * fixed[top]["alone_s"]
+            fast_chosen += cost <= 3 * fixed[pick]["alone_s"]
+            agree += pick == row["_auto"]["winner"]
+            if show:
+                print(
+                    f"{sweep} {n:>5}: {pick:<11} {gap:+.2f} points, {cost:.0f} s = "
+                    f"{cost / fixed[top]['alone_s']:.1f}x best alone, {cost / fixed[pick]['alone_s']:.1f}x chosen "
+                    f"alone; {', '.join(log)} (the auto job: {row['_auto']['winner']}, {row['_auto']['s']:.0f} s)"
+                )
+    if show:
+        print(f"replayed picks equal to the auto jobs' picks: {agree}/{total} rows")
+    return within, fast_best, fast_chosen, total
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("sweeps", nargs="+", type=Path)
+    parser.add_argument("--rows", action="store_true", help="print every row for the shipped rule")
+    args = parser.parse_args()
+    data = {str(s): load(s) for s in args.sweeps}
+    shipped = score(Rule(), data, show=args.rows)
+    total = shipped[3]
+    print(
+        f"shipped rule: within 1 point {shipped[0]}/{total}, <=3x best alone {shipped[1]}/{total}, "
+        f"<=3x chosen alone {shipped[2]}/{total}"
+    )
+    grid = [
+        Rule(gap, shrink, gap_from, min_pc, 0.25, slack, prune)
+        for gap, shrink, gap_from, min_pc, slack, prune in itertools.product(
+            (None, 0.02, 0.03, 0.04, 0.06, 0.1),
+            (False, True),
+            (0.25, 0.5),
+            (30, 100, 1000),
+            (0.05, 0.1, 0.15, 0.2),
+            (True, False),
+        )
+        if gap is not None or not shrink
+    ]
+    scored = sorted(((score(r, data), r) for r in grid), key=lambda x: (-min(x[0][:3]), -sum(x[0][:3])))
+    print(f"{len(grid)} rules; all three criteria on every row: {sum(min(s[:3]) == total for s, _ in scored)}")
+    print("best by the worst of the three counts (within 1 point, <=3x best alone, <=3x chosen alone):")
+    for s, r in scored[:8]:
+        print(f"  {s[0]}/{s[1]}/{s[2]} of {total}: {r}")
+    for i, name in enumerate(("within 1 point", "<=3x best alone")):
+        s, r = max(scored, key=lambda x: (x[0][i], sum(x[0][:3])))
+        print(f"most rows {name}: {s[0]}/{s[1]}/{s[2]}: {r}")
+
+
+if __name__ == "__main__":
+    main()
