@@ -27,13 +27,16 @@ _PRESETS = {"head_only": "head_only", "reinit_last(1)": "reinit_last", "last_n(2
 
 def check(sweep: Path) -> list[str]:
     """One markdown table for the sweep, and a line of counts."""
-    rows: dict[int, dict[str, dict]] = {}  # samples per class (0: all the training images) -> strategy -> results
+    # (samples per class (0: all the training images), seed) -> strategy -> results
+    rows: dict[tuple[int, int], dict[str, dict]] = {}
     for config in sorted(sweep.glob("*/.hydra/config.yaml")):
         results = read_results(config.parent.parent)
         if not results or results.get("status") != "ok":
             continue
         cfg = OmegaConf.load(config)
-        rows.setdefault(int(cfg.data.get("samples_per_class") or 0), {})[strategy_label(cfg)] = results
+        row = (int(cfg.data.get("samples_per_class") or 0), int(cfg.seed))
+        rows.setdefault(row, {})[strategy_label(cfg)] = results
+    seeds = len({seed for _, seed in rows}) > 1  # a seed column only when the sweep has several
     lines = [
         f"`{sweep}`",
         "",
@@ -43,8 +46,8 @@ def check(sweep: Path) -> list[str]:
         "| ---: | --- | --- | ---: | ---: | ---: | ---: | ---: | --- |",
     ]
     within = above = fast = fast_chosen = brute_within = total = 0
-    for n in sorted(rows):
-        jobs = rows[n]
+    for n, seed in sorted(rows):
+        jobs = rows[n, seed]
         auto = jobs.pop("auto", None)
         if auto is None:
             continue
@@ -68,7 +71,8 @@ def check(sweep: Path) -> list[str]:
         fast_chosen += wall <= 3 * chosen["total_s"]
         brute_within += brute_gap >= -1.0
         lines.append(
-            f"| {n or 'all'} | {best} {best_acc:.4f} | {acc:.4f} ({auto['auto']['winner']}) | "
+            f"| {n or 'all'}{f', seed {seed}' if seeds else ''} | {best} {best_acc:.4f} | "
+            f"{acc:.4f} ({auto['auto']['winner']}) | "
             f"{(acc - best_acc) * 100:+.2f} | {head:.4f} | {ratio(best_alone)} | {ratio(chosen['total_s'])} | "
             f"{ratio(chosen['total_s'] - chosen.get('extract_s', 0.0))} | "
             f"{brute} {brute_gap:+.2f}, {brute_wall:.0f} s |"
