@@ -86,7 +86,10 @@ def test_auto_tries_candidates_and_keeps_the_best(auto_runs):
     # the run is named by what it trained: the console summary's and report.html's titles read "auto: <winner>"
     winner = json.loads((tmp / "a" / auto["winner_dir"] / "results.json").read_text())
     assert first["strategy"] == f"auto: {winner['strategy']}"
-    assert f"tlx run: {first['backbone']} / auto: {winner['strategy']}" in (tmp / "a" / "report.html").read_text()
+    report = (tmp / "a" / "report.html").read_text()
+    assert f"tlx run: {first['backbone']} / auto: {winner['strategy']}" in report
+    # its time is the whole search's, with the winner's own share named as such
+    assert f"{first['timing']['total_s']:.1f} s for the search; the winner&#x27;s own run in it: " in report
 
 
 def test_a_candidate_is_the_same_run_as_its_strategy_alone(auto_runs):

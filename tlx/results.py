@@ -100,7 +100,7 @@ def print_summary(results: dict[str, Any], run_dir: Path) -> None:
     )
     if "auto" in results:
         table.add_row("auto", results["auto"]["reason"])
-        time_row = f"{t['total_s']:.1f}s for the search (the winner alone: {t['winner_s']:.1f}s)"
+        time_row = f"{t['total_s']:.1f}s for the search (the winner's own run in it: {t['winner_s']:.1f}s)"
     else:
         time_row = f"{t['total_s']:.1f}s (extract {t['extract_s']:.1f}s, fit {t['fit_s']:.1f}s)"
     table.add_row("time", time_row)
