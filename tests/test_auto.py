@@ -82,6 +82,10 @@ def test_auto_tries_candidates_and_keeps_the_best(auto_runs):
     assert auto["winner"] == max(trained, key=lambda c: c["val/acc"])["strategy"]
     assert first["metrics"]["val/acc"] == tried[auto["winner"]]["val/acc"]
     assert auto["winner"] in auto["reason"] and "images per class" in auto["reason"]
+    # how many validation images the margin over the runner-up is
+    runner_up = max((c for c in trained if c["strategy"] != auto["winner"]), key=lambda c: c["val/acc"])
+    images = round((tried[auto["winner"]]["val/acc"] - runner_up["val/acc"]) * first["data"]["val"])
+    assert f"over {runner_up['strategy']}: {images} of {first['data']['val']} validation images" in auto["reason"]
     assert (tmp / "a" / "checkpoints" / "best.ckpt").is_file()
     # the run is named by what it trained: the console summary's and report.html's titles read "auto: <winner>"
     winner = json.loads((tmp / "a" / auto["winner_dir"] / "results.json").read_text())

@@ -336,7 +336,11 @@ def _finish(
     runner_up = max(others, key=lambda t: t["val/acc"], default=None)
     versus = ""
     if runner_up:
-        versus = f" ({(best['val/acc'] - runner_up['val/acc']) * 100:+.1f} points over {runner_up['strategy']}"
+        margin = best["val/acc"] - runner_up["val/acc"]
+        versus = f" ({margin * 100:+.1f} points over {runner_up['strategy']}"
+        n_val = best["results"].get("data", {}).get("val")
+        if n_val:  # how many images decided it: on small validation sets a point is one or two images
+            versus += f": {round(margin * n_val)} of {n_val} validation images"
         if runner_up["status"] == "stopped" and runner_up.get("progress") is not None:
             versus += f", stopped at {runner_up['progress']:.0%} of its steps"  # a partial score, not its final one
         versus += ")"
