@@ -3,12 +3,11 @@
 An auto candidate is the same run as its strategy run alone (tests/test_auto.py checks this to the last digit), so
 a sweep's fixed jobs hold everything a search would see: each strategy's validation accuracy at every validation
 step (`logs/metrics.csv`) and its cost (`timing.total_s` minus its extraction, which auto's probe does once for
-every candidate). This script runs the search of `tlx/auto.py` over those curves: the probe, then `reinit_last`,
-`last_n2` and `full` in that order, each skipped under its `min_per_class` or after a candidate was stopped by the
-gap (`prune_deeper`), stopped from `check_fraction` of its steps on when its best val/acc trails the leader's best
-by the same step by more than the gap (for `full` only from its `gap_from`), or when `slack * (1 - progress)` could
-not lift it to the leader. Its time is the auto job's own probe candidate plus each candidate's cost times the
-fraction it trained, plus 1 s for the search itself.
+every candidate). This script runs the search of `tlx/auto.py` over those curves, its own race callback
+(`tlx.auto._Race`) deciding at every validation step: the probe, then `reinit_last`, `last_n2` and `full` in that
+order, each skipped under its `min_per_class` or after a candidate was stopped by the gap (`prune_deeper`). Its time
+is the auto job's own probe candidate plus each candidate's cost times the fraction it trained, plus 1 s for the
+search itself.
 
 For every rule it counts the rows where the pick is within 1 point of the row's best fixed strategy (test), and
 where the replayed time is at most 3x the row's best strategy run alone and the chosen strategy run alone.
@@ -23,9 +22,11 @@ import csv
 import itertools
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 
 from omegaconf import OmegaConf
 
+from tlx.auto import _Race
 from tlx.results import read_results
 
 ORDER = ("reinit_last", "last_n2", "full")
@@ -34,22 +35,19 @@ _LABELS = {"head_only": "head_only", "reinit_last(1)": "reinit_last", "last_n(2)
 
 @dataclass(frozen=True)
 class Rule:
+    """The settings of ``conf/strategy/auto.yaml`` that the search varies (the shipped values by default)."""
+
     gap: float | None = 0.04
-    shrink: bool = False  # the gap narrows linearly to 0 at the end of training
     full_gap_from: float = 0.5
     full_min_per_class: int = 100
     check_fraction: float = 0.25
     slack: float = 0.1
     prune_deeper: bool = True
 
-    def gap_at(self, strategy: str, progress: float) -> float | None:
-        if self.gap is None or (strategy == "full" and progress < self.full_gap_from):
-            return None
-        return self.gap * (1 - progress) / (1 - self.check_fraction) if self.shrink else self.gap
-
 
 def load(sweep: Path) -> dict[int, dict]:
-    """samples per class -> {strategy: {val: [...], test, alone_s, fit_s}, "_probe_s": the auto job's probe}."""
+    """samples per class -> {strategy: {curve: [[step, val/acc], ...], test, alone_s, fit_s}, "_probe_s": the auto
+    job's probe, "_auto": its pick and time}."""
     from tlx.report import strategy_label
 
     rows: dict[int, dict] = {}
@@ -65,13 +63,13 @@ def load(sweep: Path) -> dict[int, dict]:
             row["_probe_s"] = read_results(job / "candidates" / "head_only")["timing"]["total_s"]
             row["_auto"] = {"winner": results["auto"]["winner"], "s": results["timing"]["total_s"]}
             continue
-        with open(job / "logs" / "metrics.csv") as f:
-            val = [float(r["val/acc"]) for r in csv.DictReader(f) if r.get("val/acc")]
+        with open(job / "logs" / "metrics.csv") as f:  # its step column is the trainer's global step - 1
+            curve = [[int(r["step"]) + 1, float(r["val/acc"])] for r in csv.DictReader(f) if r.get("val/acc")]
         timing = results["timing"]
-        if label == "head_only":  # the probe's chosen epoch, not its last
-            val = [results["metrics"]["val/acc"]]
+        if label == "head_only":  # the probe's chosen epoch at step 0, as auto hands it to the next candidate
+            curve = [[0, results["metrics"]["val/acc"]]]
         row[_LABELS.get(label, label)] = {
-            "val": val,
+            "curve": curve,
             "test": results["metrics"]["test/acc"],
             "alone_s": timing["total_s"],
             "fit_s": timing["total_s"] - timing.get("extract_s", 0.0),
@@ -79,33 +77,45 @@ def load(sweep: Path) -> dict[int, dict]:
     return {n: r for n, r in rows.items() if "_probe_s" in r}
 
 
+def race(rule: Rule, name: str, curve: list[list[float]], best_val: float, best_curve: list[list[float]]) -> _Race:
+    """``tlx.auto``'s race callback fed ``curve`` one validation at a time, as a Lightning trainer would."""
+    callback = _Race(
+        best_val,
+        best_curve,
+        rule.check_fraction,
+        rule.slack,
+        rule.gap,
+        None,
+        rule.full_gap_from if name == "full" else 0,
+    )
+    history: list[dict[str, float]] = []
+    for step, acc in curve:
+        history.append({"val/acc": acc})
+        trainer = SimpleNamespace(
+            sanity_checking=False, global_step=step, estimated_stepping_batches=curve[-1][0], should_stop=False
+        )
+        callback.on_validation_end(trainer, SimpleNamespace(val_history=history))
+        if trainer.should_stop:
+            break
+    return callback
+
+
 def replay(rule: Rule, n: int, row: dict) -> tuple[str, float, list[str]]:
     """The strategy the search picks, its replayed wall time, and what happened to each candidate."""
-    best, best_val = "head_only", row["head_only"]["val"][-1]
-    best_curve = [best_val] * len(row[ORDER[0]]["val"])  # the probe's curve is one point, at step 0
+    best, best_curve = "head_only", row["head_only"]["curve"]
+    best_val = best_curve[0][1]
     cost, log, pruned = row["_probe_s"] + 1.0, [], False
     for name in ORDER:
         if pruned or (name == "full" and n < rule.full_min_per_class):
             log.append(f"{name}: skipped")
             continue
-        curve, top, stopped, trailed = row[name]["val"], -1.0, None, False
-        for i, acc in enumerate(curve):
-            progress, top = (i + 1) / len(curve), max(top, acc)
-            if progress < rule.check_fraction or progress >= 1:
-                continue
-            gap = rule.gap_at(name, progress)
-            lead = max(best_curve[: i + 1])
-            if gap is not None and top + gap < lead:
-                stopped, trailed = progress, True
-                break
-            if top + rule.slack * (1 - progress) < best_val:
-                stopped = progress
-                break
-        cost += row[name]["fit_s"] * (stopped or 1.0)
-        log.append(f"{name}: " + (f"stopped at {stopped:.0%}" if stopped else "finished"))
-        pruned = pruned or (trailed and rule.prune_deeper)
-        if stopped is None and top > best_val:
-            best, best_val, best_curve = name, top, curve
+        done = race(rule, name, row[name]["curve"], best_val, best_curve)
+        cost += row[name]["fit_s"] * (done.progress if done.stopped else 1.0)
+        log.append(f"{name}: " + (f"stopped at {done.progress:.0%}" if done.stopped else "finished"))
+        pruned = pruned or (done.trailed and rule.prune_deeper)
+        top = max(acc for _, acc in done.curve)  # its best val/acc so far, as auto's entry records it
+        if top > best_val:
+            best, best_val, best_curve = name, top, done.curve
     return best, cost, log
 
 
@@ -148,16 +158,10 @@ def main() -> None:
         f"<=3x chosen alone {shipped[2]}/{total}"
     )
     grid = [
-        Rule(gap, shrink, gap_from, min_pc, 0.25, slack, prune)
-        for gap, shrink, gap_from, min_pc, slack, prune in itertools.product(
-            (None, 0.02, 0.03, 0.04, 0.06, 0.1),
-            (False, True),
-            (0.25, 0.5),
-            (30, 100, 1000),
-            (0.05, 0.1, 0.15, 0.2),
-            (True, False),
+        Rule(gap, gap_from, min_pc, 0.25, slack, prune)
+        for gap, gap_from, min_pc, slack, prune in itertools.product(
+            (None, 0.02, 0.03, 0.04, 0.06, 0.1), (0.25, 0.5), (30, 100, 1000), (0.05, 0.1, 0.15, 0.2), (True, False)
         )
-        if gap is not None or not shrink
     ]
     scored = sorted(((score(r, data), r) for r in grid), key=lambda x: (-min(x[0][:3]), -sum(x[0][:3])))
     print(f"{len(grid)} rules; all three criteria on every row: {sum(min(s[:3]) == total for s, _ in scored)}")
