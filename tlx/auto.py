@@ -58,13 +58,14 @@ class Candidate:
     Attributes:
         strategy: a preset in ``conf/strategy/``.
         min_per_class: tried only when the training images per class reach this (the prior).
-        gap_from: the gap rule may stop it only from this fraction of its steps on (null: ``auto.check_fraction``).
-            Full fine-tuning starts slowest, so the sweeps give it until half its steps.
+        gap_from: the gap rule may stop it only from this fraction of its steps on (never before
+            ``auto.check_fraction``; null in the config: 0). Full fine-tuning starts slowest, so the sweeps give it
+            until half its steps.
     """
 
     strategy: str
     min_per_class: int = 0
-    gap_from: float | None = None
+    gap_from: float = 0.0
 
 
 class Auto:
@@ -109,14 +110,10 @@ class Auto:
                     "auto.candidates entries are {strategy: <conf/strategy name>, min_per_class: <int>, "
                     f"gap_from: <fraction or null>}}, got {c}"
                 )
-            gap_from = c.get("gap_from")
-            if gap_from is not None and not 0.0 <= float(gap_from) <= 1.0:
+            gap_from = float(c.get("gap_from") or 0.0)
+            if not 0.0 <= gap_from <= 1.0:
                 raise ConfigError(f"auto.candidates: gap_from must be in [0, 1] or null, got {c}")
-            parsed.append(
-                Candidate(
-                    str(c["strategy"]), int(c.get("min_per_class", 0)), None if gap_from is None else float(gap_from)
-                )
-            )
+            parsed.append(Candidate(str(c["strategy"]), int(c.get("min_per_class", 0)), gap_from))
         names = [c.strategy for c in parsed]
         if PROBE in names or len(set(names)) != len(names) or "auto" in names:
             raise ConfigError(
@@ -228,7 +225,7 @@ def run_auto(cfg: DictConfig, out_dir: Path, compose: Callable[[str], DictConfig
             settings.slack,
             settings.gap,
             deadline,
-            cand.gap_from or 0.0,
+            cand.gap_from,
         )
         results = read_results(run_dir) or {}
         if results.get("status") != "ok":
