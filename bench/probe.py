@@ -3,8 +3,10 @@
 Runs `python -m tlx +experiment=small_data` on the demo data with a warm feature cache, alternating:
 - the linear probe (default): a grid of 16 (lr, weight decay) candidates trained at once in plain PyTorch,
 - the Lightning loop it replaced (`probe.enabled=false`): one setting, 30 epochs.
-Reports medians of results.json's own timings: the cache read (`cache.read_s`), the head's training (the probe stage's
-seconds, or the Lightning fit), the whole fit phase and the whole run, plus val/test accuracy of each.
+Reports medians of results.json's own timings: the cache read (`cache.read_s`: loading the three entries), the whole
+cache lookup but extraction (`cache.lookup_s`: hashing every image's bytes for the entries' keys, then the reads), the
+head's training (the probe stage's seconds, or the Lightning fit), the whole fit phase and the whole run, plus val/test
+accuracy of each.
 Target: the probe spends no more on training than the run spends reading the cache.
 
 Usage: python bench/probe.py [--repeats 5]
@@ -49,10 +51,13 @@ def main() -> None:
 
     probe_train = med("probe", lambda r: r["stages"][0]["seconds"])
     read = med("probe", lambda r: r["cache"]["read_s"])
+    lookup = med("probe", lambda r: r["cache"]["lookup_s"])
     rows = {
         "cache read, probe runs (s, median)": read,
+        "cache lookup incl. image hashes, probe runs (s, median)": lookup,
         "probe: training of all 16 candidates (s, median)": probe_train,
         "probe training / cache read": probe_train / read,
+        "probe training / cache lookup": probe_train / lookup,
         "probe run: fit phase incl. Lightning validate + checkpoint (s)": med("probe", lambda r: r["timing"]["fit_s"]),
         "lightning loop: fit, 30 epochs, one setting (s, median)": med("lightning", lambda r: r["timing"]["fit_s"]),
         "lightning fit / probe training": med("lightning", lambda r: r["timing"]["fit_s"]) / probe_train,

@@ -212,7 +212,7 @@ def test_a_candidate_that_trails_the_leader_skips_the_deeper_ones():
 
 def test_auto_refuses_a_bad_gap_from():
     from tlx.auto import Auto
-    from tlx.backbones import ConfigError
+    from tlx.errors import ConfigError
 
     assert Auto([{"strategy": "full", "gap_from": 0.5}]).candidates[0].gap_from == 0.5
     with pytest.raises(ConfigError, match="gap_from must be in"):

@@ -7,7 +7,8 @@ import timm
 import torch
 from PIL import Image
 
-from tlx.backbones import ConfigError, _load_bundled, create_backbone, remap_efficientnet_lite, state_hash
+from tlx.backbones import _load_bundled, create_backbone, remap_efficientnet_lite, state_hash
+from tlx.errors import ConfigError
 
 
 def _imagenet_top(model: torch.nn.Module, image: Image.Image, k: int = 3) -> list[int]:

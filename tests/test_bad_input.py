@@ -12,8 +12,8 @@ import torch
 from hydra.utils import instantiate
 
 from tlx.__main__ import _user_error
-from tlx.backbones import ConfigError
 from tlx.data import FolderData
+from tlx.errors import ConfigError
 from tlx.results import read_results
 
 from .conftest import TINY, run_cli, write_images
@@ -27,10 +27,10 @@ _DATA_CONFIG = {
 }
 
 
-def _run(tmp_path: Path, *overrides: str):
+def _run(tmp_path: Path, *overrides: str, env: dict | None = None):
     """``python -m tlx`` with TINY settings in a private run and cache dir; returns the process and results.json."""
     run_dir = tmp_path / "run"
-    proc = run_cli(*TINY, f"hydra.run.dir={run_dir}", f"cache.dir={tmp_path / 'cache'}", *overrides)
+    proc = run_cli(*TINY, f"hydra.run.dir={run_dir}", f"cache.dir={tmp_path / 'cache'}", *overrides, env=env)
     return proc, read_results(run_dir)
 
 
@@ -147,9 +147,13 @@ def test_weights_file_with_wrong_shapes(tmp_path):
     ids=["key", "group"],
 )
 def test_unknown_config_key_or_choice(tmp_path, override, expected):
-    proc, results = _run(tmp_path, override)
-    assert proc.returncode != 0 and expected in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+    # Python's import profile (stderr) shows whether torch was imported: a typo must end before the heavy imports
+    proc, results = _run(tmp_path, override, env={"PYTHONPROFILEIMPORTTIME": "1"})
+    imported = [line.rsplit("|", 1)[-1].strip() for line in proc.stderr.splitlines() if line.startswith("import time:")]
+    errors = "\n".join(line for line in proc.stderr.splitlines() if not line.startswith("import time:"))
+    assert proc.returncode != 0 and expected in errors and "Traceback" not in errors, errors
     assert results is None
+    assert "hydra" in imported and not {"torch", "timm", "pytorch_lightning"} & set(imported)
 
 
 def test_cache_dir_cannot_be_written(tmp_path):

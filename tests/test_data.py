@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tlx.backbones import ConfigError, create_backbone
+from tlx.backbones import create_backbone
 from tlx.data import DemoData, FashionMNISTData, FolderData
+from tlx.errors import ConfigError
 
 from .conftest import fashion_mnist_root
 

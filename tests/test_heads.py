@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tlx.backbones import ConfigError, create_backbone
+from tlx.backbones import create_backbone
+from tlx.errors import ConfigError
 from tlx.features import find_cut
 from tlx.freeze import Freeze
 from tlx.heads import LinearHead, MLPHead, Network, ReinitLastHead

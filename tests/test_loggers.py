@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import run_cli, write_images
-from tlx.backbones import ConfigError
+from tlx.errors import ConfigError
 
 # A tiny folder dataset: 3 classes x 10 images (8 train, 2 val each), 32 px, 2 epochs.
 SMALL = [

@@ -12,8 +12,8 @@ import pytest
 import torch
 from PIL import Image
 
-from tlx.backbones import ConfigError
 from tlx.data import CSVData, FileSamples, FolderData, ImageData
+from tlx.errors import ConfigError
 from tlx.features import FeatureCache
 from tlx.predict import TrainedModel, predict
 from tlx.run import train

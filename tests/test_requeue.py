@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from tlx.backbones import ConfigError
 from tlx.cluster import SlurmCallback, _make_watcher
+from tlx.errors import ConfigError
 from tlx.results import resume_checkpoint
 
 slurm = pytest.importorskip("submitit.slurm.slurm", reason="needs submitit (pip install -e '.[dev]')")

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from tests.conftest import fashion_mnist_root
-from tlx.backbones import ConfigError
 from tlx.data import FashionMNISTData, stratified_subset
+from tlx.errors import ConfigError
 
 # 5 classes with 40, 50, 60, 70, 80 examples, interleaved in a fixed random order
 LABELS = np.random.default_rng(0).permutation(np.repeat(np.arange(5), [40, 50, 60, 70, 80])).tolist()

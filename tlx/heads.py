@@ -8,7 +8,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from tlx.backbones import Backbone, ConfigError
+from tlx.backbones import Backbone
+from tlx.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

@@ -12,8 +12,8 @@ from torch import nn
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix, MulticlassF1Score
 
-from tlx.backbones import ConfigError
 from tlx.checkpoints import make_lean, restore_frozen
+from tlx.errors import ConfigError
 from tlx.freeze import Freeze
 from tlx.heads import Network
 

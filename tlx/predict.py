@@ -22,9 +22,9 @@ from omegaconf import MISSING, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 from tqdm import tqdm
 
-from tlx.backbones import ConfigError
 from tlx.checkpoints import is_lean, restore_frozen
 from tlx.data import IMAGE_SUFFIXES, FileSamples, ImageData, write_json_atomic
+from tlx.errors import ConfigError
 from tlx.heads import Network
 from tlx.results import read_results, resume_command
 

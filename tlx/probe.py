@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch.nn import functional as F
 
-from tlx.backbones import ConfigError
+from tlx.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

@@ -25,6 +25,7 @@ from hydra.experimental.callback import Callback
 from matplotlib.figure import Figure
 from omegaconf import DictConfig, OmegaConf
 
+from tlx.errors import ConfigError
 from tlx.page import esc, figure_png, img_tag, page, section, table, write_page
 from tlx.results import RESULTS, read_results
 
@@ -540,7 +541,6 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"no such directory: {args.dir}")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if (args.dir / RESULTS).is_file():
-        from tlx.backbones import ConfigError
         from tlx.run_report import write_run_report  # torch and the data module are only needed for a run report
 
         try:

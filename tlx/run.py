@@ -22,10 +22,11 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
-from tlx.backbones import Backbone, ConfigError
+from tlx.backbones import Backbone
 from tlx.cluster import requeue_setup
 from tlx.data import ImageData
 from tlx.devices import torch_device
+from tlx.errors import ConfigError
 from tlx.features import find_cut, use_cached_features
 from tlx.freeze import Freeze
 from tlx.heads import LinearHead, Network

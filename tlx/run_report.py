@@ -23,8 +23,8 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from PIL import Image
 
-from tlx.backbones import ConfigError
 from tlx.data import ImageData, Samples
+from tlx.errors import ConfigError
 from tlx.module import TransferModule
 from tlx.page import esc, figure_png, image_png, img_tag, page, section, table, write_page
 from tlx.results import read_results, resume_command, what_trains

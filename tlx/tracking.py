@@ -15,7 +15,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.loggers import Logger, MLFlowLogger, WandbLogger
 
-from tlx.backbones import ConfigError
+from tlx.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ import torch
 from PIL import Image, ImageFile, ImageOps
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from tlx.backbones import ConfigError
+from tlx.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

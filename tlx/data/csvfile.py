@@ -7,8 +7,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from tlx.backbones import ConfigError
 from tlx.data.base import SPLITS, FileSamples, ImageData, Samples, check_split_fractions, fixed_splits
+from tlx.errors import ConfigError
 
 
 class CSVData(ImageData):

@@ -9,8 +9,8 @@ from typing import Any
 
 import numpy as np
 
-from tlx.backbones import ConfigError
 from tlx.data.base import ArraySamples, ImageData, Samples, stratified_subset
+from tlx.errors import ConfigError
 
 FASHION_MNIST_CLASSES = [
     "T-shirt/top",

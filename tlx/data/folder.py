@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from tlx.backbones import ConfigError
 from tlx.data.base import (
     IMAGE_SUFFIXES,
     SPLITS,
@@ -15,6 +14,7 @@ from tlx.data.base import (
     check_split_fractions,
     fixed_splits,
 )
+from tlx.errors import ConfigError
 
 DEMO_ROOT = Path(__file__).resolve().parents[1] / "demo"
 
