@@ -6,6 +6,8 @@ import base64
 import csv
 import json
 import statistics
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -137,3 +139,11 @@ def test_cells_that_pool_different_settings_are_flagged(tmp_path: Path) -> None:
         (d / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump([f"seed={seed}", f"optim.lr={seed + 1}e-3"]))
     md = write_report(root)["md"].read_text()
     assert "cells that average different settings" in md and "optim.lr=1e-3, optim.lr=2e-3" in md
+
+
+def test_the_sweep_report_does_not_import_torch():
+    # `python -m tlx.report <sweep dir>` and the Hydra callback that writes the sweep report need results.json files
+    # and matplotlib only: importing torch, timm or Lightning would add seconds to both
+    code = "import sys, tlx.report; print(sorted({'torch', 'timm', 'pytorch_lightning'} & set(sys.modules)))"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert proc.stdout.strip() == "[]", proc.stdout + proc.stderr

@@ -19,8 +19,8 @@ from typing import Any
 import torch
 from omegaconf import MISSING
 
-from tlx.data import write_json_atomic
 from tlx.errors import ConfigError
+from tlx.jsonfile import write_json_atomic
 from tlx.predict import TrainedModel, load_run, parse_args
 
 log = logging.getLogger(__name__)

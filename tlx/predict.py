@@ -23,9 +23,10 @@ from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 from tqdm import tqdm
 
 from tlx.checkpoints import is_lean, restore_frozen
-from tlx.data import IMAGE_SUFFIXES, FileSamples, ImageData, write_json_atomic
+from tlx.data import IMAGE_SUFFIXES, FileSamples, ImageData
 from tlx.errors import ConfigError
 from tlx.heads import Network
+from tlx.jsonfile import write_json_atomic
 from tlx.results import read_results, resume_command
 
 log = logging.getLogger(__name__)

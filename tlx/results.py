@@ -10,8 +10,8 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from tlx.data import write_json_atomic
 from tlx.errors import ConfigError
+from tlx.jsonfile import write_json_atomic
 
 log = logging.getLogger(__name__)
 

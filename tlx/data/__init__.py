@@ -10,7 +10,6 @@ from tlx.data.base import (
     Samples,
     default_workers,
     stratified_subset,
-    write_json_atomic,
 )
 from tlx.data.csvfile import CSVData
 from tlx.data.fashion_mnist import FASHION_MNIST_CLASSES, FashionMNISTData
@@ -32,5 +31,4 @@ __all__ = [
     "Samples",
     "default_workers",
     "stratified_subset",
-    "write_json_atomic",
 ]

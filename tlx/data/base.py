@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import math
 import os
@@ -20,6 +19,7 @@ from PIL import Image, ImageFile, ImageOps
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from tlx.errors import ConfigError
+from tlx.jsonfile import write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -606,14 +606,6 @@ def default_workers() -> int:
     if torch.cuda.is_available():
         return max(0, min(8, cores - 1))
     return min(8, cores // 4)
-
-
-def write_json_atomic(path: Path, obj: Any) -> None:
-    """Write JSON to a temporary file beside ``path``, then rename: readers never see half a file."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=str))
-    os.replace(tmp, path)
 
 
 ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated file is an error we report, never silently half-decoded
