@@ -56,6 +56,24 @@ def test_probe_picks_the_candidate_with_lowest_val_loss():
     assert ((vx @ fitted.weight.t() + fitted.bias).argmax(1) == vy).float().mean() > 0.8
 
 
+def test_probe_draws_its_epochs_with_the_samplers_weights():
+    """data.balance=sampler: the probe's epochs are draws in proportion to the sample weights, as the loader's are.
+    With an lr too small to move the head, an epoch's train loss is the mean cross-entropy over what it drew: with
+    all the weight on sample 3, that of sample 3 alone; without weights (a shuffle), that of all samples."""
+    g = torch.Generator().manual_seed(2)
+    x, y = torch.randn(40, 8, generator=g), torch.arange(40) % 2
+    probe = Probe(lr=(1e-12,), weight_decay=(0.0,), epochs=2)
+    only_3 = fit_probe(x, y, x, y, 2, probe, sample_weight=(torch.arange(40) == 3).double())
+    shuffled = fit_probe(x, y, x, y, 2, probe)
+
+    def loss(fitted, rows):
+        return float(torch.nn.functional.cross_entropy(x[rows] @ fitted.weight.t() + fitted.bias, y[rows]))
+
+    assert [h["train/loss"] for h in only_3.history] == pytest.approx([loss(only_3, [3])] * 2, rel=1e-5)
+    assert [h["train/loss"] for h in shuffled.history] == pytest.approx([loss(shuffled, slice(None))] * 2, rel=1e-5)
+    assert loss(only_3, [3]) != pytest.approx(loss(only_3, slice(None)), rel=1e-3)
+
+
 def _auto(tmp_path: Path, name: str, data: Path, *extra: str) -> dict:
     out = tmp_path / name
     done = run_cli(*AUTO_RUN, f"data.root={data}", f"cache.dir={tmp_path / 'cache'}", f"hydra.run.dir={out}", *extra)

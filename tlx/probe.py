@@ -110,6 +110,7 @@ def fit_probe(
     label_smoothing: float = 0.0,
     class_weight: torch.Tensor | None = None,
     epochs: int = 30,
+    sample_weight: torch.Tensor | None = None,
 ) -> ProbeResult:
     """Train every candidate of ``probe``'s grid at once and return the best on validation.
 
@@ -122,6 +123,8 @@ def fit_probe(
         label_smoothing: cross-entropy label smoothing.
         class_weight: (K,) cross-entropy class weights, or None.
         epochs: passes over the training features, unless ``probe.epochs`` says otherwise.
+        sample_weight: (N,) weights (``data.balance=sampler``): an epoch is N draws with replacement in proportion to
+            them, as the training loader's sampler draws, instead of a shuffle.
     """
     start = time.perf_counter()
     epochs = probe.epochs or epochs
@@ -162,7 +165,11 @@ def fit_probe(
         lr_decay = lr * wd * decay_mask  # (F+1, G, 1)
         for epoch in range(epochs):
             seen = torch.zeros(2, n_g)  # summed train loss and correct predictions over the epoch
-            order = torch.randperm(n, generator=torch.Generator().manual_seed(int(seed) * 100_003 + epoch))
+            epoch_g = torch.Generator().manual_seed(int(seed) * 100_003 + epoch)  # as the training loader's sampler
+            if sample_weight is None:
+                order = torch.randperm(n, generator=epoch_g)
+            else:
+                order = torch.multinomial(sample_weight, n, replacement=True, generator=epoch_g)
             for i in range(0, n, batch):
                 idx = order[i : i + batch]
                 x, t, ts = xb[idx], targets[idx, None], target_sum[idx, None]  # (B, F+1), (B, 1, K), (B, 1, 1)

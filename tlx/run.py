@@ -318,6 +318,7 @@ def _probe_stage(
         module.optim.label_smoothing,
         data.class_weights(),
         epochs,
+        data.sample_weights(train_y),
     )
     fc = module.net.head.fc
     with torch.no_grad():

@@ -468,6 +468,14 @@ class ImageData(pl.LightningDataModule):
         per_class = torch.as_tensor(self.train_per_class(), dtype=torch.float32)
         return per_class.sum() / (len(per_class) * per_class)
 
+    def sample_weights(self, labels: torch.Tensor) -> torch.Tensor | None:
+        """For ``balance=sampler``: one weight per training sample, 1 / its class's count, so that draws in
+        proportion to them take every class equally often; None otherwise."""
+        if self.balance != "sampler":
+            return None
+        labels = torch.as_tensor(labels)
+        return 1.0 / torch.bincount(labels, minlength=len(self.classes)).double()[labels]
+
     def _splits(self) -> tuple[dict[str, Samples], list[str]]:
         raise NotImplementedError
 
@@ -511,10 +519,7 @@ class ImageData(pl.LightningDataModule):
         )
 
     def _split_loader(self, split: str, train: bool) -> DataLoader:
-        weights = None
-        if train and self.balance == "sampler":  # each class drawn equally often: a sample weighs 1 / its class's size
-            labels = torch.as_tensor(self.samples[split].labels)
-            weights = 1.0 / torch.bincount(labels, minlength=len(self.classes)).double()[labels]
+        weights = self.sample_weights(self.samples[split].labels) if train else None
         if split in self.features:
             tensor, views = self.features[split]
             dataset = _TensorDataset(tensor, self.samples[split].labels, views)
