@@ -278,7 +278,12 @@ def use_cached_features(
                 missing = _missing(cache, keys, cut, features)
                 if missing:
                     if not hit:
-                        log.info("cache miss for %s: %d images to extract", split, len(samples) * views)
+                        log.info(
+                            "cache miss for %s: %d images%s to extract",
+                            split,
+                            len(samples),
+                            f" x {views} augmented views" if views > 1 else "",
+                        )
                     t0 = time.perf_counter()
                     per_view = [
                         extract(
