@@ -214,8 +214,8 @@ def use_cached_features(
             un-augmented features even when its fine-tuning stage augments.
 
     Returns what results.json records: whether it was used, hits and misses, the cut, the extraction time, the time the
-    reads took (`read_s`) and the whole lookup but extraction (`lookup_s`: the image hashes for the keys, then the
-    reads).
+    reads took (`read_s`) and the whole lookup but extraction (`lookup_s`: the image hashes for the keys, the reads,
+    and any wait for another process extracting the same entries).
     """
     start = time.perf_counter()
     info: dict[str, Any] = {"used": False, "cut": None, "hits": 0, "misses": 0, "extract_s": 0.0, "read_s": 0.0}
@@ -316,7 +316,7 @@ def use_cached_features(
             log.info("cache hit for %s: %s", split, tuple(features.shape))
         data.features[split] = (features, views)
     info["used"] = True
-    # the whole way to the features but extraction: hashing every image's bytes for the keys, then the reads
+    # the whole way to the features but extraction: hashing every image's bytes for the keys, the reads, lock waits
     info["lookup_s"] = round(time.perf_counter() - start - info["extract_s"], 4)
     info["extract_s"], info["read_s"] = round(info["extract_s"], 3), round(info["read_s"], 4)
     return info
