@@ -19,7 +19,7 @@ from omegaconf import DictConfig
 from omegaconf.errors import MissingMandatoryValue
 
 # Light imports only up to here: Hydra parses the command line before torch, timm and Lightning load, so a mistyped
-# override or an unwritable output directory ends in one line within about a second.
+# key or choice ends in one line within about a second.
 from tlx.errors import ConfigError
 
 log = logging.getLogger("tlx")

@@ -305,11 +305,11 @@ def use_cached_features(
                             features = out
                     info["extract_s"] += time.perf_counter() - t0
                     log.info(
-                        "extracted %s at %s in %.1fs: %s",
+                        "extracted %s at %s in %.1fs%s",
                         split,
                         ", ".join(_cut_name(net, c) for c in missing),
                         time.perf_counter() - t0,
-                        tuple(features.shape),
+                        "" if hit else f": {tuple(features.shape)}",  # the shape of what this run reads
                     )
         info["hits" if hit else "misses"] += 1
         if hit:
