@@ -28,10 +28,15 @@ def _setup(
     per_class=None,
     views=1,
     augment=False,
+    workers=0,
 ):
     backbone = create_backbone(name, pretrained=pretrained, image_size=size)
     data = FolderData(
-        root=str(root), data_config=backbone.data_config, num_workers=0, samples_per_class=per_class, augment=augment
+        root=str(root),
+        data_config=backbone.data_config,
+        num_workers=workers,
+        samples_per_class=per_class,
+        augment=augment,
     )
     data.setup()
     net = Network(backbone, head(backbone=backbone, num_classes=len(data.classes)))
@@ -86,15 +91,25 @@ def test_stage_boundary_cut_for_last_n_and_reinit(photos, cache_dir):
     assert info["hits"] == 2
 
 
-def test_augmented_views_are_cached_per_view(photos, cache_dir):
-    info, data = _setup(photos, cache_dir, views=3, augment=True)
+# With loader workers the augmentations are drawn in the workers, seeded from the loader's generator: every view's
+# loader must have its own seed (all views were once identical with workers, the default on a GPU machine).
+@pytest.mark.parametrize("workers", [0, 1])
+def test_augmented_views_are_cached_per_view(photos, cache_dir, workers):
+    info, data = _setup(photos, cache_dir, views=3, augment=True, workers=workers)
     n = len(data.samples["train"])
     feats, views = data.features["train"]
     assert views == 3 and feats.shape[0] == 3 * n
-    assert not torch.equal(feats[:n], feats[n : 2 * n])  # different random crops/flips
+    for a, b in ((0, 1), (0, 2), (1, 2)):  # different random crops/flips
+        assert not torch.equal(feats[a * n : (a + 1) * n], feats[b * n : (b + 1) * n]), (a, b)
     assert data.features["val"][0].shape[0] == len(data.samples["val"])
     info, _ = _setup(photos, cache_dir, augment=True)  # random augmentation with one view: not cacheable
     assert not info["used"]
+
+
+def test_views_without_augmentation_are_one_copy(photos, cache_dir):
+    _, data = _setup(photos, cache_dir, views=3)
+    feats, views = data.features["train"]
+    assert views == 1 and feats.shape[0] == len(data.samples["train"])
 
 
 def test_crash_mid_write_leaves_no_trusted_entry(photos, cache_dir, monkeypatch):
@@ -132,6 +147,17 @@ def test_cached_training_gives_the_same_metrics_as_training_through_the_backbone
     for key in ("val/acc", "val/f1", "test/acc", "test/f1"):
         assert cached["metrics"][key] == pytest.approx(direct["metrics"][key], abs=1e-6), key
     assert cached["metrics"]["test/loss"] == pytest.approx(direct["metrics"]["test/loss"], rel=1e-4)
+
+
+@pytest.mark.parametrize("strategy", ["head=mlp", "strategy=reinit_last"])
+def test_float16_cache_trains_like_float32(make_cfg, tmp_path, strategy):
+    """cache.dtype=float16 halves the cache; the Lightning loop computes in the model's dtype on what it reads (half
+    inputs into float weights once failed with "mat1 and mat2 must have the same dtype")."""
+    overrides = ["data.samples_per_class=6", "trainer.max_epochs=2", strategy]
+    half = train(make_cfg(*overrides, "cache.dtype=float16"), tmp_path / "half")
+    full = train(make_cfg(*overrides), tmp_path / "full")
+    assert half["cache"]["used"] and half["status"] == "ok"
+    assert half["metrics"]["test/loss"] == pytest.approx(full["metrics"]["test/loss"], rel=0.05)
 
 
 def test_find_cut_none_when_everything_trains(photos, cache_dir):

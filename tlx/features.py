@@ -240,7 +240,8 @@ def use_cached_features(
     info["cut"] = _cut_name(net, cut)
     net.eval()
     cuts = [cut] + [c for c in dict.fromkeys(prefetch) if c is not None and c != cut]
-    estimate = sum(_estimate_bytes(net, c, data, cache) for c in cuts)
+    train_views = cache.views if augment else 1  # un-augmented views would be identical copies
+    estimate = sum(_estimate_bytes(net, c, data, cache, train_views) for c in cuts)
     if estimate > cache.max_bytes:
         msg = (
             f"the feature cache for this run would take {estimate / 2**30:.1f} GiB, over cache.max_gb="
@@ -251,7 +252,7 @@ def use_cached_features(
         log.warning("%s: training through the frozen backbone instead", msg)
         return info
     for split, samples in data.samples.items():
-        views = cache.views if split == "train" else 1
+        views = train_views if split == "train" else 1
         augmented = split == "train" and augment
         transform = data.train_transform if augmented else data.eval_transform
         parts = {
@@ -266,6 +267,10 @@ def use_cached_features(
             # The ordered content hashes, not the paths: activations depend on the bytes alone.
             "images": hashlib.blake2b("\n".join(samples.fingerprints()).encode()).hexdigest(),
         }
+        if views > 1:
+            # Each view's loader has its own seed, so loader workers draw other augmentations for every view (they
+            # once all drew the same ones: entries made before then must miss).
+            parts["view_seeds"] = [_view_seed(seed, v) for v in range(views)]
         keys = {c: cache_key({**parts, "cut": _cut_name(net, c)}) for c in cuts}
         t0 = time.perf_counter()
         features = cache.load(keys[cut])
@@ -289,11 +294,14 @@ def use_cached_features(
                         extract(
                             net,
                             missing,
-                            data.loader(data.dataset(split, train_transform=augmented)),
+                            data.loader(
+                                data.dataset(split, train_transform=augmented),
+                                seed=_view_seed(seed, v) if augmented else None,
+                            ),
                             device,
                             cache.dtype,
                             desc=f"extracting {split}" + (f" view {v + 1}/{views}" if views > 1 else ""),
-                            seed=seed * 1000 + v if augmented else None,
+                            seed=_view_seed(seed, v) if augmented else None,
                         )
                         for v in range(views)
                     ]
@@ -344,6 +352,12 @@ def extract(
     return [torch.cat(o) for o in out]
 
 
+def _view_seed(seed: int, view: int) -> int:
+    """The seed of augmented view ``view``: of the main process's RNG (augmentations without loader workers) and of its
+    loader's generator (which seeds the workers)."""
+    return seed * 1000 + view
+
+
 def _missing(cache: FeatureCache, keys: dict[Cut, str], cut: Cut, features: torch.Tensor | None) -> list[Cut]:
     """The cuts to extract: the run's own when it was not loaded, and every other one not on disk yet."""
     return [c for c in keys if (features is None if c == cut else not cache.path(keys[c]).is_file())]
@@ -354,11 +368,11 @@ def _cut_name(net: Network, cut: int | str) -> str:
     return cut if cut == "pooled" else f"{cut}:{net.chain[cut][0] if cut < len(net.chain) else 'features'}"
 
 
-def _estimate_bytes(net: Network, cut: int | str, data: ImageData, cache: FeatureCache) -> float:
+def _estimate_bytes(net: Network, cut: int | str, data: ImageData, cache: FeatureCache, train_views: int) -> float:
     size = data.data_config["input_size"]
     with torch.inference_mode():
         one = net.forward_to(torch.zeros(1, *size), cut).numel()
-    n = sum(len(s) * (cache.views if split == "train" else 1) for split, s in data.samples.items())
+    n = sum(len(s) * (train_views if split == "train" else 1) for split, s in data.samples.items())
     return float(n * one * torch.empty((), dtype=cache.dtype).element_size())
 
 

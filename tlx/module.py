@@ -118,7 +118,11 @@ class TransferModule(pl.LightningModule):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.channels_last and x.dim() == 4:
             x = x.contiguous(memory_format=torch.channels_last)  # (B, C, H, W) stored as NHWC
-        return self.net(x) if self.cut is None else self.net.forward_from(x, self.cut)
+        if self.cut is None:
+            return self.net(x)
+        # cached activations come in the cache's dtype (cache.dtype=float16 halves the cache): compute in the model's
+        weights = next(self.net.head.parameters(), None)
+        return self.net.forward_from(x if weights is None else x.to(weights.dtype), self.cut)
 
     def train(self, mode: bool = True) -> TransferModule:
         super().train(mode)

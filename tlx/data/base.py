@@ -501,10 +501,16 @@ class ImageData(pl.LightningDataModule):
         return _ImageDataset(self.samples[split], transform, self.draft)
 
     def loader(
-        self, dataset: Dataset, shuffle: bool = False, views: int = 1, weights: torch.Tensor | None = None
+        self,
+        dataset: Dataset,
+        shuffle: bool = False,
+        views: int = 1,
+        weights: torch.Tensor | None = None,
+        seed: int | None = None,
     ) -> DataLoader:
         """A DataLoader with this module's batch size and workers, shuffled (or drawn by ``weights``, one per sample)
-        by an epoch-seeded sampler."""
+        by an epoch-seeded sampler. ``seed`` (default: the run's) seeds its generator, from which the loader workers'
+        random augmentations are seeded."""
         workers = self.num_workers if isinstance(dataset, _ImageDataset) else 0
         return DataLoader(
             dataset,
@@ -515,7 +521,7 @@ class ImageData(pl.LightningDataModule):
             pin_memory=torch.cuda.is_available(),
             # Its own generator: starting an epoch's iterator must not draw from the global RNG, whose per-epoch
             # seed drives dropout, or a resumed run's first epoch would differ (Lightning starts it at another time).
-            generator=torch.Generator().manual_seed(self.seed),
+            generator=torch.Generator().manual_seed(self.seed if seed is None else seed),
         )
 
     def _split_loader(self, split: str, train: bool) -> DataLoader:
