@@ -240,6 +240,7 @@ def test_val_fraction_outside_0_1_is_named_as_such(tmp_path):
             "freeze.n=6 but the backbone has only 5 stages left after head.n=3; use freeze.n<=5",
         ),
         (["cache.dir=BLOCKED/cache"], "cannot write the feature cache at BLOCKED/cache"),
+        (["strategy=lp_ft", "probe.enabled=false"], "lp_ft.enabled=true trains its first stage with the linear probe"),
         (["data.val_fraction=0.5", "data.test_fraction=0.4"], "class 'lone' has only 1 images: too few to keep one"),
     ],
     ids=lambda x: x[-1] if isinstance(x, list) else None,
@@ -282,3 +283,12 @@ def test_run_dir_cannot_be_written(tmp_path):
     blocker.write_text("a file, not a folder")
     proc = run_cli(*TINY, f"hydra.run.dir={blocker / 'run'}", f"cache.dir={tmp_path / 'cache'}")
     _assert_fails(proc, None, f"cannot write the output directory {blocker / 'run'}", "set hydra.run.dir=")
+
+
+def test_a_head_setting_of_another_head_is_one_line(make_cfg, tmp_path):
+    # +experiment=small_data chooses head=linear, strategy=reinit_last sets head.n for its own head
+    from tlx.run import train
+
+    cfg = make_cfg("+experiment=small_data", "strategy=reinit_last")
+    with pytest.raises(ConfigError, match=re.escape("unexpected keyword argument 'n'") + ".*use one of them"):
+        train(cfg, tmp_path / "run")

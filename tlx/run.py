@@ -96,7 +96,15 @@ def build_network(cfg: DictConfig, backbone: Backbone, num_classes: int) -> tupl
 
     Returns the network, the freeze regime and the trainable/frozen parameter counts.
     """
-    head = instantiate(cfg.head)(backbone=backbone, num_classes=num_classes)
+    try:
+        head = instantiate(cfg.head)(backbone=backbone, num_classes=num_classes)
+    except TypeError as e:  # e.g. +experiment=small_data (head=linear) with strategy=reinit_last (head.n=1)
+        if "unexpected keyword argument" not in str(e):
+            raise
+        raise ConfigError(
+            f"{e} (head={cfg.head._target_}): a head setting of another head; an experiment and a strategy may "
+            "each choose a head, so use one of them (e.g. strategy=reinit_last without +experiment=small_data)"
+        ) from e
     net = Network(backbone, head)
     freeze = instantiate(cfg.freeze)
     params = freeze.apply(net, backbone.stage_groups(exclude=set(head.new_backbone_modules)))
@@ -301,8 +309,9 @@ def _probe_stage(
     is set) and put it into the network."""
     if not cache_info["used"]:
         raise ConfigError(
-            "the linear probe needs the feature cache (pooled features); set cache.enabled=auto, "
-            "or probe.enabled=false and lp_ft.enabled=false"
+            "LP-FT's first stage, the linear probe, needs the feature cache, which this run cannot use (the log line "
+            "above says why: cache.enabled=false, freeze.train_bn=true or a cache over cache.max_gb); change that, "
+            "or set lp_ft.enabled=false"
         )
     (train_x, views), (val_x, _) = data.features["train"], data.features["val"]
     train_y = torch.as_tensor(data.samples["train"].labels * views)
@@ -355,6 +364,11 @@ def _check_before_data(cfg: DictConfig, stages: int, out_dir: Path) -> None:
         raise ConfigError(
             f"freeze.n={cfg.freeze.n} but the backbone has only {stages - head_n} stages{left}; "
             f"use freeze.n<={stages - head_n} or freeze=none"
+        )
+    if OmegaConf.select(cfg, "lp_ft.enabled", default=False) and str(cfg.probe.enabled).lower() == "false":
+        raise ConfigError(
+            "lp_ft.enabled=true trains its first stage with the linear probe, which probe.enabled=false turns off; "
+            "drop probe.enabled=false, or fine-tune without the probe stage (strategy=last_n2 or strategy=full)"
         )
     try:
         tempfile.TemporaryFile(dir=out_dir).close()
