@@ -74,6 +74,24 @@ def test_probe_draws_its_epochs_with_the_samplers_weights():
     assert loss(only_3, [3]) != pytest.approx(loss(only_3, slice(None)), rel=1e-3)
 
 
+def test_auto_seeds_a_random_init_as_a_fixed_run_does(make_cfg, tmp_path):
+    """backbone.pretrained=false: auto's probe candidate is the same run as head_only alone, whatever the global RNG
+    held before (auto once built the backbone unseeded)."""
+    from tlx.auto import run_auto
+
+    overrides = ["backbone.pretrained=false", "data.samples_per_class=6", "trainer.max_epochs=2"]
+    alone = train(make_cfg(*overrides, "strategy=head_only"), tmp_path / "alone")
+    torch.manual_seed(12345)
+    searched = run_auto(
+        make_cfg(*overrides, "+experiment=auto", "auto.candidates=[]"),
+        tmp_path / "auto",
+        lambda name: make_cfg(*overrides, f"strategy={name}"),
+    )
+    assert searched["auto"]["winner"] == "head_only"
+    assert searched["metrics"]["val/acc"] == alone["metrics"]["val/acc"]
+    assert searched["stages"][0]["table"] == alone["stages"][0]["table"]
+
+
 def _auto(tmp_path: Path, name: str, data: Path, *extra: str) -> dict:
     out = tmp_path / name
     done = run_cli(*AUTO_RUN, f"data.root={data}", f"cache.dir={tmp_path / 'cache'}", f"hydra.run.dir={out}", *extra)

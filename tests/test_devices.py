@@ -75,3 +75,16 @@ def _hydra(*overrides: str) -> DictConfig:
     """The composed ``hydra`` node (launcher settings) for ``overrides``."""
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         return compose("config", overrides=list(overrides), return_hydra_config=True).hydra
+
+
+def test_auto_candidates_of_a_sweep_job_stay_on_its_gpu():
+    """An auto job in a parallel sweep is pinned to GPU job % n; its candidates, composed afresh from the command
+    line, must be pinned the same way (they once all ran on the first GPU)."""
+    from tlx.__main__ import _compose_candidate
+
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        pinned = _compose_candidate("config", ["+experiment=auto"], "reinit_last", gpu_job=(3, 2))
+        alone = _compose_candidate("config", ["+experiment=auto"], "reinit_last")
+    assert (pinned.trainer.accelerator, list(pinned.trainer.devices)) == ("gpu", [1])
+    assert (alone.trainer.accelerator, alone.trainer.devices) == ("auto", 1)
+    assert pinned.head._target_.endswith("ReinitLastHead")

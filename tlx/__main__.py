@@ -43,10 +43,20 @@ def _user_error(e: BaseException) -> str | None:
     return None
 
 
-def _compose_candidate(config_name: str, overrides: list[str], strategy: str) -> DictConfig:
-    """The config of an auto candidate: this run's own overrides, with ``strategy=<candidate>`` instead of auto."""
+def _compose_candidate(
+    config_name: str, overrides: list[str], strategy: str, gpu_job: tuple[int, int] | None = None
+) -> DictConfig:
+    """The config of an auto candidate: this run's own overrides, with ``strategy=<candidate>`` instead of auto.
+
+    ``gpu_job``: (job number, visible GPUs) of a sweep job, which is pinned to a GPU as the auto job itself was.
+    """
     kept = [o for o in overrides if not o.lstrip("+~").startswith("strategy=")]
-    return hydra.compose(config_name=config_name, overrides=[*kept, f"strategy={strategy}"])
+    cfg = hydra.compose(config_name=config_name, overrides=[*kept, f"strategy={strategy}"])
+    if gpu_job is not None:
+        from tlx.devices import place_job
+
+        place_job(cfg.trainer, *gpu_job)
+    return cfg
 
 
 class WritableOutput(Callback):
@@ -89,7 +99,9 @@ def main(cfg: DictConfig) -> float:
         if cfg.get("auto") is not None:
             from tlx.auto import run_auto
 
-            results = run_auto(cfg, out_dir, partial(_compose_candidate, hc.job.config_name, list(hc.overrides.task)))
+            gpu_job = (hc.job.num, visible_gpus()) if multirun else None
+            compose = partial(_compose_candidate, hc.job.config_name, list(hc.overrides.task), gpu_job=gpu_job)
+            results = run_auto(cfg, out_dir, compose)
         else:
             results = train(cfg, out_dir)
     except KeyboardInterrupt:

@@ -196,6 +196,9 @@ def run_auto(cfg: DictConfig, out_dir: Path, compose: Callable[[str], DictConfig
     out_dir = Path(out_dir)
     settings: Auto = instantiate(cfg.auto)
     configs = {name: _candidate_config(out_dir, name, compose) for name in [PROBE, *settings_names(settings)]}
+    # seeded as a fixed run is before it builds anything: a randomly initialised backbone (pretrained=false) is then
+    # the same as the one its strategy run alone would build
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
     prepared = prepare(configs[PROBE], out_dir)
     data = prepared.data
     per_class = len(data.samples["train"]) / len(data.classes)
