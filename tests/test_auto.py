@@ -44,6 +44,16 @@ def test_lp_ft_stage_two_starts_from_the_probe_head(make_cfg, tmp_path):
     assert not torch.equal(tuned["net.head.fc.weight"], seen.weight)  # and stage 2 trained it further
 
 
+def test_a_linear_head_with_dropout_trains_in_the_loop_not_the_probe(make_cfg, tmp_path):
+    """The probe has no dropout: a head_only run with head.dropout > 0 trains its head with the Lightning loop (the
+    setting was once silently dropped), one without uses the probe."""
+    overrides = ["strategy=head_only", "data.samples_per_class=6", "trainer.max_epochs=2"]
+    dropped = train(make_cfg(*overrides, "head.dropout=0.3"), tmp_path / "dropout")
+    plain = train(make_cfg(*overrides), tmp_path / "plain")
+    assert [s["stage"] for s in dropped["stages"]] == ["train"]
+    assert [s["stage"] for s in plain["stages"]] == ["probe"]
+
+
 def test_probe_picks_the_candidate_with_lowest_val_loss():
     g = torch.Generator().manual_seed(0)
     centers = torch.randn(3, 16, generator=g) * 2

@@ -215,7 +215,14 @@ def train(
         logger=create_loggers(cfg, out_dir),  # conf/logger/: csv (logs/metrics.csv) by default
     )
     t_fit = time.perf_counter()
-    if probe.enabled and module.cut == "pooled" and isinstance(head, LinearHead) and not lp_ft:
+    use_probe = probe.enabled and module.cut == "pooled" and isinstance(head, LinearHead) and not lp_ft
+    if use_probe and head.drop.p > 0:
+        log.info(
+            "linear probe not used: head.dropout=%g (the probe fits without dropout); the loop trains the head",
+            head.drop.p,
+        )
+        use_probe = False
+    if use_probe:
         # A linear head on cached features is convex: solve it (and choose its L2 on val) instead of epochs of SGD.
         stage = _probe_stage(module, data, probe, cache_info, probe_epochs)
         stages.append(stage)
