@@ -84,9 +84,10 @@ def test_probe_draws_its_epochs_with_the_samplers_weights():
     assert loss(only_3, [3]) != pytest.approx(loss(only_3, slice(None)), rel=1e-3)
 
 
-def test_auto_seeds_a_random_init_as_a_fixed_run_does(make_cfg, tmp_path):
+def test_auto_seeds_a_random_init_as_a_fixed_run_does(make_cfg, tmp_path, monkeypatch):
     """backbone.pretrained=false: auto's probe candidate is the same run as head_only alone, whatever the global RNG
-    held before (auto once built the backbone unseeded)."""
+    held before (auto once built the backbone unseeded). Run again, the finished search is skipped (skip_done) without
+    building anything."""
     from tlx.auto import run_auto
 
     overrides = ["backbone.pretrained=false", "data.samples_per_class=6", "trainer.max_epochs=2"]
@@ -100,6 +101,13 @@ def test_auto_seeds_a_random_init_as_a_fixed_run_does(make_cfg, tmp_path):
     assert searched["auto"]["winner"] == "head_only"
     assert searched["metrics"]["val/acc"] == alone["metrics"]["val/acc"]
     assert searched["stages"][0]["table"] == alone["stages"][0]["table"]
+
+    def built(*args, **kwargs):
+        raise AssertionError("a finished auto run was prepared again")
+
+    monkeypatch.setattr("tlx.auto.prepare", built)
+    again = run_auto(make_cfg(*overrides, "+experiment=auto", "auto.candidates=[]"), tmp_path / "auto", built)
+    assert again["metrics"] == json.loads(json.dumps(searched["metrics"]))
 
 
 def _auto(tmp_path: Path, name: str, data: Path, *extra: str) -> dict:

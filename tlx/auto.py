@@ -194,6 +194,10 @@ def run_auto(cfg: DictConfig, out_dir: Path, compose: Callable[[str], DictConfig
     """
     start, cpu_start = time.perf_counter(), time.process_time()
     out_dir = Path(out_dir)
+    done = read_results(out_dir)
+    if cfg.get("skip_done") and done and done.get("status") == "ok":  # as a finished fixed run: a re-run sweep skips it
+        log.info("skipping %s: results.json is complete", out_dir)
+        return done
     settings: Auto = instantiate(cfg.auto)
     configs = {name: _candidate_config(out_dir, name, compose) for name in [PROBE, *settings_names(settings)]}
     # seeded as a fixed run is before it builds anything: a randomly initialised backbone (pretrained=false) is then
