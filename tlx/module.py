@@ -120,7 +120,7 @@ class TransferModule(pl.LightningModule):
             x = x.contiguous(memory_format=torch.channels_last)  # (B, C, H, W) stored as NHWC
         if self.cut is None:
             return self.net(x)
-        # cached activations come in the cache's dtype (cache.dtype=float16 halves the cache): compute in the model's
+        # cached activations come in the cache's dtype (cache.dtype=float16 halves the cache); the head's dtype rules
         weights = next(self.net.head.parameters(), None)
         return self.net.forward_from(x if weights is None else x.to(weights.dtype), self.cut)
 
