@@ -41,7 +41,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from tlx.errors import ConfigError
 from tlx.features import find_cut
-from tlx.results import print_summary, read_results, write_results
+from tlx.results import print_summary, read_results, skipped, write_results
 from tlx.run import Prepared, build_network, prepare, train
 from tlx.run_report import write_run_report
 
@@ -195,8 +195,7 @@ def run_auto(cfg: DictConfig, out_dir: Path, compose: Callable[[str], DictConfig
     start, cpu_start = time.perf_counter(), time.process_time()
     out_dir = Path(out_dir)
     done = read_results(out_dir)
-    if cfg.get("skip_done") and done and done.get("status") == "ok":  # as a finished fixed run: a re-run sweep skips it
-        log.info("skipping %s: results.json is complete", out_dir)
+    if skipped(done, bool(cfg.get("skip_done")), out_dir):  # as a finished fixed run is
         return done
     settings: Auto = instantiate(cfg.auto)
     configs = {name: _candidate_config(out_dir, name, compose) for name in [PROBE, *settings_names(settings)]}

@@ -33,6 +33,15 @@ def read_results(run_dir: Path) -> dict[str, Any] | None:
         return None
 
 
+def skipped(done: dict[str, Any] | None, skip_done: bool, run_dir: Path) -> bool:
+    """Whether a run is skipped because ``skip_done`` is set and its results (``done``) say it finished ok (a re-run
+    sweep); logs it."""
+    if skip_done and done and done.get("status") == "ok":
+        log.info("skipping %s: results.json is complete", run_dir)
+        return True
+    return False
+
+
 def resume_command(run_dir: Path) -> str:
     """The command that continues an interrupted run in its own directory."""
     run_dir = Path(run_dir).resolve()

@@ -33,7 +33,7 @@ from tlx.heads import LinearHead, Network
 from tlx.module import TransferModule
 from tlx.probe import Probe, fit_probe
 from tlx.report import strategy_label
-from tlx.results import print_summary, read_results, resume_checkpoint, resume_command, write_results
+from tlx.results import print_summary, read_results, resume_checkpoint, resume_command, skipped, write_results
 from tlx.run_report import save_run_report
 from tlx.tracking import create_loggers, finish_tracking
 
@@ -136,8 +136,7 @@ def train(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     done = read_results(out_dir)
-    if cfg.get("skip_done") and done and done.get("status") == "ok":
-        log.info("skipping %s: results.json is complete", out_dir)
+    if skipped(done, bool(cfg.get("skip_done")), out_dir):
         return done
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     torch.set_num_threads(cfg.threads) if cfg.get("threads") else None
