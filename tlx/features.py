@@ -217,7 +217,6 @@ def use_cached_features(
     reads took (`read_s`) and the whole lookup but extraction (`lookup_s`: the image hashes for the keys, the reads,
     and any wait for another process extracting the same entries).
     """
-    start = time.perf_counter()
     info: dict[str, Any] = {"used": False, "cut": None, "hits": 0, "misses": 0, "extract_s": 0.0, "read_s": 0.0}
     if cache.enabled == "false":
         return info
@@ -251,6 +250,7 @@ def use_cached_features(
             raise ConfigError(f"{msg}; raise cache.max_gb, cut later (larger freeze.n), or cache.dtype=float16")
         log.warning("%s: training through the frozen backbone instead", msg)
         return info
+    start = time.perf_counter()  # the lookup: from here on (the size estimate above runs the network once per cut)
     for split, samples in data.samples.items():
         views = train_views if split == "train" else 1
         augmented = split == "train" and augment
