@@ -1,13 +1,26 @@
-"""Backbones: bundled ImageNet weights really are ImageNet weights, loading is shape-checked, no silent fallback."""
+"""Backbones: bundled ImageNet weights really are ImageNet weights, loading is shape-checked, no silent fallback;
+kernels cropped to small maps change nothing but speed."""
 
 from __future__ import annotations
+
+import copy
+import itertools
 
 import pytest
 import timm
 import torch
 from PIL import Image
+from timm.layers import Conv2dSame
+from torch import nn
 
-from tlx.backbones import _load_bundled, create_backbone, remap_efficientnet_lite, state_hash
+from tlx.backbones import (
+    _live_taps,
+    _load_bundled,
+    create_backbone,
+    crop_kernels_to_maps,
+    remap_efficientnet_lite,
+    state_hash,
+)
 from tlx.errors import ConfigError
 
 
@@ -95,3 +108,58 @@ def test_unreachable_sources_are_errors_never_random(tmp_path, monkeypatch):
 def test_unknown_backbone_suggests_close_names():
     with pytest.raises(ConfigError, match="Did you mean: .*resnet18"):
         create_backbone("resnet181")
+
+
+def _conv_cases():
+    """Zero-padded convs on maps from smaller than the kernel to larger: timm's TF-"same" and static padding."""
+    for same, k, s, d, groups, n in itertools.product(
+        (False, True), (1, 2, 3, 5, 7), (1, 2, 3), (1, 2), (1, 4), (1, 2, 3, 4, 6, 9)
+    ):
+        for pad in [0] if same else sorted({0, (k - 1) // 2 * d, k - 1}):
+            yield same, k, s, d, groups, n, pad
+
+
+def test_cropped_kernels_give_the_same_outputs_and_gradients():
+    cropped = {False: 0, True: 0}  # cases where taps were dropped, static padding / TF "same"
+    for same, k, s, d, groups, n, pad in _conv_cases():
+        torch.manual_seed(k * 100 + n)
+        plain = Conv2dSame(4, 8, k, s, dilation=d, groups=groups) if same else nn.Conv2d(4, 8, k, s, pad, d, groups)
+        x = torch.randn(2, 4, n, n + 1)
+        try:
+            reference = plain(x)
+        except RuntimeError:  # the padded input is smaller than the kernel span: no output in either form
+            continue
+        crop = copy.deepcopy(plain)
+        assert crop_kernels_to_maps(crop) == (1 if k > 1 else 0)
+        cropped[same] += _live_taps(crop, x.shape[-2:]) is not None
+        xs = [x.clone().requires_grad_() for _ in range(2)]
+        outs = [m(xi) for m, xi in zip((plain, crop), xs, strict=True)]
+        g = torch.randn_like(reference)
+        for out in outs:
+            (out * g).sum().backward()
+        case = (same, k, s, d, groups, n, pad)
+        assert outs[1].shape == outs[0].shape, case
+        torch.testing.assert_close(outs[1], outs[0], msg=str(case))
+        torch.testing.assert_close(xs[1].grad, xs[0].grad, msg=str(case))
+        torch.testing.assert_close(crop.weight.grad, plain.weight.grad, msg=str(case))
+        if plain.bias is not None:
+            torch.testing.assert_close(crop.bias.grad, plain.bias.grad, msg=str(case))
+    assert min(cropped.values()) > 50, cropped  # the grid reaches the small maps where taps are dropped
+
+
+@pytest.mark.filterwarnings("ignore:.*torch.jit.trace")
+def test_backbone_crops_kernels_on_small_maps_only_in_eager_cpu_runs():
+    backbone = create_backbone("tf_efficientnet_lite0", image_size=32)
+    model = backbone.model
+    dw = model.blocks[5][1].conv_dw  # 5x5 depthwise; at 32 px its map is 1x1
+    assert type(dw).__name__ == "_SmallMapConv2d"
+    x = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        out = model(x)
+        traced = torch.jit.trace(model, x)  # an export's trace must not bake in the 32 px crop
+        big = torch.randn(2, 3, 96, 96)
+        torch.testing.assert_close(traced(big), model(big))
+        keys = list(model.state_dict())
+        assert crop_kernels_to_maps(model, enabled=False) == 17  # the stem and the 16 depthwise convs
+        assert type(dw) is nn.Conv2d and list(model.state_dict()) == keys
+        torch.testing.assert_close(model(x), out)

@@ -109,3 +109,6 @@ def test_optimizer_sees_trainable_parameters_only_with_backbone_multiplier():
     in_opt = {id(p) for g in optimizer.param_groups for p in g["params"]}
     assert in_opt == {id(p) for p in net.parameters() if p.requires_grad}
     assert sorted(g["lr"] for g in optimizer.param_groups) == pytest.approx([1e-3, 1e-2])
+    assert optimizer.defaults["fused"]  # float32 on CPU: torch's fused AdamW
+    net.double()  # no fused kernel for these: torch's default AdamW, not an error
+    assert not module.configure_optimizers().defaults["fused"]
