@@ -65,3 +65,32 @@ def report(name: str, rows: dict, out: Path | None = None) -> None:
     out = out or ROOT / "bench" / "results" / f"{name}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"machine": machine(), **rows}, indent=2))
+
+
+def lightning_images_per_s(module, data, steps: int, batch: int, warmup: int = 2) -> float:
+    """Training images/s of ``module`` (a LightningModule) on ``data`` (its DataModule) in a CPU Lightning Trainer, over
+    the steps after ``warmup``: from the start of the first timed step to the end of the last (data waits included)."""
+    import pytorch_lightning as pl
+
+    starts: list[float] = []
+    ends: list[float] = []
+
+    class StepTimer(pl.Callback):
+        def on_train_batch_start(self, trainer, module, batch, batch_idx) -> None:
+            starts.append(time.perf_counter())
+
+        def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
+            ends.append(time.perf_counter())
+
+    trainer = pl.Trainer(
+        max_steps=steps,
+        limit_val_batches=0,
+        enable_checkpointing=False,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[StepTimer()],
+        accelerator="cpu",
+    )
+    trainer.fit(module, datamodule=data)
+    return (steps - warmup) * batch / (ends[-1] - starts[warmup])

@@ -15,9 +15,8 @@ import tempfile
 import time
 from pathlib import Path
 
-import pytorch_lightning as pl
 import torch
-from _common import median, photo_folder, report
+from _common import lightning_images_per_s, median, photo_folder, report
 
 from tlx.backbones import create_backbone
 from tlx.data import FolderData
@@ -26,18 +25,6 @@ from tlx.heads import LinearHead, Network
 from tlx.module import Optim, TransferModule
 
 WARMUP = 2
-
-
-class _StepTimer(pl.Callback):
-    def __init__(self) -> None:
-        self.starts: list[float] = []
-        self.ends: list[float] = []
-
-    def on_train_batch_start(self, trainer, module, batch, batch_idx) -> None:
-        self.starts.append(time.perf_counter())
-
-    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
-        self.ends.append(time.perf_counter())
 
 
 def _build(photos: Path, size: int, batch: int) -> tuple[Network, FolderData, Freeze]:
@@ -55,19 +42,7 @@ def tlx_throughput(photos: Path, size: int, batch: int, steps: int) -> float:
     net.to(memory_format=torch.channels_last)
     module = TransferModule(net, freeze, Optim(lr=1e-4, scheduler="none"), num_classes=len(data.classes))
     module.channels_last = True
-    timer = _StepTimer()
-    trainer = pl.Trainer(
-        max_steps=steps,
-        limit_val_batches=0,
-        enable_checkpointing=False,
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        callbacks=[timer],
-        accelerator="cpu",
-    )
-    trainer.fit(module, datamodule=data)
-    return (steps - WARMUP) * batch / (timer.ends[-1] - timer.starts[WARMUP])
+    return lightning_images_per_s(module, data, steps, batch, WARMUP)
 
 
 def plain_throughput(photos: Path, size: int, batch: int, steps: int, channels_last: bool) -> float:

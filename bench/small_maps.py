@@ -15,12 +15,10 @@ from __future__ import annotations
 
 import argparse
 import tempfile
-import time
 from pathlib import Path
 
-import pytorch_lightning as pl
 import torch
-from _common import median, photo_folder, report
+from _common import lightning_images_per_s, median, photo_folder, report
 
 from tlx.backbones import create_backbone, crop_kernels_to_maps
 from tlx.data import FolderData
@@ -40,18 +38,6 @@ class _Unfused(Optim):
         return torch.optim.AdamW(groups, lr=self.lr, weight_decay=self.weight_decay, foreach=True)
 
 
-class _StepTimer(pl.Callback):
-    def __init__(self) -> None:
-        self.starts: list[float] = []
-        self.ends: list[float] = []
-
-    def on_train_batch_start(self, trainer, module, batch, batch_idx) -> None:
-        self.starts.append(time.perf_counter())
-
-    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
-        self.ends.append(time.perf_counter())
-
-
 def throughput(photos: Path, size: int, batch: int, steps: int, strategy: str, crop: bool, fused: bool) -> float:
     """Training images/s of tlx's step, over the steps after the warm-up."""
     backbone = create_backbone("tf_efficientnet_lite0", image_size=size)
@@ -65,19 +51,7 @@ def throughput(photos: Path, size: int, batch: int, steps: int, strategy: str, c
     optim = (Optim if fused else _Unfused)(lr=1e-3, scheduler="none")
     module = TransferModule(net, freeze, optim, num_classes=len(data.classes))
     module.channels_last = True
-    timer = _StepTimer()
-    trainer = pl.Trainer(
-        max_steps=steps,
-        limit_val_batches=0,
-        enable_checkpointing=False,
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        callbacks=[timer],
-        accelerator="cpu",
-    )
-    trainer.fit(module, datamodule=data)
-    return (steps - WARMUP) * batch / (timer.ends[-1] - timer.starts[WARMUP])
+    return lightning_images_per_s(module, data, steps, batch, WARMUP)
 
 
 def main() -> None:
