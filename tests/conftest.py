@@ -65,6 +65,53 @@ def run_cli(
     )
 
 
+def run_main(*args: str, module: str = "tlx") -> subprocess.CompletedProcess:
+    """``python -m <module> args...`` in this process: the same entry point, Hydra command-line parsing and one-line
+    error handling as :func:`run_cli`, without the ~5 s of a new interpreter importing torch and Lightning. For tests
+    of what a run does, says and exits with; tests of the process itself (what it imports, its signals, a fresh
+    interpreter's results) use :func:`run_cli`. Logging, Lightning's log levels and torch's thread count are put back
+    afterwards."""
+    import contextlib
+    import io
+    import logging
+    import runpy
+    import warnings
+
+    import torch
+    from hydra.core.global_hydra import GlobalHydra
+
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    levels = {name: logging.getLogger(name).level for name in ("pytorch_lightning", "lightning_fabric", "lightning")}
+    threads = torch.get_num_threads()
+    argv, out, err, code = sys.argv, io.StringIO(), io.StringIO(), 0
+    sys.argv = [module, *args]
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), warnings.catch_warnings():
+            # runpy's note that tlx.__main__ was imported before (a test imported a helper from it)
+            warnings.filterwarnings("ignore", message="'tlx.*' found in sys.modules", category=RuntimeWarning)
+            try:
+                runpy.run_module(module, run_name="__main__", alter_sys=True)  # as -m runs it: Hydra finds conf/ from the file
+            except SystemExit as e:
+                code = e.code if isinstance(e.code, int) else 1
+            except Exception:  # what the interpreter would print before exiting 1
+                import traceback
+
+                traceback.print_exc()
+                code = 1
+    finally:
+        sys.argv = argv
+        torch.set_num_threads(threads)
+        GlobalHydra.instance().clear()
+        for handler in root.handlers:
+            if handler not in handlers:
+                handler.close()
+        root.handlers[:], root.level = handlers, level
+        for name, old in levels.items():
+            logging.getLogger(name).setLevel(old)
+    return subprocess.CompletedProcess([module, *args], code, out.getvalue(), err.getvalue())
+
+
 def write_images(
     root: Path,
     classes: tuple[str, ...] = ("ant", "bee", "cat"),

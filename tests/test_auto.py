@@ -15,7 +15,7 @@ from tlx.predict import load_run
 from tlx.probe import Probe, fit_probe
 from tlx.run import train
 
-from .conftest import TINY, run_cli, write_images
+from .conftest import TINY, run_cli, run_main, write_images
 
 AUTO_RUN = [*TINY, "data=folder", "data.val_fraction=0.25", "+experiment=auto", "data.samples_per_class=null"]
 
@@ -110,19 +110,20 @@ def test_auto_seeds_a_random_init_as_a_fixed_run_does(make_cfg, tmp_path, monkey
     assert again["metrics"] == json.loads(json.dumps(searched["metrics"]))
 
 
-def _auto(tmp_path: Path, name: str, data: Path, *extra: str) -> dict:
+def _auto(tmp_path: Path, name: str, data: Path, *extra: str, run=run_cli) -> dict:
     out = tmp_path / name
-    done = run_cli(*AUTO_RUN, f"data.root={data}", f"cache.dir={tmp_path / 'cache'}", f"hydra.run.dir={out}", *extra)
+    done = run(*AUTO_RUN, f"data.root={data}", f"cache.dir={tmp_path / 'cache'}", f"hydra.run.dir={out}", *extra)
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads((out / "results.json").read_text())
 
 
 @pytest.fixture(scope="module")
 def auto_runs(tmp_path_factory):
-    """Two auto runs of the same data and seed, in separate directories."""
+    """Two auto runs of the same data and seed, in separate directories: one in a new interpreter, one in this
+    process (after other tests have run in it)."""
     tmp = tmp_path_factory.mktemp("auto")
     data = write_images(tmp / "imgs", n=8)
-    return tmp, data, _auto(tmp, "a", data), _auto(tmp, "b", data)
+    return tmp, data, _auto(tmp, "a", data), _auto(tmp, "b", data, run=run_main)
 
 
 def test_auto_tries_candidates_and_keeps_the_best(auto_runs):
@@ -155,7 +156,7 @@ def test_a_candidate_is_the_same_run_as_its_strategy_alone(auto_runs):
     entry = next(c for c in first["auto"]["candidates"] if c["strategy"] == "reinit_last")
     out = tmp / "reinit_alone"
     extra = [f"data.root={data}", f"cache.dir={tmp / 'cache'}", f"hydra.run.dir={out}", "strategy=reinit_last"]
-    done = run_cli(*[o for o in AUTO_RUN if o != "+experiment=auto"], *extra)
+    done = run_main(*[o for o in AUTO_RUN if o != "+experiment=auto"], *extra)
     assert done.returncode == 0, done.stderr[-3000:]
     alone_results = json.loads((out / "results.json").read_text())
     assert alone_results["strategy"] == "reinit_last(1)"
@@ -186,7 +187,7 @@ def test_resumed_auto_does_not_redo_finished_candidates(auto_runs):
                 shutil.rmtree(path) if path.is_dir() else path.unlink()
     (run / "results.json").unlink()
     kept = {d: (run / d / "results.json").stat().st_mtime_ns for d in trained[:2]}
-    done = run_cli(
+    done = run_main(
         "--config-path", str(run / ".hydra"), "--config-name", "config", f"hydra.run.dir={run}", "resume=true"
     )
     assert done.returncode == 0, done.stderr[-3000:]
@@ -203,10 +204,10 @@ def test_auto_winner_predicts_and_exports(auto_runs):
     winner = load_run(run / first["auto"]["winner_dir"])
     x = torch.randn(2, 3, 32, 32)
     assert torch.equal(model.net(x), winner.net(x))
-    done = run_cli(f"run_dir={run}", f"inputs={data}", f"output={tmp / 'preds.csv'}", module="tlx.predict")
+    done = run_main(f"run_dir={run}", f"inputs={data}", f"output={tmp / 'preds.csv'}", module="tlx.predict")
     assert done.returncode == 0, done.stderr[-2000:]
     assert len((tmp / "preds.csv").read_text().splitlines()) == 1 + 24
-    done = run_cli(f"run_dir={run}", "formats=[torchscript]", f"out={tmp / 'export'}", module="tlx.export")
+    done = run_main(f"run_dir={run}", "formats=[torchscript]", f"out={tmp / 'export'}", module="tlx.export")
     assert done.returncode == 0, done.stderr[-2000:]
     scripted = torch.jit.load(str(tmp / "export" / "model.pt"))
     assert torch.allclose(scripted(x), winner.net(x), atol=1e-5)

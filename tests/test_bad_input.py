@@ -16,7 +16,7 @@ from tlx.data import FolderData
 from tlx.errors import ConfigError
 from tlx.results import read_results
 
-from .conftest import TINY, run_cli, write_images
+from .conftest import TINY, run_cli, run_main, write_images
 
 _DATA_CONFIG = {
     "input_size": (3, 32, 32),
@@ -27,10 +27,13 @@ _DATA_CONFIG = {
 }
 
 
-def _run(tmp_path: Path, *overrides: str, env: dict | None = None):
-    """``python -m tlx`` with TINY settings in a private run and cache dir; returns the process and results.json."""
+def _run(tmp_path: Path, *overrides: str, env: dict | None = None, process: bool = False):
+    """``python -m tlx`` with TINY settings in a private run and cache dir; returns the process and results.json.
+
+    In this process (``run_main``) unless ``process`` or ``env`` asks for a new interpreter."""
     run_dir = tmp_path / "run"
-    proc = run_cli(*TINY, f"hydra.run.dir={run_dir}", f"cache.dir={tmp_path / 'cache'}", *overrides, env=env)
+    args = (*TINY, f"hydra.run.dir={run_dir}", f"cache.dir={tmp_path / 'cache'}", *overrides)
+    proc = run_cli(*args, env=env) if process or env else run_main(*args)
     return proc, read_results(run_dir)
 
 
@@ -49,7 +52,7 @@ def _folder(tmp_path: Path, n: int = 5) -> Path:
 
 
 def test_data_root_missing(tmp_path):
-    proc, results = _run(tmp_path, "data=folder", f"data.root={tmp_path / 'nope'}")
+    proc, results = _run(tmp_path, "data=folder", f"data.root={tmp_path / 'nope'}", process=True)
     _assert_fails(proc, results, "data root not found", str(tmp_path / "nope"), "set data.root=")
 
 

@@ -21,7 +21,7 @@ from tlx.heads import LinearHead, Network, ReinitLastHead
 from tlx.module import Optim, TransferModule
 from tlx.predict import load_run, main
 
-from .conftest import CONF, TINY, run_cli, write_images
+from .conftest import CONF, TINY, run_main, write_images
 
 HEAD = {"net.head.fc.weight", "net.head.fc.bias"}
 
@@ -122,7 +122,7 @@ def test_weights_with_another_hash_are_refused_in_one_line(run, tmp_path, capsys
     # Resuming reads last.ckpt through Lightning: the same check, the same one line from the command line. (A head
     # on cached features is fitted by the probe, which has no epochs to resume: the Lightning loop is asked for.)
     _tamper(copy / "checkpoints" / "last.ckpt")
-    proc = run_cli(*overrides, f"hydra.run.dir={copy}", "resume=true", "skip_done=false", "probe.enabled=false")
+    proc = run_main(*overrides, f"hydra.run.dir={copy}", "resume=true", "skip_done=false", "probe.enabled=false")
     assert proc.returncode == 2, proc.stderr[-3000:]
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith(f"tlx: error: {copy / 'checkpoints' / 'last.ckpt'} was trained on frozen weights ")

@@ -11,7 +11,7 @@ from omegaconf import OmegaConf
 from tlx.auto import run_auto
 from tlx.run import train
 
-from .conftest import CONF, fashion_mnist_root, run_cli
+from .conftest import CONF, fashion_mnist_root, run_cli, run_main
 from .test_data import make_folder
 
 EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
@@ -73,7 +73,7 @@ def test_rerun_from_saved_config_reproduces_metrics(tmp_path):
     done = run_cli("+experiment=small_data", *tiny, f"hydra.run.dir={first}")
     assert done.returncode == 0, done.stderr[-2000:]
     assert "val/acc" in done.stdout  # the summary table
-    again = run_cli("--config-path", str(first / ".hydra"), "--config-name", "config", f"hydra.run.dir={second}")
+    again = run_main("--config-path", str(first / ".hydra"), "--config-name", "config", f"hydra.run.dir={second}")
     assert again.returncode == 0, again.stderr[-2000:]
     assert _metrics(second) == _metrics(first)
     results = json.loads((second / "results.json").read_text())
@@ -82,7 +82,7 @@ def test_rerun_from_saved_config_reproduces_metrics(tmp_path):
 
 def test_small_data_on_a_users_own_folder(tmp_path):
     photos = make_folder(tmp_path / "cats", classes=("tigger", "misty", "neither"), n=8)
-    done = run_cli(
+    done = run_main(
         "+experiment=small_data",
         "data=folder",
         f"data.root={photos}",

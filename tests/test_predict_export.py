@@ -19,7 +19,7 @@ from tlx.heads import Network
 from tlx.predict import find_images, load_run, main, predict
 from tlx.results import read_results
 
-from .conftest import TINY, run_cli, write_images
+from .conftest import TINY, run_cli, run_main, write_images
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +27,7 @@ def run_dir(tmp_path_factory) -> Path:
     """A TINY run whose head replaces the backbone's last stage (rebuilding it must follow tlx.run's order)."""
     tmp = tmp_path_factory.mktemp("predict")
     photos = write_images(tmp / "photos", n=8)
-    proc = run_cli(
+    proc = run_main(
         *TINY,
         "data=folder",
         f"data.root={photos}",
@@ -78,7 +78,7 @@ def test_predict_cli_writes_top_k_csv_and_skips_bad_files(run_dir, reference, tm
     inputs = shutil.copytree(run_dir.parent / "photos", tmp_path / "inputs")
     (inputs / "bee" / "broken.jpg").write_bytes(b"not a jpeg")
     (inputs / "notes.txt").write_text("not an image, not even looked at")
-    proc = run_cli(
+    proc = run_cli(  # a new interpreter: what it prints, warnings included
         f"run_dir={run_dir}",
         f"inputs={inputs}",
         f"output={tmp_path / 'preds.csv'}",
@@ -148,7 +148,7 @@ def test_predict_errors_are_one_line(run_dir, tmp_path, capsys, case, expected):
 
 @pytest.mark.filterwarnings("ignore:.*torch.jit.load.* is deprecated:FutureWarning")
 def test_export_matches_the_checkpoint(run_dir, reference, tmp_path):
-    proc = run_cli(f"run_dir={run_dir}", f"out={tmp_path / 'export'}", module="tlx.export")
+    proc = run_main(f"run_dir={run_dir}", f"out={tmp_path / 'export'}", module="tlx.export")
     assert proc.returncode == 0, proc.stderr[-3000:]
     meta = json.loads((tmp_path / "export" / "meta.json").read_text())
     assert meta["classes"] == ["ant", "bee", "cat"] and meta["files"] == {
