@@ -91,9 +91,10 @@ def run_main(*args: str, module: str = "tlx") -> subprocess.CompletedProcess:
             # runpy's note that tlx.__main__ was imported before (a test imported a helper from it)
             warnings.filterwarnings("ignore", message="'tlx.*' found in sys.modules", category=RuntimeWarning)
             try:
-                runpy.run_module(module, run_name="__main__", alter_sys=True)  # as -m runs it: Hydra finds conf/ from the file
+                # as -m runs it: Hydra finds conf/ from the file, OmegaConf the module of its dataclasses
+                runpy.run_module(module, run_name="__main__", alter_sys=True)
             except SystemExit as e:
-                code = e.code if isinstance(e.code, int) else 1
+                code = 0 if e.code is None else e.code if isinstance(e.code, int) else 1  # as the interpreter
             except Exception:  # what the interpreter would print before exiting 1
                 import traceback
 
