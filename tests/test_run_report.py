@@ -58,6 +58,9 @@ def test_run_writes_report_from_the_tested_checkpoint(run: tuple[Path, dict]) ->
     # The predictions are the tested (best) checkpoint's: their accuracy is the val/acc reported for it.
     acc = np.mean([r["true"] == r["predicted"] for r in rows])
     assert acc == pytest.approx(results["metrics"]["val/acc"], abs=1e-6)
+    # and val/loss is their mean cross-entropy (no label smoothing or class weights here)
+    loss = np.mean([-np.log(float(r["true_probability"])) for r in rows])
+    assert results["metrics"]["val/loss"] == pytest.approx(loss, rel=2e-5)  # the csv has 6 decimals
     for r in rows:
         assert r["predicted"] == r["label_1"] and float(r["probability"]) >= float(r["prob_2"]) >= float(r["prob_3"])
         assert float(r["true_probability"]) <= float(r["probability"]) + 1e-6

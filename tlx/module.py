@@ -9,7 +9,7 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.trainer.states import TrainerFn
 from torch import nn
-from torchmetrics import MetricCollection
+from torchmetrics import MeanMetric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix, MulticlassF1Score
 
 from tlx.checkpoints import make_lean, restore_frozen
@@ -116,6 +116,7 @@ class TransferModule(pl.LightningModule):
             }
         )
         self.detail_results: dict[str, dict[str, list]] = {}
+        self.val_loss = MeanMetric()  # the epoch's mean validation loss (over images), for val_history
         self.val_history: list[dict[str, Any]] = []  # one entry per validation epoch, to report the best one
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -145,6 +146,8 @@ class TransferModule(pl.LightningModule):
             self.details[f"{stage}_"].update(logits, y)
         shown = {"on_step": False, "on_epoch": True, "batch_size": len(y), "logger": self.log_to_loggers}
         self.log(f"{stage}/loss", loss, prog_bar=stage != "test", **shown)
+        if stage == "val":
+            self.val_loss.update(loss.detach(), weight=len(y))
         self.log_dict(self.metrics[f"{stage}_"], prog_bar=stage == "val", **shown)
         return loss
 
@@ -165,6 +168,8 @@ class TransferModule(pl.LightningModule):
     def on_validation_epoch_end(self) -> None:
         self._store_details("val")
         scalars = {k: float(v) for k, v in self.metrics["val_"].compute().items()}
+        scalars["val/loss"] = float(self.val_loss.compute())
+        self.val_loss.reset()
         self.val_history.append({"epoch": int(self.current_epoch), **scalars, **self.detail_results["val"]})
 
     def on_test_epoch_end(self) -> None:
