@@ -51,9 +51,25 @@ def _folder(tmp_path: Path, n: int = 5) -> Path:
     return write_images(tmp_path / "photos", n=n)
 
 
-def test_data_root_missing(tmp_path):
-    proc, results = _run(tmp_path, "data=folder", f"data.root={tmp_path / 'nope'}", process=True)
-    _assert_fails(proc, results, "data root not found", str(tmp_path / "nope"), "set data.root=")
+HEAVY = {"torch", "timm", "pytorch_lightning"}
+
+
+def _imported(proc) -> set[str]:
+    """The modules a process imported, from Python's import profile (``PYTHONPROFILEIMPORTTIME=1``) on its stderr;
+    the profile's lines are taken out of ``proc.stderr``."""
+    lines = proc.stderr.splitlines()
+    proc.stderr = "\n".join(line for line in lines if not line.startswith("import time:"))
+    return {line.rsplit("|", 1)[-1].strip() for line in lines if line.startswith("import time:")}
+
+
+@pytest.mark.parametrize("source", ["folder", "csv"])
+def test_data_source_missing_ends_before_the_heavy_imports(tmp_path, source):
+    key, expected = ("root", "data root not found") if source == "folder" else ("path", "label file not found")
+    missing = tmp_path / ("nope" if source == "folder" else "nope.csv")
+    proc, results = _run(tmp_path, f"data={source}", f"data.{key}={missing}", env={"PYTHONPROFILEIMPORTTIME": "1"})
+    imported = _imported(proc)
+    _assert_fails(proc, results, expected, str(missing), f"set data.{key}=")
+    assert "tlx.sources" in imported and not HEAVY & imported
 
 
 def test_empty_class_folder(tmp_path):
@@ -152,11 +168,10 @@ def test_weights_file_with_wrong_shapes(tmp_path):
 def test_unknown_config_key_or_choice(tmp_path, override, expected):
     # Python's import profile (stderr) shows whether torch was imported: a typo must end before the heavy imports
     proc, results = _run(tmp_path, override, env={"PYTHONPROFILEIMPORTTIME": "1"})
-    imported = [line.rsplit("|", 1)[-1].strip() for line in proc.stderr.splitlines() if line.startswith("import time:")]
-    errors = "\n".join(line for line in proc.stderr.splitlines() if not line.startswith("import time:"))
-    assert proc.returncode != 0 and expected in errors and "Traceback" not in errors, errors
+    imported = _imported(proc)
+    assert proc.returncode != 0 and expected in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
     assert results is None
-    assert "hydra" in imported and not {"torch", "timm", "pytorch_lightning"} & set(imported)
+    assert "hydra" in imported and not HEAVY & imported
 
 
 def test_cache_dir_cannot_be_written(tmp_path):
@@ -284,8 +299,11 @@ def test_a_folder_of_unreadable_images_says_so(tmp_path):
 def test_run_dir_cannot_be_written(tmp_path):
     blocker = tmp_path / "a_file"
     blocker.write_text("a file, not a folder")
-    proc = run_cli(*TINY, f"hydra.run.dir={blocker / 'run'}", f"cache.dir={tmp_path / 'cache'}")
+    env = {"PYTHONPROFILEIMPORTTIME": "1"}
+    proc = run_cli(*TINY, f"hydra.run.dir={blocker / 'run'}", f"cache.dir={tmp_path / 'cache'}", env=env)
+    imported = _imported(proc)
     _assert_fails(proc, None, f"cannot write the output directory {blocker / 'run'}", "set hydra.run.dir=")
+    assert not HEAVY & imported
 
 
 def test_a_head_setting_of_another_head_is_one_line(make_cfg, tmp_path):

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from tlx.cluster import SlurmCallback, _make_watcher
 from tlx.errors import ConfigError
 from tlx.results import resume_checkpoint
+from tlx.squeue import SlurmCallback, _make_watcher
 
 slurm = pytest.importorskip("submitit.slurm.slurm", reason="needs submitit (pip install -e '.[dev]')")
 

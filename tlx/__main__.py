@@ -83,19 +83,22 @@ def _require_writable(folder: Path, key: str) -> None:
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def main(cfg: DictConfig) -> float:
     """Hydra entry point; returns ``cfg.metric`` for sweepers (NaN for a failed job in a sweep)."""
-    from tlx.console import configure_console
-
-    configure_console(bool(cfg.get("verbose")))  # before the imports below, whose warnings it filters
-    from tlx.devices import place_job, visible_gpus
     from tlx.results import resume_command, write_results
-    from tlx.run import train
+    from tlx.sources import check_source
 
     hc = HydraConfig.get()
     out_dir = Path(hc.runtime.output_dir)
     multirun = hc.mode == RunMode.MULTIRUN
-    if multirun:  # parallel sweep jobs (hydra/launcher=local_parallel) spread over the GPUs, job k on GPU k % n
-        place_job(cfg.trainer, hc.job.num, visible_gpus())
     try:
+        check_source(cfg.data)  # a data.root or data.path that is not there: one line before the heavy imports
+        from tlx.console import configure_console
+
+        configure_console(bool(cfg.get("verbose")))  # before the imports below, whose warnings it filters
+        from tlx.devices import place_job, visible_gpus
+        from tlx.run import train
+
+        if multirun:  # parallel sweep jobs (hydra/launcher=local_parallel) spread over the GPUs, job k on GPU k % n
+            place_job(cfg.trainer, hc.job.num, visible_gpus())
         if cfg.get("auto") is not None:
             from tlx.auto import run_auto
 

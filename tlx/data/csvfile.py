@@ -9,6 +9,7 @@ from typing import Any
 
 from tlx.data.base import SPLITS, FileSamples, ImageData, Samples, check_split_fractions, fixed_splits
 from tlx.errors import ConfigError
+from tlx.sources import label_file
 
 
 class CSVData(ImageData):
@@ -51,8 +52,7 @@ class CSVData(ImageData):
 
     def _read(self) -> list[tuple[int, Path, str, str]]:
         """(line, resolved path, label, split or ``all``) per row, each file once."""
-        if not self.path.is_file():
-            raise ConfigError(f"label file not found: {self.path}; set data.path=<a .csv with path,label[,split] rows>")
+        label_file(self.path)
         rows: list[tuple[int, Path, str, str]] = []
         first: dict[str, tuple[int, str, str]] = {}
         with open(self.path, newline="", encoding="utf-8-sig") as f:  # utf-8-sig: Excel's byte order mark

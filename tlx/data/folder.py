@@ -15,6 +15,7 @@ from tlx.data.base import (
     fixed_splits,
 )
 from tlx.errors import ConfigError
+from tlx.sources import image_folder
 
 DEMO_ROOT = Path(__file__).resolve().parents[1] / "demo"
 
@@ -39,8 +40,7 @@ class FolderData(ImageData):
         self.val_fraction, self.test_fraction, self.split_seed = float(val_fraction), float(test_fraction), split_seed
 
     def _splits(self) -> tuple[dict[str, Samples], list[str]]:
-        if not self.root.is_dir():
-            raise ConfigError(f"data root not found: {self.root}; set data.root=<folder with one subfolder per class>")
+        image_folder(self.root)
         if (self.root / "train").is_dir():
             folders = {s: self._class_dirs(self.root / s) for s in SPLITS if (self.root / s).is_dir()}
             classes = sorted(folders["train"])
