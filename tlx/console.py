@@ -20,6 +20,9 @@ from __future__ import annotations
 import logging
 import warnings
 
+# Imported here, before the levels below are set: importing either package sets its own logger to INFO.
+import lightning_fabric  # noqa: F401
+import pytorch_lightning  # noqa: F401
 from lightning_fabric.utilities.warnings import PossibleUserWarning
 
 HIDDEN_WARNINGS: tuple[type[Warning], ...] = (
