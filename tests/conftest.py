@@ -65,6 +65,18 @@ def run_cli(
     )
 
 
+# What a command must not import before it has checked its arguments (about 5 s here).
+HEAVY = {"torch", "timm", "pytorch_lightning"}
+
+
+def imported_modules(proc: subprocess.CompletedProcess) -> set[str]:
+    """The modules a process imported, from Python's import profile on its stderr (run it with
+    ``env={"PYTHONPROFILEIMPORTTIME": "1"}``); the profile's lines are taken out of ``proc.stderr``."""
+    lines = proc.stderr.splitlines()
+    proc.stderr = "\n".join(line for line in lines if not line.startswith("import time:"))
+    return {line.rsplit("|", 1)[-1].strip() for line in lines if line.startswith("import time:")}
+
+
 def run_main(*args: str, module: str = "tlx") -> subprocess.CompletedProcess:
     """``python -m <module> args...`` in this process: the same entry point, Hydra command-line parsing and one-line
     error handling as :func:`run_cli`, without the ~5 s of a new interpreter importing torch and Lightning. For tests

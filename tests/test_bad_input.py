@@ -16,7 +16,7 @@ from tlx.data import FolderData
 from tlx.errors import ConfigError
 from tlx.results import read_results
 
-from .conftest import TINY, run_cli, run_main, write_images
+from .conftest import HEAVY, TINY, imported_modules, run_cli, run_main, write_images
 
 _DATA_CONFIG = {
     "input_size": (3, 32, 32),
@@ -51,23 +51,12 @@ def _folder(tmp_path: Path, n: int = 5) -> Path:
     return write_images(tmp_path / "photos", n=n)
 
 
-HEAVY = {"torch", "timm", "pytorch_lightning"}
-
-
-def _imported(proc) -> set[str]:
-    """The modules a process imported, from Python's import profile (``PYTHONPROFILEIMPORTTIME=1``) on its stderr;
-    the profile's lines are taken out of ``proc.stderr``."""
-    lines = proc.stderr.splitlines()
-    proc.stderr = "\n".join(line for line in lines if not line.startswith("import time:"))
-    return {line.rsplit("|", 1)[-1].strip() for line in lines if line.startswith("import time:")}
-
-
 @pytest.mark.parametrize("source", ["folder", "csv"])
 def test_data_source_missing_ends_before_the_heavy_imports(tmp_path, source):
     key, expected = ("root", "data root not found") if source == "folder" else ("path", "label file not found")
     missing = tmp_path / ("nope" if source == "folder" else "nope.csv")
     proc, results = _run(tmp_path, f"data={source}", f"data.{key}={missing}", env={"PYTHONPROFILEIMPORTTIME": "1"})
-    imported = _imported(proc)
+    imported = imported_modules(proc)
     _assert_fails(proc, results, expected, str(missing), f"set data.{key}=")
     assert "tlx.sources" in imported and not HEAVY & imported
 
@@ -168,7 +157,7 @@ def test_weights_file_with_wrong_shapes(tmp_path):
 def test_unknown_config_key_or_choice(tmp_path, override, expected):
     # Python's import profile (stderr) shows whether torch was imported: a typo must end before the heavy imports
     proc, results = _run(tmp_path, override, env={"PYTHONPROFILEIMPORTTIME": "1"})
-    imported = _imported(proc)
+    imported = imported_modules(proc)
     assert proc.returncode != 0 and expected in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
     assert results is None
     assert "hydra" in imported and not HEAVY & imported
@@ -301,7 +290,7 @@ def test_run_dir_cannot_be_written(tmp_path):
     blocker.write_text("a file, not a folder")
     env = {"PYTHONPROFILEIMPORTTIME": "1"}
     proc = run_cli(*TINY, f"hydra.run.dir={blocker / 'run'}", f"cache.dir={tmp_path / 'cache'}", env=env)
-    imported = _imported(proc)
+    imported = imported_modules(proc)
     _assert_fails(proc, None, f"cannot write the output directory {blocker / 'run'}", "set hydra.run.dir=")
     assert not HEAVY & imported
 

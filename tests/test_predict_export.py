@@ -19,7 +19,7 @@ from tlx.heads import Network
 from tlx.predict import find_images, load_run, main, predict
 from tlx.results import read_results
 
-from .conftest import TINY, run_cli, run_main, write_images
+from .conftest import HEAVY, TINY, imported_modules, run_cli, run_main, write_images
 
 
 @pytest.fixture(scope="module")
@@ -144,6 +144,23 @@ def test_predict_errors_are_one_line(run_dir, tmp_path, capsys, case, expected):
     assert expected in err[0]
     if case == "no_checkpoint":
         assert "resume=true" in err[0]  # says how to finish the run
+
+
+@pytest.mark.parametrize(
+    ("module", "args", "expected"),
+    [
+        ("tlx.predict", ["run_dir=NOPE", "inputs=NOPE"], "inputs not found"),
+        ("tlx.predict", ["run_dir=NOPE", "inputs=PHOTOS"], "run directory not found"),
+        ("tlx.predict", ["run_dirr=NOPE"], "unknown option 'run_dirr'"),
+        ("tlx.export", ["run_dir=NOPE"], "run directory not found"),
+    ],
+)
+def test_bad_arguments_end_before_torch_loads(run_dir, tmp_path, module, args, expected):
+    args = [a.replace("NOPE", str(tmp_path / "nope")).replace("PHOTOS", str(run_dir.parent / "photos")) for a in args]
+    proc = run_cli(*args, module=module, env={"PYTHONPROFILEIMPORTTIME": "1"})
+    imported = imported_modules(proc)
+    assert proc.returncode == 2 and proc.stderr.startswith(f"{module}: error: ") and expected in proc.stderr
+    assert "tlx.errors" in imported and not HEAVY & imported  # the profile was read, and has no torch
 
 
 @pytest.mark.filterwarnings("ignore:.*torch.jit.load.* is deprecated:FutureWarning")

@@ -16,12 +16,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
 from omegaconf import MISSING
 
 from tlx.errors import ConfigError
 from tlx.jsonfile import write_json_atomic
-from tlx.predict import TrainedModel, load_run, parse_args
+from tlx.predict import TrainedModel, load_run, parse_args  # light: torch loads with the run (load_run)
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +29,8 @@ FORMATS = {"torchscript": "model.pt", "onnx": "model.onnx"}
 
 def export_torchscript(model: TrainedModel, path: Path) -> Path:
     """Trace the network at the run's input size (TF-style "same" padding is fixed for that size)."""
+    import torch
+
     example = torch.zeros(1, *model.data_config["input_size"])  # (1, 3, H, W)
     with warnings.catch_warnings():
         # Deprecated in favour of torch.export, but still the format any libtorch runtime loads.
@@ -43,6 +44,8 @@ def export_onnx(model: TrainedModel, path: Path, opset: int = 17) -> Path:
     """ONNX with a dynamic batch dimension, by torch's TorchScript-based exporter (needs only the onnx package)."""
     if importlib.util.find_spec("onnx") is None:
         raise ConfigError("ONNX export needs the onnx package: pip install 'tlx[export]', or formats=[torchscript]")
+    import torch
+
     example = torch.zeros(1, *model.data_config["input_size"])  # (1, 3, H, W)
     with warnings.catch_warnings():
         # torch >= 2.9 defaults to the torch.export-based exporter, which needs onnxscript; the legacy one is enough.

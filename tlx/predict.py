@@ -14,20 +14,20 @@ import sys
 import textwrap
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-from hydra.utils import instantiate
 from omegaconf import MISSING, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
-from tqdm import tqdm
 
-from tlx.checkpoints import is_lean, restore_frozen
-from tlx.data import IMAGE_SUFFIXES, FileSamples, ImageData
 from tlx.errors import ConfigError
-from tlx.heads import Network
 from tlx.jsonfile import write_json_atomic
 from tlx.results import read_results, resume_command
+from tlx.sources import IMAGE_SUFFIXES
+
+# torch, timm and Lightning (about 5 s to import) load in the functions that use them, after the checks of the
+# arguments and files: a mistyped option or run directory ends in about a second.
+if TYPE_CHECKING:
+    from tlx.heads import Network
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +82,12 @@ def load_run(run_dir: Path, checkpoint: str = "best") -> TrainedModel:
             raise ConfigError(
                 f"checkpoint file not found: {ckpt}; use checkpoint=best, checkpoint=last or a .ckpt file"
             )
+    import torch
+    from hydra.utils import instantiate
+
+    from tlx.checkpoints import is_lean, restore_frozen
+    from tlx.heads import Network
+
     cfg = OmegaConf.load(config)
     classes = json.loads(files.read_text())["classes"]
     loaded = torch.load(ckpt, map_location="cpu", weights_only=True)
@@ -156,6 +162,11 @@ def predict(
         raise ConfigError(
             f"top_k={top_k} but the model has {len(model.classes)} classes; use 1 <= top_k <= {len(model.classes)}"
         )
+    import torch
+    from tqdm import tqdm
+
+    from tlx.data import FileSamples, ImageData
+
     data = ImageData(model.data_config, batch_size=batch_size, num_workers=num_workers, on_bad_image="skip")
     data.samples = {"predict": data.check_images(FileSamples(paths, [0] * len(paths)))}
     samples = data.samples["predict"]
@@ -227,12 +238,13 @@ def main(argv: list[str] | None = None) -> None:
         args = parse_args(sys.argv[1:] if argv is None else argv, _Args)
         if Path(args.output).suffix not in (".csv", ".json"):
             raise ConfigError(f"output={args.output}: use a .csv or .json file name")
-        device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+        images = find_images(Path(args.inputs))
         model = load_run(Path(args.run_dir), args.checkpoint)
+        import torch
+
+        device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
         top_k = default_top_k(model) if args.top_k is None else args.top_k
-        records, skipped = predict(
-            model, find_images(Path(args.inputs)), top_k, args.batch_size, args.num_workers, device
-        )
+        records, skipped = predict(model, images, top_k, args.batch_size, args.num_workers, device)
         if not records:
             raise ConfigError(f"none of the images in {args.inputs} could be read ({len(skipped)} skipped)")
         meta = {

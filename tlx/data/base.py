@@ -20,10 +20,10 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from tlx.errors import ConfigError
 from tlx.jsonfile import write_json_atomic
+from tlx.sources import IMAGE_SUFFIXES
 
 log = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 SPLITS = ("train", "val", "test")
 
 
