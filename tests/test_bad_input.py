@@ -300,5 +300,6 @@ def test_a_head_setting_of_another_head_is_one_line(make_cfg, tmp_path):
     from tlx.run import train
 
     cfg = make_cfg("+experiment=small_data", "strategy=reinit_last")
-    with pytest.raises(ConfigError, match=re.escape("unexpected keyword argument 'n'") + ".*use one of them"):
+    expected = "head.n not among the settings of head=tlx.heads.LinearHead (dropout): settings of another head"
+    with pytest.raises(ConfigError, match=re.escape(expected) + ".*use one of them"):
         train(cfg, tmp_path / "run")

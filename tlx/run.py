@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import inspect
 import logging
 import shutil
 import signal
@@ -96,19 +97,32 @@ def build_network(cfg: DictConfig, backbone: Backbone, num_classes: int) -> tupl
 
     Returns the network, the freeze regime and the trainable/frozen parameter counts.
     """
-    try:
-        head = instantiate(cfg.head)(backbone=backbone, num_classes=num_classes)
-    except TypeError as e:  # e.g. +experiment=small_data (head=linear) with strategy=reinit_last (head.n=1)
-        if "unexpected keyword argument" not in str(e):
-            raise
-        raise ConfigError(
-            f"{e} (head={cfg.head._target_}): a head setting of another head; an experiment and a strategy may "
-            "each choose a head, so use one of them (e.g. strategy=reinit_last without +experiment=small_data)"
-        ) from e
+    make_head = instantiate(cfg.head)
+    _check_head_settings(make_head, cfg.head)
+    head = make_head(backbone=backbone, num_classes=num_classes)
     net = Network(backbone, head)
     freeze = instantiate(cfg.freeze)
     params = freeze.apply(net, backbone.stage_groups(exclude=set(head.new_backbone_modules)))
     return net, freeze, params
+
+
+def _check_head_settings(make_head: Any, head_cfg: DictConfig) -> None:
+    """A setting the head class does not take is one of another head's: e.g. +experiment=small_data (head=linear)
+    with strategy=reinit_last (head.n=1), composed into one head config."""
+    if not isinstance(make_head, partial):
+        return
+    params = inspect.signature(make_head.func).parameters
+    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        return
+    foreign = sorted(set(make_head.keywords) - set(params))
+    if foreign:
+        own = [k for k in params if k not in ("self", "backbone", "num_classes")]
+        raise ConfigError(
+            f"{', '.join(f'head.{k}' for k in foreign)} not among the settings of head={head_cfg._target_} "
+            f"({', '.join(own)}): settings of another head; an experiment and a strategy may each choose a head, so "
+            "use one of them "
+            "(e.g. strategy=reinit_last without +experiment=small_data)"
+        )
 
 
 def train(
