@@ -12,7 +12,7 @@ from tlx.data import FolderData
 from tlx.features import FeatureCache, find_cut, use_cached_features
 from tlx.freeze import Freeze
 from tlx.heads import LinearHead, Network, ReinitLastHead
-from tlx.run import train
+from tlx.run import autocast_dtype, train
 
 from .test_data import make_folder
 
@@ -29,6 +29,7 @@ def _setup(
     views=1,
     augment=False,
     workers=0,
+    autocast=None,
 ):
     backbone = create_backbone(name, pretrained=pretrained, image_size=size)
     data = FolderData(
@@ -42,7 +43,7 @@ def _setup(
     net = Network(backbone, head(backbone=backbone, num_classes=len(data.classes)))
     Freeze(*freeze).apply(net, backbone.stage_groups(exclude=set(net.head.new_backbone_modules)))
     cache = FeatureCache(dir=str(cache_dir), views=views)
-    info = use_cached_features(net, data, cache, name, backbone.weights_hash, 0, torch.device("cpu"))
+    info = use_cached_features(net, data, cache, name, backbone.weights_hash, 0, torch.device("cpu"), autocast=autocast)
     return info, data
 
 
@@ -158,6 +159,38 @@ def test_float16_cache_trains_like_float32(make_cfg, tmp_path, strategy):
     full = train(make_cfg(*overrides), tmp_path / "full")
     assert half["cache"]["used"] and half["status"] == "ok"
     assert half["metrics"]["test/loss"] == pytest.approx(full["metrics"]["test/loss"], rel=0.05)
+
+
+def test_mixed_precision_extraction_has_entries_of_its_own(photos, cache_dir):
+    full, data_full = _setup(photos, cache_dir, size=64)
+    mixed, data_mixed = _setup(photos, cache_dir, size=64, autocast=torch.bfloat16)
+    again, data_again = _setup(photos, cache_dir, size=64)
+    assert (full["misses"], mixed["misses"], mixed["hits"], again["hits"]) == (2, 2, 0, 2)
+    a, b = data_full.features["train"][0], data_mixed.features["train"][0]  # (N, 1280) each
+    assert a.dtype == b.dtype == torch.float32 and torch.equal(a, data_again.features["train"][0])
+    # computed in bfloat16 (8 bits of mantissa): close to the float32 features, but not them
+    assert not torch.equal(a, b) and torch.nn.functional.cosine_similarity(a, b).min() > 0.99
+
+
+@pytest.mark.parametrize(
+    ("precision", "device", "expected"),
+    [
+        ("32-true", "cpu", None),
+        ("bf16-mixed", "cpu", torch.bfloat16),
+        ("bf16-true", "cuda", torch.bfloat16),
+        ("16-mixed", "cuda", torch.float16),
+        ("16-mixed", "cpu", None),
+    ],
+)
+def test_extraction_computes_in_the_runs_mixed_precision(precision, device, expected):
+    assert autocast_dtype(precision, torch.device(device)) == expected
+
+
+def test_a_bf16_run_extracts_in_bf16(make_cfg, tmp_path, cache_dir):
+    results = train(make_cfg("trainer.precision=bf16-mixed"), tmp_path / "run")
+    assert results["status"] == "ok" and results["cache"]["misses"] == 3
+    metas = [torch.load(p, weights_only=True)["meta"] for p in cache_dir.glob("*/*.pt")]
+    assert len(metas) == 3 and {m["autocast"] for m in metas} == {"torch.bfloat16"}
 
 
 def test_find_cut_none_when_everything_trains(photos, cache_dir):

@@ -202,6 +202,7 @@ def use_cached_features(
     cut: Cut = None,
     prefetch: tuple[Cut, ...] = (),
     augment: bool | None = None,
+    autocast: torch.dtype | None = None,
 ) -> dict[str, Any]:
     """Fill ``data.features`` from the cache (extracting what is missing) when the cut allows it.
 
@@ -212,6 +213,8 @@ def use_cached_features(
             for a later stage or candidate that cuts there (one decode and one forward instead of several).
         augment: whether the training images are augmented (default: ``data.augment``); LP-FT's probe reads
             un-augmented features even when its fine-tuning stage augments.
+        autocast: extract under ``torch.autocast`` in this dtype (the run's mixed precision, e.g. bfloat16 for
+            ``trainer.precision=bf16-mixed``), or None for full precision; part of the entries' keys.
 
     Returns what results.json records: whether it was used, hits and misses, the cut, the extraction time, the time the
     reads took (`read_s`) and the whole lookup but extraction (`lookup_s`: the image hashes for the keys, the reads,
@@ -263,6 +266,7 @@ def use_cached_features(
             "views": views,
             "aug_seed": seed if augmented else None,
             "dtype": str(cache.dtype),
+            **({"autocast": str(autocast)} if autocast is not None else {}),  # full-precision keys stay as they were
             "decoder": samples.decoder,  # e.g. EXIF orientation applied: pixels decoded otherwise must miss
             # The ordered content hashes, not the paths: activations depend on the bytes alone.
             "images": hashlib.blake2b("\n".join(samples.fingerprints()).encode()).hexdigest(),
@@ -302,6 +306,7 @@ def use_cached_features(
                             cache.dtype,
                             desc=f"extracting {split}" + (f" view {v + 1}/{views}" if views > 1 else ""),
                             seed=_view_seed(seed, v) if augmented else None,
+                            autocast=autocast,
                         )
                         for v in range(views)
                     ]
@@ -338,13 +343,16 @@ def extract(
     dtype: torch.dtype = torch.float32,
     desc: str = "extracting",
     seed: int | None = None,
+    autocast: torch.dtype | None = None,
 ) -> list[torch.Tensor]:
-    """Run the frozen part of ``net`` over ``loader`` once, in order; the activations at each cut, on the CPU."""
+    """Run the frozen part of ``net`` over ``loader`` once, in order; the activations at each cut, on the CPU (in
+    ``dtype``). ``autocast``: run under ``torch.autocast`` in that dtype (mixed precision), else in full precision."""
     if seed is not None:
         torch.manual_seed(seed)
     net.eval().to(device)
     out: list[list[torch.Tensor]] = [[] for _ in cuts]
-    with torch.inference_mode():
+    mixed = torch.autocast(device.type, dtype=autocast) if autocast is not None else contextlib.nullcontext()
+    with torch.inference_mode(), mixed:
         for x, _ in tqdm(loader, desc=desc, leave=False, disable=None):
             x = x.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)  # (B, C, H, W), NHWC
             for j, a in enumerate(net.forward_to_many(x, cuts)):

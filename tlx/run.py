@@ -106,6 +106,16 @@ def build_network(cfg: DictConfig, backbone: Backbone, num_classes: int) -> tupl
     return net, freeze, params
 
 
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """The dtype Lightning's mixed ``trainer.precision`` computes in on ``device`` (the frozen part's extraction runs
+    in it too), or None for full precision: bf16 anywhere, 16 on CUDA."""
+    if precision.startswith("bf16"):
+        return torch.bfloat16
+    if precision.startswith("16") and device.type == "cuda":
+        return torch.float16
+    return None
+
+
 def _check_head_settings(make_head: Any, head_cfg: DictConfig) -> None:
     """A setting the head class does not take is one of another head's: e.g. +experiment=small_data (head=linear)
     with strategy=reinit_last (head.n=1), composed into one head config."""
@@ -200,6 +210,7 @@ def train(
         int(cfg.seed),
         device,
         train_bn=freeze.train_bn,
+        autocast=autocast_dtype(str(cfg.trainer.get("precision", "32-true")), device),
     )
     max_epochs = int(cfg.trainer.get("max_epochs") or -1)
     probe_epochs = max_epochs if max_epochs > 0 else 30  # a run sized in steps (max_epochs=-1) probes 30 epochs
