@@ -130,8 +130,7 @@ def _check_head_settings(make_head: Any, head_cfg: DictConfig) -> None:
         raise ConfigError(
             f"{', '.join(f'head.{k}' for k in foreign)} not among the settings of head={head_cfg._target_} "
             f"({', '.join(own)}): settings of another head; an experiment and a strategy may each choose a head, so "
-            "use one of them "
-            "(e.g. strategy=reinit_last without +experiment=small_data)"
+            "use one of them (e.g. strategy=reinit_last without +experiment=small_data)"
         )
 
 
