@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from tests.conftest import run_cli
+from tests.conftest import run_cli, run_main
 
 # TINY without its data size: the sweep chooses that.
 SWEEP_TINY = [
@@ -60,7 +60,7 @@ def test_sweep_reports_failures_and_resumes(tmp_path: Path) -> None:
 
     # Same command again: the finished jobs are skipped (results untouched), the failed ones run again.
     before = {p: (json.loads(p.read_text())["status"], p.stat().st_mtime_ns) for p in sweep.rglob("results.json")}
-    second = run_cli(*args)
+    second = run_main(*args)  # in this process: the same sweep resumed without a new interpreter
     assert second.returncode == 0, second.stderr[-3000:]
     assert (second.stdout + second.stderr).count("results.json is complete") == 2
     for p, (status, mtime) in before.items():
