@@ -292,7 +292,7 @@ def test_run_dir_cannot_be_written(tmp_path):
     proc = run_cli(*TINY, f"hydra.run.dir={blocker / 'run'}", f"cache.dir={tmp_path / 'cache'}", env=env)
     imported = imported_modules(proc)
     _assert_fails(proc, None, f"cannot write the output directory {blocker / 'run'}", "set hydra.run.dir=")
-    assert not HEAVY & imported
+    assert "hydra" in imported and not HEAVY & imported  # the profile was read, and has no torch
 
 
 def test_a_head_setting_of_another_head_is_one_line(make_cfg, tmp_path):
