@@ -27,6 +27,15 @@ def timed(cmd: list[str], env: dict | None = None) -> float:
     return elapsed
 
 
+def run_tlx(run_dir: Path, *overrides: str) -> dict:
+    """``python -m tlx <overrides>`` into ``run_dir`` (progress bars off), timed: its results.json, with the process's
+    wall seconds as ``wall_s``."""
+    wall = timed(
+        [sys.executable, "-m", "tlx", *overrides, "trainer.enable_progress_bar=false", f"hydra.run.dir={run_dir}"]
+    )
+    return {**json.loads((Path(run_dir) / "results.json").read_text()), "wall_s": wall}
+
+
 def median(xs: list[float]) -> float:
     return float(statistics.median(xs))
 

@@ -13,29 +13,17 @@ Usage: python bench/cache.py [--epochs 20] [--repeats 3]
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
-from _common import median, report, timed
+from _common import median, report, run_tlx
 
 
 def _run(tmp: Path, name: str, *overrides: str) -> tuple[float, dict]:
-    wall = timed(
-        [
-            sys.executable,
-            "-m",
-            "tlx",
-            "+experiment=small_data",
-            "trainer.enable_progress_bar=false",
-            f"hydra.run.dir={tmp / name}",
-            *overrides,
-        ]
-    )
-    return wall, json.loads((tmp / name / "results.json").read_text())
+    res = run_tlx(tmp / name, "+experiment=small_data", *overrides)
+    return res["wall_s"], res
 
 
 def _extraction(repeats: int) -> dict:

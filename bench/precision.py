@@ -12,12 +12,10 @@ Usage: python bench/precision.py [--repeats 3]
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 import tempfile
 from pathlib import Path
 
-from _common import median, report, timed
+from _common import median, report, run_tlx
 
 PRECISIONS = ("32-true", "bf16-mixed")
 
@@ -31,21 +29,8 @@ def main() -> None:
     for r in range(args.repeats):
         for precision in PRECISIONS:
             out = tmp / f"{precision}{r}"
-            wall = timed(
-                [
-                    sys.executable,
-                    "-m",
-                    "tlx",
-                    "+experiment=small_data",
-                    f"trainer.precision={precision}",
-                    "trainer.enable_progress_bar=false",
-                    f"cache.dir={out / 'cache'}",  # empty: every run extracts
-                    f"hydra.run.dir={out}",
-                ]
-            )
-            res = json.loads((out / "results.json").read_text())
-            res["wall_s"] = wall
-            runs[precision].append(res)
+            overrides = ["+experiment=small_data", f"trainer.precision={precision}", f"cache.dir={out / 'cache'}"]
+            runs[precision].append(run_tlx(out, *overrides))  # an empty cache: every run extracts
 
     def med(precision: str, get) -> float:
         return median([get(r) for r in runs[precision]])

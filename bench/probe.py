@@ -15,12 +15,10 @@ Usage: python bench/probe.py [--repeats 5]
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 import tempfile
 from pathlib import Path
 
-from _common import median, report, timed
+from _common import median, report, run_tlx
 
 
 def main() -> None:
@@ -28,23 +26,12 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="tlx-bench-probe-"))
-    base = [
-        sys.executable,
-        "-m",
-        "tlx",
-        "+experiment=small_data",
-        "trainer.enable_progress_bar=false",
-        f"cache.dir={tmp / 'cache'}",
-    ]
-    timed([*base, f"hydra.run.dir={tmp / 'warmup'}"])  # fills the cache: every timed run below reads it
+    base = ["+experiment=small_data", f"cache.dir={tmp / 'cache'}"]
+    run_tlx(tmp / "warmup", *base)  # fills the cache: every timed run below reads it
     runs: dict[str, list[dict]] = {"probe": [], "lightning": []}
     for r in range(args.repeats):
         for name, extra in (("probe", []), ("lightning", ["probe.enabled=false"])):
-            out = tmp / f"{name}{r}"
-            wall = timed([*base, *extra, f"hydra.run.dir={out}"])
-            res = json.loads((out / "results.json").read_text())
-            res["wall_s"] = wall
-            runs[name].append(res)
+            runs[name].append(run_tlx(tmp / f"{name}{r}", *base, *extra))
 
     def med(name: str, get) -> float:
         return median([get(r) for r in runs[name]])
