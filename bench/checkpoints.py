@@ -11,13 +11,11 @@ from __future__ import annotations
 
 import argparse
 import io
-import json
-import sys
 import tempfile
 from pathlib import Path
 
 import torch
-from _common import report, timed
+from _common import report, run_tlx
 
 STRATEGIES = ("head_only", "last_n2", "reinit_last", "full")
 
@@ -46,19 +44,8 @@ def main() -> None:
         tmp = Path(tmp)
         for strategy in STRATEGIES:
             run_dir = tmp / strategy
-            timed(
-                [
-                    sys.executable,
-                    "-m",
-                    "tlx",
-                    f"strategy={strategy}",
-                    f"trainer.max_epochs={args.epochs}",
-                    "trainer.enable_progress_bar=false",
-                    f"cache.dir={tmp / 'cache'}",
-                    f"hydra.run.dir={run_dir}",
-                ]
-            )
-            results = json.loads((run_dir / "results.json").read_text())
+            overrides = [f"strategy={strategy}", f"trainer.max_epochs={args.epochs}", f"cache.dir={tmp / 'cache'}"]
+            results = run_tlx(run_dir, *overrides)
             rows[f"{strategy}: trainable parameters"] = results["params"]["trainable"]
             lean = full = 0
             for name in ("best.ckpt", "last.ckpt"):
