@@ -37,11 +37,11 @@ _LABELS = {"head_only": "head_only", "reinit_last(1)": "reinit_last", "last_n(2)
 class Rule:
     """The settings of ``conf/strategy/auto.yaml`` that the search varies (the shipped values by default)."""
 
-    gap: float | None = 0.04
+    gap: float | None = 0.03
     full_gap_from: float = 0.5
-    full_min_per_class: int = 100
+    full_min_per_class: int = 30
     check_fraction: float = 0.25
-    slack: float = 0.1
+    slack: float = 0.15
     prune_deeper: bool = True
 
 

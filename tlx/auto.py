@@ -88,8 +88,8 @@ class Auto:
         self,
         candidates: list[dict[str, Any]],
         check_fraction: float = 0.25,
-        slack: float = 0.1,
-        gap: float | None = 0.04,
+        slack: float = 0.15,
+        gap: float | None = 0.03,
         prune_deeper: bool = True,
         budget_s: float | None = None,
     ) -> None:
