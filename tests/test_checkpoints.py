@@ -192,3 +192,19 @@ def test_random_weights_keep_the_checkpoint_full():
     checkpoint = {"state_dict": {"net.backbone.w": torch.zeros(2)}}
     make_lean(checkpoint, ["net.backbone.w"], "random", "abc")
     assert FROZEN not in checkpoint and set(checkpoint["state_dict"]) == {"net.backbone.w"}
+
+
+def test_a_run_dir_reached_through_a_symlink_finishes(tmp_path):
+    """outputs/ linked to a bigger disk: Lightning resolves the checkpoint's path, the run dir is the linked one."""
+    photos = write_images(tmp_path / "photos", classes=("ant", "bee"), n=8)
+    (tmp_path / "disk").mkdir()
+    (tmp_path / "outputs").symlink_to(tmp_path / "disk")
+    overrides = [*TINY, "data=folder", f"data.root={photos}", f"cache.dir={tmp_path / 'cache'}", "probe.enabled=false"]
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("config", overrides=overrides)
+    results = tlx.run.train(cfg, tmp_path / "outputs" / "run")
+    assert results["status"] == "ok"
+    assert (
+        results["checkpoint"].startswith("checkpoints/")
+        and (tmp_path / "disk" / "run" / results["checkpoint"]).is_file()
+    )

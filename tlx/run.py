@@ -313,7 +313,8 @@ def train(
         "freeze": freeze.mode + (f"(n={freeze.n})" if freeze.mode == "last_n" else ""),
         "strategy": strategy_label(cfg),  # what trains, as the sweep reports name it: reinit_last(1), last_n(2), ...
         "epochs": epochs,
-        "checkpoint": str(best_path.relative_to(out_dir)) if best_path else None,
+        # Lightning resolves symlinks in the checkpoint's path (an outputs/ linked to another disk); out_dir may not
+        "checkpoint": str(best_path.resolve().relative_to(out_dir.resolve())) if best_path else None,
     }
     if data.name == "fashion_mnist" or data.samples_per_class or data.fraction:
         results["data"]["samples_per_class"] = data.samples_per_class
