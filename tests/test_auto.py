@@ -131,7 +131,7 @@ def test_auto_tries_candidates_and_keeps_the_best(auto_runs):
     auto = first["auto"]
     tried = {c["strategy"]: c for c in auto["candidates"]}
     assert list(tried)[0] == "head_only" and tried["head_only"]["status"] == "finished"
-    assert tried["full"]["status"] == "skipped"  # 6 images per class: under its min_per_class prior of 100
+    assert tried["full"]["status"] == "skipped"  # 6 images per class: under its min_per_class prior of 30
     trained = [c for c in auto["candidates"] if c["status"] != "skipped"]
     assert len(trained) >= 2
     assert auto["winner"] == max(trained, key=lambda c: c["val/acc"])["strategy"]

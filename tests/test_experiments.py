@@ -73,6 +73,7 @@ def test_rerun_from_saved_config_reproduces_metrics(tmp_path):
     done = run_cli("+experiment=small_data", *tiny, f"hydra.run.dir={first}")
     assert done.returncode == 0, done.stderr[-2000:]
     assert "val/acc" in done.stdout  # the summary table
+    assert (first / "tlx.log").is_file()  # named after the tool (hydra.job.name), not __main__
     again = run_main("--config-path", str(first / ".hydra"), "--config-name", "config", f"hydra.run.dir={second}")
     assert again.returncode == 0, again.stderr[-2000:]
     assert _metrics(second) == _metrics(first)
