@@ -210,8 +210,9 @@ def main_mean(data: dict[str, dict]) -> None:
     scored = [(score_mean(r, data), r) for r in _grid()]
     meets = [(s, r) for s, r in scored if s[0] == s[3] and s[2] == seeds and s[4] == 0]
     print(f"{len(scored)} rules; every mean row within 1 point, every seed <=3x chosen alone, none below head_only:")
-    for s, r in sorted(meets, key=lambda x: -x[0][1]):
-        print(f"  <=3x best alone {s[1]}/{seeds}: {r}")
+    single = {r: score(r, data)[0] for _, r in meets}  # single-seed rows within 1 point: the tie-break
+    for s, r in sorted(meets, key=lambda x: (-single[x[1]], -x[0][1])):
+        print(f"  single-seed rows within 1 point {single[r]}/{seeds}, <=3x best alone {s[1]}/{seeds}: {r}")
 
 
 def _grid() -> list[Rule]:
