@@ -51,9 +51,9 @@ def _chosen(jobs: dict[str, dict], auto: dict) -> dict:
     return jobs[next(k for k, v in _PRESETS.items() if v == auto["auto"]["winner"])]
 
 
-def _best(jobs: dict[str, dict], labels: set[str]) -> dict:
-    """The results of the fixed strategy among ``labels`` with the highest test accuracy."""
-    return max((jobs[k] for k in sorted(labels)), key=lambda r: r["metrics"]["test/acc"])
+def _best(jobs: dict[str, dict], labels: set[str]) -> str:
+    """The fixed strategy among ``labels`` with the highest test accuracy (ties: the first in sorted order)."""
+    return max(sorted(labels), key=lambda k: jobs[k]["metrics"]["test/acc"])
 
 
 def check(sweep: Path) -> list[str]:
@@ -74,7 +74,7 @@ def check(sweep: Path) -> list[str]:
         auto = jobs.pop("auto", None)
         if auto is None:
             continue
-        best = max(jobs, key=lambda s: jobs[s]["metrics"]["test/acc"])
+        best = _best(jobs, set(jobs))
         chosen = _chosen(jobs, auto)["timing"]
         acc, best_acc = auto["metrics"]["test/acc"], jobs[best]["metrics"]["test/acc"]
         head = jobs["head_only"]["metrics"]["test/acc"]
@@ -135,7 +135,7 @@ def check_mean(sweeps: list[Path]) -> list[str]:
         acc, best_acc, head = mean("auto"), mean(best), mean("head_only")
         to_chosen = [j["auto"]["timing"]["total_s"] / _chosen(j, j["auto"])["timing"]["total_s"] for j in seeds]
         # against each seed's own best fixed strategy, as in the per-seed tables
-        to_best = [j["auto"]["timing"]["total_s"] / _best(j, common)["timing"]["total_s"] for j in seeds]
+        to_best = [j["auto"]["timing"]["total_s"] / j[_best(j, common)]["timing"]["total_s"] for j in seeds]
         within += (acc - best_acc) * 100 >= -1.0
         above += acc >= head
         fast += max(to_chosen) <= 3

@@ -128,15 +128,20 @@ def replay(rule: Rule, n: int, row: dict) -> tuple[str, float, list[str]]:
     return best, cost, log
 
 
+def judge(rule: Rule, n: int, row: dict) -> tuple[dict[str, dict], str, str, float, list[str]]:
+    """One row of one seed: its fixed strategies, the best of them on test, and :func:`replay`'s pick, time and log."""
+    fixed = {k: v for k, v in row.items() if not k.startswith("_")}
+    top = max(fixed, key=lambda k: fixed[k]["test"])
+    return fixed, top, *replay(rule, n, row)
+
+
 def score(rule: Rule, data: dict[str, dict], show: bool = False) -> tuple[int, int, int, int]:
     """Rows within 1 point, at most 3x the best alone, at most 3x the chosen alone, and rows in all. With ``show``,
     prints every row with the real auto job's pick and time beside the replayed ones."""
     within = fast_best = fast_chosen = total = agree = 0
     for sweep, rows in data.items():
         for n, row in sorted(rows.items()):
-            fixed = {k: v for k, v in row.items() if not k.startswith("_")}
-            top = max(fixed, key=lambda k: fixed[k]["test"])
-            pick, cost, log = replay(rule, n, row)
+            fixed, top, pick, cost, log = judge(rule, n, row)
             gap = (fixed[pick]["test"] - fixed[top]["test"]) * 100
             total += 1
             within += gap >= -1.0
@@ -165,9 +170,7 @@ def score_mean(rule: Rule, data: dict[str, dict], show: bool = False) -> tuple[i
         for n in sorted(set.intersection(*(set(rows) for rows in seeds))):
             picks, tests = [], {}
             for rows in seeds:
-                fixed = {k: v for k, v in rows[n].items() if not k.startswith("_")}
-                pick, cost, _ = replay(rule, n, rows[n])
-                top = max(fixed, key=lambda k: fixed[k]["test"])
+                fixed, top, pick, cost, _ = judge(rule, n, rows[n])
                 picks.append(fixed[pick]["test"])
                 fast_best += cost <= 3 * fixed[top]["alone_s"]
                 fast_chosen += cost <= 3 * fixed[pick]["alone_s"]
