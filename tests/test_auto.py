@@ -197,6 +197,35 @@ def test_resumed_auto_does_not_redo_finished_candidates(auto_runs):
     assert resumed["auto"]["winner"] == first["auto"]["winner"]
 
 
+def test_auto_reruns_from_its_saved_config(auto_runs):
+    """The README's rerun command on an auto run: its candidates come from the run's saved candidate configs (the
+    saved config has no conf/ groups to compose them from; it once failed with "Key 'strategy' is not in struct")."""
+    tmp, _, first, _ = auto_runs
+    out = tmp / "rerun"
+    done = run_main("--config-path", str(tmp / "a" / ".hydra"), "--config-name", "config", f"hydra.run.dir={out}")
+    assert done.returncode == 0, done.stderr[-3000:]
+    again = json.loads((out / "results.json").read_text())
+    strip = [{k: c.get(k) for k in ("strategy", "status", "val/acc", "test/acc")} for c in first["auto"]["candidates"]]
+    assert [{k: c.get(k) for k in strip[0]} for c in again["auto"]["candidates"]] == strip
+    assert again["metrics"] == first["metrics"]
+
+
+def test_a_rerun_applies_its_overrides_to_the_saved_candidates(tmp_path):
+    from omegaconf import OmegaConf
+
+    from tlx.errors import ConfigError
+    from tlx.rerun import make_rerunnable, saved_candidate
+
+    saved = tmp_path / "candidates" / "last_n2" / ".hydra" / "config.yaml"
+    saved.parent.mkdir(parents=True)
+    OmegaConf.save({"seed": 0, "data": {"root": "a", "batch_size": 8}, "cache": {"dir": None}}, saved)
+    make_rerunnable(saved)  # the hydra: section a candidate's saved config carries is not part of its config
+    cfg = saved_candidate(tmp_path, "last_n2", ["seed=3", "data.root=/b c", "+extra.k=1", "~cache"])
+    assert OmegaConf.to_container(cfg) == {"seed": 3, "data": {"root": "/b c", "batch_size": 8}, "extra": {"k": 1}}
+    with pytest.raises(ConfigError, match="candidates/full/.hydra/config.yaml is missing"):
+        saved_candidate(tmp_path, "full", [])
+
+
 def test_auto_winner_predicts_and_exports(auto_runs):
     tmp, data, first, _ = auto_runs
     run = tmp / "a"

@@ -60,8 +60,8 @@ def _metrics(run_dir: Path) -> dict:
     return json.loads((run_dir / "results.json").read_text())["metrics"]
 
 
-def test_rerun_from_saved_config_reproduces_metrics(tmp_path):
-    first, second = tmp_path / "first", tmp_path / "second"
+def test_rerun_from_saved_config_reproduces_metrics(tmp_path, monkeypatch):
+    first = tmp_path / "first"
     tiny = [
         "backbone.image_size=32",
         "data.samples_per_class=5",
@@ -74,8 +74,13 @@ def test_rerun_from_saved_config_reproduces_metrics(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     assert "val/acc" in done.stdout  # the summary table
     assert (first / "tlx.log").is_file()  # named after the tool (hydra.job.name), not __main__
-    again = run_main("--config-path", str(first / ".hydra"), "--config-name", "config", f"hydra.run.dir={second}")
+    monkeypatch.chdir(tmp_path)
+    again = run_main("--config-path", str(first / ".hydra"), "--config-name", "config")
     assert again.returncode == 0, again.stderr[-2000:]
+    # where a new run goes, with the run's settings (the saved config carries conf/config.yaml's hydra: section;
+    # without it the rerun went to outputs/<date>/<time>/ with a __main__.log)
+    (second,) = (tmp_path / "outputs" / "runs").iterdir()
+    assert (second / "tlx.log").is_file()
     assert _metrics(second) == _metrics(first)
     results = json.loads((second / "results.json").read_text())
     assert results["cache"]["hits"] == 3  # the rerun read the features the first run stored

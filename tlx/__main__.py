@@ -21,6 +21,7 @@ from omegaconf.errors import MissingMandatoryValue
 # Light imports only up to here: Hydra parses the command line before torch, timm and Lightning load, so a mistyped
 # key or choice ends in one line within about a second.
 from tlx.errors import ConfigError
+from tlx.rerun import make_rerunnable, saved_candidate, source_run
 
 log = logging.getLogger("tlx")
 
@@ -44,14 +45,22 @@ def _user_error(e: BaseException) -> str | None:
 
 
 def _compose_candidate(
-    config_name: str, overrides: list[str], strategy: str, gpu_job: tuple[int, int] | None = None
+    config_name: str,
+    overrides: list[str],
+    strategy: str,
+    gpu_job: tuple[int, int] | None = None,
+    rerun_of: Path | None = None,
 ) -> DictConfig:
     """The config of an auto candidate: this run's own overrides, with ``strategy=<candidate>`` instead of auto.
 
     ``gpu_job``: (job number, visible GPUs) of a sweep job, which is pinned to a GPU as the auto job itself was.
+    ``rerun_of``: the run whose saved config this run reruns; its saved candidate config is the base instead.
     """
     kept = [o for o in overrides if not o.lstrip("+~").startswith("strategy=")]
-    cfg = hydra.compose(config_name=config_name, overrides=[*kept, f"strategy={strategy}"])
+    if rerun_of is not None:
+        cfg = saved_candidate(rerun_of, strategy, kept)
+    else:
+        cfg = hydra.compose(config_name=config_name, overrides=[*kept, f"strategy={strategy}"])
     if gpu_job is not None:
         from tlx.devices import place_job
 
@@ -89,6 +98,8 @@ def main(cfg: DictConfig) -> float:
     hc = HydraConfig.get()
     out_dir = Path(hc.runtime.output_dir)
     multirun = hc.mode == RunMode.MULTIRUN
+    if hc.output_subdir:  # the saved config gets the hydra: section, for reruns from it (tlx/rerun.py)
+        make_rerunnable(out_dir / hc.output_subdir / "config.yaml")
     try:
         check_source(cfg.data)  # a data.root or data.path that is not there: one line before the heavy imports
         from tlx.console import configure_console
@@ -103,7 +114,10 @@ def main(cfg: DictConfig) -> float:
             from tlx.auto import run_auto
 
             gpu_job = (hc.job.num, visible_gpus()) if multirun else None
-            compose = partial(_compose_candidate, hc.job.config_name, list(hc.overrides.task), gpu_job=gpu_job)
+            rerun_of = source_run(hc.runtime.config_sources)
+            compose = partial(
+                _compose_candidate, hc.job.config_name, list(hc.overrides.task), gpu_job=gpu_job, rerun_of=rerun_of
+            )
             results = run_auto(cfg, out_dir, compose)
         else:
             results = train(cfg, out_dir)

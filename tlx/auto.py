@@ -41,6 +41,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from tlx.errors import ConfigError
 from tlx.features import find_cut
+from tlx.rerun import make_rerunnable
 from tlx.results import print_summary, read_results, skipped, write_results
 from tlx.run import Prepared, build_network, prepare, train
 from tlx.run_report import write_run_report
@@ -311,14 +312,16 @@ def settings_names(settings: Auto) -> list[str]:
 def _candidate_config(out_dir: Path, name: str, compose: Callable[[str], DictConfig]) -> DictConfig:
     """The candidate's saved config, or a newly composed one, saved into its run directory (reproducible alone)."""
     path = out_dir / CANDIDATES_DIR / name / ".hydra" / "config.yaml"
-    if path.is_file():
-        return OmegaConf.load(path)
-    cfg = compose(name)
-    if OmegaConf.select(cfg, "auto") is not None:
-        raise ConfigError(f"strategy={name} composes another auto run; auto.candidates must name fixed strategies")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    OmegaConf.save(cfg, path, resolve=True)
-    return OmegaConf.load(path)
+    if not path.is_file():
+        cfg = compose(name)
+        if OmegaConf.select(cfg, "auto") is not None:
+            raise ConfigError(f"strategy={name} composes another auto run; auto.candidates must name fixed strategies")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        OmegaConf.save(cfg, path, resolve=True)
+        make_rerunnable(path)
+    cfg = OmegaConf.load(path)
+    cfg.pop("hydra", None)  # Hydra's settings, for a rerun of the candidate alone; not the run's config
+    return cfg
 
 
 def _finish(

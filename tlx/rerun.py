@@ -1,0 +1,74 @@
+"""A run's saved config reruns it: ``python -m tlx --config-path <run>/.hydra --config-name config``.
+
+Hydra saves the run's config without its ``hydra:`` section, so a run composed from that file alone would get
+Hydra's own defaults: a run directory under ``outputs/<date>/<time>`` instead of ``outputs/runs/``, a log named
+``__main__.log``, none of tlx's callbacks. :func:`make_rerunnable` adds ``conf/config.yaml``'s ``hydra:`` section to
+the saved file, so a rerun is run the way a new run is.
+
+An auto run composes each candidate's config with Hydra, from ``conf/`` and the run's overrides. A rerun from the
+saved config has no ``conf/`` groups to compose from; it takes each candidate's config saved by the run it reruns
+(``candidates/<strategy>/.hydra/config.yaml``) with the rerun's own overrides on top (:func:`saved_candidate`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from tlx.errors import ConfigError
+
+CONF = Path(__file__).resolve().parent.parent / "conf"  # hydra.main's config_path (tlx/__main__.py)
+
+
+def make_rerunnable(config_file: Path) -> None:
+    """Append ``conf/config.yaml``'s ``hydra:`` section to a saved config that has none (unresolved: a rerun gets a
+    new ``outputs/runs/<date_time>`` of its own)."""
+    config_file = Path(config_file)
+    if not config_file.is_file() or "hydra" in OmegaConf.load(config_file):
+        return
+    section = OmegaConf.to_yaml({"hydra": OmegaConf.load(CONF / "config.yaml").hydra})
+    with open(config_file, "a") as f:
+        f.write(f"# conf/config.yaml's Hydra settings, for a rerun from this file (tlx/rerun.py)\n{section}")
+
+
+def source_run(config_sources: list) -> Path | None:
+    """The run directory whose saved config this run was composed from (``--config-path <run>/.hydra``), or None.
+
+    Args:
+        config_sources: ``HydraConfig.get().runtime.config_sources``.
+    """
+    for source in config_sources:
+        if source.provider == "main" and source.schema == "file" and Path(source.path).name == ".hydra":
+            return Path(source.path).parent
+    return None
+
+
+def saved_candidate(run_dir: Path, strategy: str, overrides: list[str]) -> DictConfig:
+    """An auto candidate's config for a rerun of ``run_dir``: the candidate's config saved by that run, with the
+    rerun's overrides applied as Hydra applies them to the rerun's own config.
+
+    Args:
+        run_dir: the auto run being rerun.
+        strategy: the candidate.
+        overrides: the rerun's command-line overrides (``HydraConfig.get().overrides.task``), ``strategy=`` left out.
+    """
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    path = Path(run_dir) / "candidates" / strategy / ".hydra" / "config.yaml"
+    if not path.is_file():
+        raise ConfigError(
+            f"cannot rerun this auto run from its saved config: {path} is missing; start it anew with "
+            f"python -m tlx +experiment=auto and the overrides in {Path(run_dir) / '.hydra' / 'overrides.yaml'}"
+        )
+    cfg = OmegaConf.load(path)
+    cfg.pop("hydra", None)
+    for o in OverridesParser.create().parse_overrides(overrides):
+        if o.is_delete():
+            parent, _, leaf = o.key_or_group.rpartition(".")
+            node = OmegaConf.select(cfg, parent) if parent else cfg
+            if isinstance(node, DictConfig):
+                node.pop(leaf, None)
+        else:
+            OmegaConf.update(cfg, o.key_or_group, o.value(), merge=True, force_add=True)
+    return cfg
