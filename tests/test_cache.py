@@ -193,6 +193,21 @@ def test_a_bf16_run_extracts_in_bf16(make_cfg, tmp_path, cache_dir):
     assert len(metas) == 3 and {m["autocast"] for m in metas} == {"torch.bfloat16"}
 
 
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_extraction_feeds_the_memory_format_the_run_asks_for(make_cfg, tmp_path, monkeypatch, channels_last):
+    """``channels_last=false`` reaches the extraction too (it once fed NHWC images whatever the setting)."""
+    seen = []
+    forward = Network.forward_to_many
+
+    def spy(self, x, cuts):
+        seen.append(x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous())
+        return forward(self, x, cuts)
+
+    monkeypatch.setattr(Network, "forward_to_many", spy)
+    results = train(make_cfg(f"channels_last={str(channels_last).lower()}"), tmp_path / "run")
+    assert results["cache"]["misses"] == 3 and seen and set(seen) == {channels_last}
+
+
 def test_find_cut_none_when_everything_trains(photos, cache_dir):
     info, _ = _setup(photos, cache_dir, freeze=("none", None))
     assert not info["used"] and info["cut"] is None

@@ -203,6 +203,7 @@ def use_cached_features(
     prefetch: tuple[Cut, ...] = (),
     augment: bool | None = None,
     autocast: torch.dtype | None = None,
+    channels_last: bool = True,
 ) -> dict[str, Any]:
     """Fill ``data.features`` from the cache (extracting what is missing) when the cut allows it.
 
@@ -215,6 +216,7 @@ def use_cached_features(
             un-augmented features even when its fine-tuning stage augments.
         autocast: extract under ``torch.autocast`` in this dtype (the run's mixed precision, e.g. bfloat16 for
             ``trainer.precision=bf16-mixed``), or None for full precision; part of the entries' keys.
+        channels_last: feed the images in NHWC (``channels_last`` of the run config, which converts the network).
 
     Returns what results.json records: whether it was used, hits and misses, the cut, the extraction time, the time the
     reads took (`read_s`) and the whole lookup but extraction (`lookup_s`: the image hashes for the keys, the reads,
@@ -307,6 +309,7 @@ def use_cached_features(
                             desc=f"extracting {split}" + (f" view {v + 1}/{views}" if views > 1 else ""),
                             seed=_view_seed(seed, v) if augmented else None,
                             autocast=autocast,
+                            channels_last=channels_last,
                         )
                         for v in range(views)
                     ]
@@ -344,9 +347,11 @@ def extract(
     desc: str = "extracting",
     seed: int | None = None,
     autocast: torch.dtype | None = None,
+    channels_last: bool = True,
 ) -> list[torch.Tensor]:
     """Run the frozen part of ``net`` over ``loader`` once, in order; the activations at each cut, on the CPU (in
-    ``dtype``). ``autocast``: run under ``torch.autocast`` in that dtype (mixed precision), else in full precision."""
+    ``dtype``). ``autocast``: run under ``torch.autocast`` in that dtype (mixed precision), else in full precision.
+    ``channels_last``: the images in NHWC, as a network converted to channels-last takes them fastest."""
     if seed is not None:
         torch.manual_seed(seed)
     net.eval().to(device)
@@ -354,7 +359,9 @@ def extract(
     mixed = torch.autocast(device.type, dtype=autocast) if autocast is not None else contextlib.nullcontext()
     with torch.inference_mode(), mixed:
         for x, _ in tqdm(loader, desc=desc, leave=False, disable=None):
-            x = x.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)  # (B, C, H, W), NHWC
+            x = x.to(device, non_blocking=True)  # (B, C, H, W)
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)  # stored as NHWC
             for j, a in enumerate(net.forward_to_many(x, cuts)):
                 out[j].append(a.to(dtype).contiguous().cpu())
     return [torch.cat(o) for o in out]

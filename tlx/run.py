@@ -210,6 +210,7 @@ def train(
         device,
         train_bn=freeze.train_bn,
         autocast=autocast_dtype(str(cfg.trainer.get("precision", "32-true")), device),
+        channels_last=module.channels_last,
     )
     max_epochs = int(cfg.trainer.get("max_epochs") or -1)
     probe_epochs = max_epochs if max_epochs > 0 else 30  # a run sized in steps (max_epochs=-1) probes 30 epochs
