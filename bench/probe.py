@@ -8,6 +8,9 @@ cache lookup but extraction (`cache.lookup_s`: hashing every image's bytes for t
 head's training (the probe stage's seconds, or the Lightning fit), the whole fit phase and the whole run, plus val/test
 accuracy of each.
 Target: the probe spends no more on training than the run spends reading the cache.
+Also the arithmetic floor of the probe's grid: its matrix products and AdamW updates alone, at the run's shapes, with
+none of the bookkeeping (batch gathers, losses, early stopping), in this process on one thread as the probe runs. No
+implementation of the same grid (candidates x epochs, validated every epoch) trains faster than that.
 
 Usage: python bench/probe.py [--repeats 5]
 """
@@ -15,10 +18,40 @@ Usage: python bench/probe.py [--repeats 5]
 from __future__ import annotations
 
 import argparse
+import math
 import tempfile
+import time
 from pathlib import Path
 
+import torch
 from _common import median, report, run_tlx
+
+
+def arithmetic_floor(n: int, m: int, n_f: int, k: int, g: int, epochs: int, batch: int, repeats: int = 7) -> float:
+    """Median seconds of the probe's arithmetic alone: per step a (B, F+1) x (F+1, G*K) product, its transpose for
+    the gradient and the AdamW update of the (F+1, G, K) weights; per epoch the validation product."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as tlx.probe trains
+    gen = torch.Generator().manual_seed(0)
+    xb, vb = torch.randn(n, n_f + 1, generator=gen), torch.randn(m, n_f + 1, generator=gen)
+    times = []
+    for _ in range(repeats):
+        w = torch.zeros(n_f + 1, g, k)
+        w2, mom, var = w.view(n_f + 1, g * k), torch.zeros_like(w), torch.zeros_like(w)
+        t0 = time.perf_counter()
+        for _epoch in range(epochs):
+            for i in range(0, n, batch):
+                x = xb[i : i + batch]
+                d = x @ w2  # the logits stand in for their own gradient: the same shapes, the same products
+                grad = (x.t() @ d).view_as(w)
+                mom.mul_(0.9).add_(grad, alpha=0.1)
+                var.mul_(0.999).addcmul_(grad, grad, value=0.001)
+                w.mul_(0.999)
+                w.sub_(1e-3 * mom / var.sqrt().add_(1e-8))
+            vb @ w2
+        times.append(time.perf_counter() - t0)
+    torch.set_num_threads(threads)
+    return median(times)
 
 
 def main() -> None:
@@ -38,6 +71,10 @@ def main() -> None:
 
     probe_train = med("probe", lambda r: r["stages"][0]["seconds"])
     read = med("probe", lambda r: r["cache"]["read_s"])
+    first = runs["probe"][0]
+    n, m, k = first["data"]["train"], first["data"]["val"], first["data"]["num_classes"]
+    candidates, epochs = len(first["stages"][0]["table"]), first["stages"][0]["epochs"]
+    floor = arithmetic_floor(n, m, 1280, k, candidates, epochs, max(32, math.ceil(n / 64)))
     lookup = med("probe", lambda r: r["cache"]["lookup_s"])
     rows = {
         "cache read, probe runs (s, median)": read,
@@ -45,6 +82,9 @@ def main() -> None:
         "probe: training of all 16 candidates (s, median)": probe_train,
         "probe training / cache read": probe_train / read,
         "probe training / cache lookup": probe_train / lookup,
+        f"arithmetic floor of the grid ({candidates} candidates x {epochs} epochs, s, median)": floor,
+        "arithmetic floor / cache read": floor / read,
+        "probe training / arithmetic floor": probe_train / floor,
         "probe run: fit phase incl. Lightning validate + checkpoint (s)": med("probe", lambda r: r["timing"]["fit_s"]),
         "lightning loop: fit, 30 epochs, one setting (s, median)": med("lightning", lambda r: r["timing"]["fit_s"]),
         "lightning fit / probe training": med("lightning", lambda r: r["timing"]["fit_s"]) / probe_train,
