@@ -61,6 +61,30 @@ def test_data_source_missing_ends_before_the_heavy_imports(tmp_path, source):
     assert "tlx.sources" in imported and not HEAVY & imported
 
 
+@pytest.mark.parametrize("layout", ["empty_class", "extra_val_class", "no_class_folders"])
+def test_a_folder_that_cannot_be_a_dataset_ends_before_the_heavy_imports(tmp_path, layout):
+    """The class-folder checks need only a walk of the folders (at most one image per class), so they run before
+    torch loads, as a missing folder's does (they came after about 5 s of imports)."""
+    root = tmp_path / "ds"
+    if layout == "empty_class":
+        write_images(root, classes=("ant", "bee"))
+        (root / "cat" / ".ipynb_checkpoints").mkdir(parents=True)  # clutter only: still no images
+        expected = (f"class folder {root / 'cat'} has no images", "add images or remove the folder")
+    elif layout == "extra_val_class":
+        write_images(root / "train", classes=("ant", "bee"))
+        write_images(root / "val", classes=("ant", "bee", "cat"))
+        expected = ("class folder(s) ['cat']", "not in train/", "add them to train/ or remove them")
+    else:
+        write_images(root, classes=("ant",))
+        for image in (root / "ant").iterdir():
+            image.rename(root / image.name)
+        (root / "ant").rmdir()
+        expected = (f"no class folders in {root}", "one subfolder of images per class")
+    proc, results = _run(tmp_path, "data=folder", f"data.root={root}", env={"PYTHONPROFILEIMPORTTIME": "1"})
+    _assert_fails(proc, results, *expected)
+    assert not HEAVY & imported_modules(proc)
+
+
 def test_empty_class_folder(tmp_path):
     root = _folder(tmp_path)
     (root / "dog").mkdir()

@@ -1,5 +1,6 @@
 """The user's data source, checked before torch and Lightning load (about 5 s): a ``data.root`` folder or
-``data.path`` label file that is not there ends the run within about a second.
+``data.path`` label file that is not there, or a folder that cannot be a dataset of classes, ends the run within
+about a second. The walk over image folders (:class:`FileScan`, :func:`folder_images`) lives here for that.
 
 Only the standard library here: ``python -m tlx`` calls :func:`check_source` before its heavy imports, and the data
 classes call the same checks, so a run started from Python fails with the same line.
@@ -7,6 +8,8 @@ classes call the same checks, so a run started from Python fails with the same l
 
 from __future__ import annotations
 
+import os
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -32,13 +35,183 @@ def label_file(path: Any) -> Path:
     return path
 
 
+# Names synced, zipped, edited and browsed folders collect that are never classes or images (lower case).
+_OS_METADATA = {
+    ".ds_store", "thumbs.db", "ehthumbs.db", "desktop.ini", "__macosx", "$recycle.bin", "system volume information",
+    "@eadir", ".spotlight-v100", ".trashes", ".trash", ".fseventsd", ".temporaryitems", ".thumbnails", ".directory",
+}  # fmt: skip
+
+
+def skip_reason(name: str, is_dir: bool) -> str | None:
+    """Why a file or folder of this name is clutter (``os_metadata``, ``checkpoint_copy``, ``hidden``), or None."""
+    low = name.lower()
+    if low in _OS_METADATA or name.startswith("._"):  # ._name: macOS AppleDouble resource forks
+        return "os_metadata"
+    if low == ".ipynb_checkpoints" or (not is_dir and Path(low).stem.endswith("-checkpoint")):
+        return "checkpoint_copy"  # Jupyter's copies: photo-checkpoint.jpg in .ipynb_checkpoints/
+    if name.startswith("."):
+        return "hidden"
+    return None
+
+
+class FileScan:
+    """Finds the image files below folders as people have them, and counts what it leaves out, by reason.
+
+    Hidden files and folders, OS metadata and Jupyter checkpoint copies are skipped (a skipped folder counts once and
+    is not looked into). Symlinks are followed, also out of the folder; a file or folder reached a second time
+    (through a link, or a link loop) is skipped as ``duplicate_link``, so no image is used twice and no walk loops;
+    the first path in sorted order wins. Broken links are ``broken_link``, other suffixes ``not_an_image``.
+    """
+
+    def __init__(self) -> None:
+        self.skipped: Counter[str] = Counter()
+        self.examples: dict[str, Path] = {}
+        self._seen: set[str] = set()
+
+    def skip(self, reason: str, path: Path) -> None:
+        """Count ``path`` as left out for ``reason``."""
+        self.skipped[reason] += 1
+        self.examples.setdefault(reason, path)
+
+    def subfolders(self, folder: Path) -> list[Path]:
+        """The subfolders of ``folder`` that can be classes (sorted); loose files there are counted, and a link to
+        another of them is not a class of its own."""
+        out = []
+        for entry in sorted(folder.iterdir()):
+            reason = skip_reason(entry.name, entry.is_dir())
+            if reason:
+                self.skip(reason, entry)
+            elif entry.is_dir():
+                out.append(entry)
+            elif entry.is_symlink() and not entry.exists():
+                self.skip("broken_link", entry)
+            else:
+                self.skip("not_in_a_class_folder", entry)
+        real = {os.path.realpath(d) for d in out if not d.is_symlink()}
+        for d in [d for d in out if d.is_symlink() and os.path.realpath(d) in real]:
+            self.skip("duplicate_link", d)
+            out.remove(d)
+        return out
+
+    def images(self, folder: Path, limit: int | None = None) -> list[Path]:
+        """Every image file below ``folder`` (recursively, sorted), each real file at most once per scan; with
+        ``limit``, the walk ends once it found that many (what it left out is then counted only that far)."""
+        found: list[Path] = []
+        if self._first_visit(folder):
+            self._walk(folder, found, limit)
+        else:
+            self.skip("duplicate_link", folder)
+        return found
+
+    def _first_visit(self, path: Path) -> bool:
+        real = os.path.realpath(path)
+        if real in self._seen:
+            return False
+        self._seen.add(real)
+        return True
+
+    def _walk(self, folder: Path, found: list[Path], limit: int | None) -> None:
+        for entry in sorted(folder.iterdir()):
+            if limit is not None and len(found) >= limit:
+                return
+            is_dir = entry.is_dir()
+            reason = skip_reason(entry.name, is_dir)
+            if reason:
+                self.skip(reason, entry)
+            elif entry.is_symlink() and not entry.exists():
+                self.skip("broken_link", entry)
+            elif not self._first_visit(entry):
+                self.skip("duplicate_link", entry)
+            elif is_dir:
+                self._walk(entry, found, limit)
+            elif entry.suffix.lower() in IMAGE_SUFFIXES:
+                found.append(entry)
+            else:
+                self.skip("not_an_image", entry)
+
+    def summary(self, where: Path | str) -> str | None:
+        """One line saying what was left out below ``where`` and why, or None when nothing was."""
+        if not self.skipped:
+            return None
+        parts = ", ".join(f"{n} {reason} (e.g. {self.examples[reason]})" for reason, n in sorted(self.skipped.items()))
+        return f"left out {sum(self.skipped.values())} file(s)/folder(s) under {where}: {parts}"
+
+
+SPLITS = ("train", "val", "test")
+
+
+def folder_images(
+    root: Any, scan: FileScan, limit: int | None = None
+) -> tuple[dict[str, tuple[list[Path], list[int]]], list[str]]:
+    """The images of a folder with one subfolder per class (``FolderData``), directly or under ``train/``,
+    ``val/`` and ``test/``: ``{split: (paths, labels)}`` (split ``all`` when there are no split folders) and the
+    sorted class names; a ConfigError for a folder that cannot be such a dataset.
+
+    Args:
+        root: the folder.
+        scan: counts what the walk leaves out, and why.
+        limit: look for at most this many images per class folder (1: whether the folder can be a dataset at all,
+            in a fraction of a full scan's time).
+    """
+    root = image_folder(root)
+    if (root / "train").is_dir():
+        folders = {s: _class_dirs(root / s, scan) for s in SPLITS if (root / s).is_dir()}
+        classes = sorted(folders["train"])
+        found = {s: _class_images(root / s, dirs, classes, s, scan, limit) for s, dirs in folders.items()}
+    else:
+        dirs = _class_dirs(root, scan)
+        classes = sorted(dirs)
+        found = {"all": _class_images(root, dirs, classes, "all", scan, limit)}
+    return found, classes
+
+
+def _class_dirs(folder: Path, scan: FileScan) -> dict[str, Path]:
+    dirs = {d.name: d for d in scan.subfolders(folder)}
+    if not dirs:
+        raise ConfigError(f"no class folders in {folder}; put one subfolder of images per class there")
+    return dirs
+
+
+def _class_images(
+    folder: Path, dirs: dict[str, Path], classes: list[str], split: str, scan: FileScan, limit: int | None
+) -> tuple[list[Path], list[int]]:
+    extra = sorted(set(dirs) - set(classes))
+    if extra:
+        raise ConfigError(
+            f"class folder(s) {extra} in {folder} are not in train/ ({classes}); add them to train/ or remove them"
+        )
+    paths: list[Path] = []
+    labels: list[int] = []
+    for label, name in enumerate(classes):
+        images = scan.images(dirs[name], limit) if name in dirs else []
+        paths += images
+        labels += [label] * len(images)
+    if split in ("train", "all"):
+        if not paths:
+            raise ConfigError(
+                f"no images in any class folder of {folder} (looked for "
+                f"{', '.join(sorted(IMAGE_SUFFIXES))}); point data.root at your image folders"
+            )
+        present = set(labels)
+        empty = [str(folder / name) for i, name in enumerate(classes) if i not in present]
+        if empty:
+            raise ConfigError(f"class folder {empty[0]} has no images (.jpg/.png/...); add images or remove the folder")
+    return paths, labels
+
+
+def _check_folder(root: Any) -> None:
+    folder_images(root, FileScan(), limit=1)
+
+
 # The data classes whose source is a path the user typed: the config key and its check.
-_SOURCES = {"tlx.data.FolderData": ("root", image_folder), "tlx.data.CSVData": ("path", label_file)}
+_SOURCES = {"tlx.data.FolderData": ("root", _check_folder), "tlx.data.CSVData": ("path", label_file)}
 
 
 def check_source(data: Any) -> None:
     """Check the source the ``data`` config node names, if it is a user's folder or label file (a missing value,
-    ``???``, raises OmegaConf's MissingMandatoryValue, which the command line turns into its own line)."""
+    ``???``, raises OmegaConf's MissingMandatoryValue, which the command line turns into its own line): one that is
+    not there, and a folder whose class folders cannot make a dataset (none, an empty one, a class in val/ that is
+    not in train/)."""
     source = _SOURCES.get(str(data.get("_target_")))
     if source is not None:
         key, check = source

@@ -1,8 +1,6 @@
 """Data sources (one module each) and what they share; ``tlx.data.FolderData`` etc. are the config targets."""
 
 from tlx.data.base import (
-    IMAGE_SUFFIXES,
-    SPLITS,
     ArraySamples,
     EpochSampler,
     FileSamples,
@@ -14,6 +12,7 @@ from tlx.data.base import (
 from tlx.data.csvfile import CSVData
 from tlx.data.fashion_mnist import FASHION_MNIST_CLASSES, FashionMNISTData
 from tlx.data.folder import DEMO_ROOT, DemoData, FolderData
+from tlx.sources import IMAGE_SUFFIXES, SPLITS
 
 __all__ = [
     "ArraySamples",

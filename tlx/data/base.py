@@ -6,7 +6,6 @@ import hashlib
 import logging
 import math
 import os
-from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -20,11 +19,9 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from tlx.errors import ConfigError
 from tlx.jsonfile import write_json_atomic
-from tlx.sources import IMAGE_SUFFIXES
+from tlx.sources import FileScan
 
 log = logging.getLogger(__name__)
-
-SPLITS = ("train", "val", "test")
 
 
 class Samples:
@@ -256,105 +253,6 @@ class EpochSampler(Sampler[int]):
         if self.weights is not None:
             return iter((torch.multinomial(self.weights, self.n, replacement=True, generator=g) + offset).tolist())
         return iter((torch.randperm(self.n, generator=g) + offset).tolist())
-
-
-# Names synced, zipped, edited and browsed folders collect that are never classes or images (lower case).
-_OS_METADATA = {
-    ".ds_store", "thumbs.db", "ehthumbs.db", "desktop.ini", "__macosx", "$recycle.bin", "system volume information",
-    "@eadir", ".spotlight-v100", ".trashes", ".trash", ".fseventsd", ".temporaryitems", ".thumbnails", ".directory",
-}  # fmt: skip
-
-
-def skip_reason(name: str, is_dir: bool) -> str | None:
-    """Why a file or folder of this name is clutter (``os_metadata``, ``checkpoint_copy``, ``hidden``), or None."""
-    low = name.lower()
-    if low in _OS_METADATA or name.startswith("._"):  # ._name: macOS AppleDouble resource forks
-        return "os_metadata"
-    if low == ".ipynb_checkpoints" or (not is_dir and Path(low).stem.endswith("-checkpoint")):
-        return "checkpoint_copy"  # Jupyter's copies: photo-checkpoint.jpg in .ipynb_checkpoints/
-    if name.startswith("."):
-        return "hidden"
-    return None
-
-
-class FileScan:
-    """Finds the image files below folders as people have them, and counts what it leaves out, by reason.
-
-    Hidden files and folders, OS metadata and Jupyter checkpoint copies are skipped (a skipped folder counts once and
-    is not looked into). Symlinks are followed, also out of the folder; a file or folder reached a second time
-    (through a link, or a link loop) is skipped as ``duplicate_link``, so no image is used twice and no walk loops;
-    the first path in sorted order wins. Broken links are ``broken_link``, other suffixes ``not_an_image``.
-    """
-
-    def __init__(self) -> None:
-        self.skipped: Counter[str] = Counter()
-        self.examples: dict[str, Path] = {}
-        self._seen: set[str] = set()
-
-    def skip(self, reason: str, path: Path) -> None:
-        """Count ``path`` as left out for ``reason``."""
-        self.skipped[reason] += 1
-        self.examples.setdefault(reason, path)
-
-    def subfolders(self, folder: Path) -> list[Path]:
-        """The subfolders of ``folder`` that can be classes (sorted); loose files there are counted, and a link to
-        another of them is not a class of its own."""
-        out = []
-        for entry in sorted(folder.iterdir()):
-            reason = skip_reason(entry.name, entry.is_dir())
-            if reason:
-                self.skip(reason, entry)
-            elif entry.is_dir():
-                out.append(entry)
-            elif entry.is_symlink() and not entry.exists():
-                self.skip("broken_link", entry)
-            else:
-                self.skip("not_in_a_class_folder", entry)
-        real = {os.path.realpath(d) for d in out if not d.is_symlink()}
-        for d in [d for d in out if d.is_symlink() and os.path.realpath(d) in real]:
-            self.skip("duplicate_link", d)
-            out.remove(d)
-        return out
-
-    def images(self, folder: Path) -> list[Path]:
-        """Every image file below ``folder`` (recursively, sorted), each real file at most once per scan."""
-        found: list[Path] = []
-        if self._first_visit(folder):
-            self._walk(folder, found)
-        else:
-            self.skip("duplicate_link", folder)
-        return found
-
-    def _first_visit(self, path: Path) -> bool:
-        real = os.path.realpath(path)
-        if real in self._seen:
-            return False
-        self._seen.add(real)
-        return True
-
-    def _walk(self, folder: Path, found: list[Path]) -> None:
-        for entry in sorted(folder.iterdir()):
-            is_dir = entry.is_dir()
-            reason = skip_reason(entry.name, is_dir)
-            if reason:
-                self.skip(reason, entry)
-            elif entry.is_symlink() and not entry.exists():
-                self.skip("broken_link", entry)
-            elif not self._first_visit(entry):
-                self.skip("duplicate_link", entry)
-            elif is_dir:
-                self._walk(entry, found)
-            elif entry.suffix.lower() in IMAGE_SUFFIXES:
-                found.append(entry)
-            else:
-                self.skip("not_an_image", entry)
-
-    def summary(self, where: Path | str) -> str | None:
-        """One line saying what was left out below ``where`` and why, or None when nothing was."""
-        if not self.skipped:
-            return None
-        parts = ", ".join(f"{n} {reason} (e.g. {self.examples[reason]})" for reason, n in sorted(self.skipped.items()))
-        return f"left out {sum(self.skipped.values())} file(s)/folder(s) under {where}: {parts}"
 
 
 class ImageData(pl.LightningDataModule):

@@ -7,9 +7,9 @@ import os
 from pathlib import Path
 from typing import Any
 
-from tlx.data.base import SPLITS, FileSamples, ImageData, Samples, check_split_fractions, fixed_splits
+from tlx.data.base import FileSamples, ImageData, Samples, check_split_fractions, fixed_splits
 from tlx.errors import ConfigError
-from tlx.sources import label_file
+from tlx.sources import SPLITS, label_file
 
 
 class CSVData(ImageData):

@@ -5,17 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from tlx.data.base import (
-    IMAGE_SUFFIXES,
-    SPLITS,
-    FileSamples,
-    ImageData,
-    Samples,
-    check_split_fractions,
-    fixed_splits,
-)
-from tlx.errors import ConfigError
-from tlx.sources import image_folder
+from tlx.data.base import FileSamples, ImageData, Samples, check_split_fractions, fixed_splits
+from tlx.sources import folder_images
 
 DEMO_ROOT = Path(__file__).resolve().parents[1] / "demo"
 
@@ -26,7 +17,7 @@ class FolderData(ImageData):
     Either ``root/train``, ``root/val`` (and optionally ``root/test``) splits, or a single folder of class
     subfolders that is split with a fixed, stratified split (``val_fraction``, ``test_fraction``, ``split_seed``).
     Clutter (hidden and OS metadata files and folders, Jupyter checkpoint copies, links to files already found) is
-    never a class or an image; ``tlx.data.base.FileScan`` says what it skips and why.
+    never a class or an image; ``tlx.sources.FileScan`` says what it skips and why.
     """
 
     name = "folder"
@@ -40,48 +31,10 @@ class FolderData(ImageData):
         self.val_fraction, self.test_fraction, self.split_seed = float(val_fraction), float(test_fraction), split_seed
 
     def _splits(self) -> tuple[dict[str, Samples], list[str]]:
-        image_folder(self.root)
-        if (self.root / "train").is_dir():
-            folders = {s: self._class_dirs(self.root / s) for s in SPLITS if (self.root / s).is_dir()}
-            classes = sorted(folders["train"])
-            splits = {s: self._scan(self.root / s, dirs, classes, s) for s, dirs in folders.items()}
-        else:
-            dirs = self._class_dirs(self.root)
-            classes = sorted(dirs)
-            splits = {"all": self._scan(self.root, dirs, classes, "all")}
+        found, classes = folder_images(self.root, self.scan)
+        splits = {split: FileSamples(paths, labels) for split, (paths, labels) in found.items()}
         splits = fixed_splits(splits, (self.val_fraction, self.test_fraction), self.split_seed, classes, self.root)
         return self.check_splits(splits, classes), classes
-
-    def _class_dirs(self, folder: Path) -> dict[str, Path]:
-        dirs = {d.name: d for d in self.scan.subfolders(folder)}
-        if not dirs:
-            raise ConfigError(f"no class folders in {folder}; put one subfolder of images per class there")
-        return dirs
-
-    def _scan(self, folder: Path, dirs: dict[str, Path], classes: list[str], split: str) -> FileSamples:
-        extra = sorted(set(dirs) - set(classes))
-        if extra:
-            raise ConfigError(
-                f"class folder(s) {extra} in {folder} are not in train/ ({classes}); add them to train/ or remove them"
-            )
-        paths, labels = [], []
-        for label, name in enumerate(classes):
-            images = self.scan.images(dirs[name]) if name in dirs else []
-            paths += images
-            labels += [label] * len(images)
-        if split in ("train", "all"):
-            if not paths:
-                raise ConfigError(
-                    f"no images in any class folder of {folder} (looked for "
-                    f"{', '.join(sorted(IMAGE_SUFFIXES))}); point data.root at your image folders"
-                )
-            present = set(labels)
-            empty = [str(folder / name) for i, name in enumerate(classes) if i not in present]
-            if empty:
-                raise ConfigError(
-                    f"class folder {empty[0]} has no images (.jpg/.png/...); add images or remove the folder"
-                )
-        return FileSamples(paths, labels)
 
 
 class DemoData(FolderData):
