@@ -18,13 +18,14 @@ Usage: python bench/probe.py [--repeats 5]
 from __future__ import annotations
 
 import argparse
-import math
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 from _common import median, report, run_tlx
+
+from tlx.probe import Probe
 
 
 def arithmetic_floor(n: int, m: int, n_f: int, k: int, g: int, epochs: int, batch: int, repeats: int = 7) -> float:
@@ -74,7 +75,7 @@ def main() -> None:
     first = runs["probe"][0]
     n, m, k = first["data"]["train"], first["data"]["val"], first["data"]["num_classes"]
     candidates, epochs = len(first["stages"][0]["table"]), first["stages"][0]["epochs"]
-    floor = arithmetic_floor(n, m, 1280, k, candidates, epochs, max(32, math.ceil(n / 64)))
+    floor = arithmetic_floor(n, m, 1280, k, candidates, epochs, Probe().batch_for(n))  # the conf's probe: defaults
     lookup = med("probe", lambda r: r["cache"]["lookup_s"])
     rows = {
         "cache read, probe runs (s, median)": read,

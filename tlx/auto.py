@@ -41,7 +41,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from tlx.errors import ConfigError
 from tlx.features import find_cut
-from tlx.rerun import make_rerunnable
+from tlx.rerun import load_saved_config, make_rerunnable
 from tlx.results import print_summary, read_results, skipped, write_results
 from tlx.run import Prepared, build_network, prepare, train
 from tlx.run_report import write_run_report
@@ -319,9 +319,7 @@ def _candidate_config(out_dir: Path, name: str, compose: Callable[[str], DictCon
         path.parent.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(cfg, path, resolve=True)
         make_rerunnable(path)
-    cfg = OmegaConf.load(path)
-    cfg.pop("hydra", None)  # Hydra's settings, for a rerun of the candidate alone; not the run's config
-    return cfg
+    return load_saved_config(path)
 
 
 def _finish(

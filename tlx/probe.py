@@ -66,6 +66,10 @@ class Probe:
         self.epochs = None if epochs is None else int(epochs)
         self.batch_size = None if batch_size is None else int(batch_size)
 
+    def batch_for(self, n: int) -> int:
+        """Features per step for ``n`` training features."""
+        return self.batch_size or max(32, math.ceil(n / 64))
+
 
 @dataclass
 class ProbeResult:
@@ -146,7 +150,7 @@ def fit_probe(
         m, v = torch.zeros_like(w), torch.zeros_like(w)
         xb = torch.cat([train_x, torch.ones(n, 1)], 1)  # (N, F+1): a constant 1 feature carries the bias
         vb = torch.cat([val_x, torch.ones(len(val_x), 1)], 1)  # (M, F+1)
-        batch = probe.batch_size or max(32, math.ceil(n / 64))
+        batch = probe.batch_for(n)
         total, step = epochs * math.ceil(n / batch), 0
         best_acc = torch.full((n_g,), -1.0)
         best_loss, best_epoch = torch.full((n_g,), math.inf), torch.zeros(n_g, dtype=torch.long)

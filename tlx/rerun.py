@@ -32,6 +32,13 @@ def make_rerunnable(config_file: Path) -> None:
         f.write(f"# conf/config.yaml's Hydra settings, for a rerun from this file (tlx/rerun.py)\n{section}")
 
 
+def load_saved_config(path: Path) -> DictConfig:
+    """A saved config as the run's config: without the ``hydra:`` section :func:`make_rerunnable` added to it."""
+    cfg = OmegaConf.load(path)
+    cfg.pop("hydra", None)
+    return cfg
+
+
 def source_run(config_sources: list) -> Path | None:
     """The run directory whose saved config this run was composed from (``--config-path <run>/.hydra``), or None.
 
@@ -61,8 +68,7 @@ def saved_candidate(run_dir: Path, strategy: str, overrides: list[str]) -> DictC
             f"cannot rerun this auto run from its saved config: {path} is missing; start it anew with "
             f"python -m tlx +experiment=auto and the overrides in {Path(run_dir) / '.hydra' / 'overrides.yaml'}"
         )
-    cfg = OmegaConf.load(path)
-    cfg.pop("hydra", None)
+    cfg = load_saved_config(path)
     for o in OverridesParser.create().parse_overrides(overrides):
         if o.is_delete():
             parent, _, leaf = o.key_or_group.rpartition(".")
