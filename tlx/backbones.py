@@ -69,13 +69,51 @@ class Backbone:
     def stage_groups(self, exclude: set[str] | None = None) -> list[list[str]]:
         """Parameter names per stage, in forward order, from timm's own ``group_matcher(coarse=True)``."""
         exclude = exclude or set()
-        groups = timm.models.group_parameters(self.model, self.model.group_matcher(coarse=True))
+        if hasattr(self.model, "group_matcher"):
+            groups = timm.models.group_parameters(self.model, self.model.group_matcher(coarse=True))
+            merged = [list(names) for _, names in sorted(groups.items())]
+        else:  # a timm model without a group_matcher (MetaFormers): its top-level children, Sequentials expanded
+            merged = _child_groups(self.model)
+        # A trailing group that is no stage of its own joins the stage before it, as timm's EfficientNet groups its
+        # conv_head with the last blocks (and its ViT the final norm): layers after the chain (ConvNeXt's head.norm,
+        # MobileNetV3's conv_head after the pooling) or only a final norm (Swin's, EVA's fc_norm). Else freeze.n=1
+        # would train a LayerNorm alone and head=reinit_last would find no stage to replace.
+        while len(merged) > 1 and self._not_a_stage(merged[-1]):
+            last = merged.pop()
+            merged[-1].extend(last)
         stages = []
-        for _, names in sorted(groups.items()):
+        for names in merged:
             names = [n for n in names if not any(n == e or n.startswith(e + ".") for e in exclude)]
             if names:
                 stages.append(names)
         return stages
+
+    def after_chain(self, param: str) -> bool:
+        """Whether a parameter sits after the chain (in the pooling side of the model); False without a chain."""
+        return bool(self.chain) and not any(param.startswith(name + ".") for name, _ in self.chain)
+
+    def _not_a_stage(self, names: list[str]) -> bool:
+        if all(self.after_chain(n) for n in names):
+            return True
+        owners = {self.model.get_submodule(n.rpartition(".")[0]) for n in names}
+        return all("norm" in type(m).__name__.lower() for m in owners)
+
+
+def _child_groups(model: nn.Module) -> list[list[str]]:
+    """Parameter names per top-level child of ``model`` (an ``nn.Sequential`` child: per element), in definition
+    order; parameters of the model itself (a class token) join the first group."""
+    groups: list[list[str]] = []
+    for name, child in model.named_children():
+        parts = list(child.named_children()) if isinstance(child, nn.Sequential) else [("", child)]
+        for sub, module in parts:
+            prefix = f"{name}.{sub}" if sub else name
+            names = [f"{prefix}.{p}" for p, _ in module.named_parameters()]
+            if names:
+                groups.append(names)
+    own = [p for p, _ in model.named_parameters(recurse=False)]
+    if own and groups:
+        groups[0] = own + groups[0]
+    return groups or [own]
 
 
 def create_backbone(
@@ -96,25 +134,19 @@ def create_backbone(
         drop_path_rate: stochastic depth inside the backbone.
         image_size: train/eval at this square size instead of the pretraining size.
     """
-    if name not in timm.list_models():
-        close = difflib.get_close_matches(name, timm.list_models(), n=3, cutoff=0.6)
-        hint = (
-            f" Did you mean: {', '.join(close)}?"
-            if close
-            else " List them with: python -c 'import timm; print(timm.list_models())'"
-        )
-        raise ConfigError(f"unknown timm backbone '{name}'.{hint}")
-    kwargs = dict(drop_rate=drop_rate, drop_path_rate=drop_path_rate)
+    _check_name(name)
+    # Only the rates that are set: not every architecture takes them (DenseNet has no drop_path_rate).
+    kwargs = {k: v for k, v in (("drop_rate", drop_rate), ("drop_path_rate", drop_path_rate)) if v}
     if not pretrained:
-        model, source = timm.create_model(name, pretrained=False, **kwargs), "random"
+        model, source = _create(name, kwargs), "random"
     elif weights == "hub":
         model, source = _from_hub(name, kwargs), "hub"
     elif weights == "bundled":
-        model = timm.create_model(name, pretrained=False, **kwargs)
+        model = _create(name, kwargs)
         package = _load_bundled(model, name)
         source = f"bundled:{package}"
     else:
-        model = timm.create_model(name, pretrained=False, **kwargs)
+        model = _create(name, kwargs)
         path = _load_file(model, weights)
         source = f"file:{path}"
     model.reset_classifier(0)
@@ -123,10 +155,12 @@ def create_backbone(
     data_config = timm.data.resolve_model_data_config(model)
     if image_size:
         data_config["input_size"] = (3, int(image_size), int(image_size))
+        _set_input_size(model, name, int(image_size))
     backbone = Backbone(
         model=model,
         name=name,
-        num_features=model.num_features,
+        # the width of the pooled features: after MobileNetV3's conv_head (1024) rather than before it (288)
+        num_features=int(getattr(model, "head_hidden_size", None) or model.num_features),
         data_config=data_config,
         weights=source,
         weights_hash=state_hash(model),
@@ -224,17 +258,99 @@ def state_hash(module: nn.Module) -> str:
     return h.hexdigest()
 
 
-def _from_hub(name: str, kwargs: dict) -> nn.Module:
+def _check_name(name: str) -> None:
+    """A timm model name, with or without a pretrained tag (``resnet50.a1_in1k``, as timm's model cards write it);
+    ``hf-hub:``/``local-dir:`` names go to timm as they are."""
+    if ":" in name:
+        return
+    arch, tag = timm.models.split_model_name_tag(name)
+    if arch not in timm.list_models():
+        close = difflib.get_close_matches(arch, timm.list_models(), n=3, cutoff=0.6)
+        hint = (
+            f" Did you mean: {', '.join(close)}?"
+            if close
+            else " List them with: python -c 'import timm; print(timm.list_models())'"
+        )
+        raise ConfigError(f"unknown timm backbone '{name}'.{hint}")
+    if tag and name not in timm.list_pretrained(f"{arch}.*"):
+        tags = [t.partition(".")[2] for t in timm.list_pretrained(f"{arch}.*")]
+        raise ConfigError(f"'{arch}' has no pretrained tag '{tag}'; its tags: {', '.join(tags) or 'none'} (or no tag)")
+
+
+def _create(name: str, kwargs: dict, pretrained: bool = False) -> nn.Module:
     try:
-        return timm.create_model(name, pretrained=True, **kwargs)
+        return timm.create_model(name, pretrained=pretrained, **kwargs)
+    except TypeError as e:
+        bad = [k for k in kwargs if f"'{k}'" in str(e)]
+        if not bad:
+            raise
+        raise ConfigError(f"'{name}' does not take {bad[0]}; set backbone.{bad[0]}=0") from e
+
+
+def _set_input_size(model: nn.Module, name: str, size: int) -> None:
+    """Make ``model`` take ``size`` x ``size`` inputs, or fail naming the fix.
+
+    Convolutional models take any size as they are; models built for one size (ViT's position embeddings, Swin's and
+    MaxViT's windows) are resized by timm's ``set_input_size``, which resamples their pretrained position tables. One
+    forward pass at that size checks it, so a model that cannot take it (LeViT, Inception-v3 on small inputs) stops
+    here with one line rather than in the first training step.
+    """
+    native = tuple(timm.data.resolve_model_data_config(model)["input_size"][-2:])
+    if native == (size, size):
+        return
+    try:
+        if hasattr(model, "set_input_size"):
+            model.set_input_size(img_size=(size, size))
+        with torch.no_grad():
+            model(torch.zeros(1, 3, size, size))
+    except Exception as e:
+        why = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+        raise ConfigError(f"'{name}' cannot take {size}px inputs ({why}); set backbone.image_size=null for its own "
+                          f"{native[0]}px, or another size") from e  # fmt: skip
+
+
+def _from_hub(name: str, kwargs: dict) -> nn.Module:
+    """The model with timm's pretrained weights: from the local Hugging Face cache, or downloaded.
+
+    Without a way to the hub, huggingface_hub would retry each file for about 23 s, with two warning lines per try,
+    before looking no further; one quick request finds that out first, and then only the local cache is read.
+    """
+    import huggingface_hub.constants as hf
+
+    offline = hf.HF_HUB_OFFLINE  # the user's HF_HUB_OFFLINE
+    cache_only = offline or not _hub_reachable(hf.ENDPOINT)
+    try:
+        hf.HF_HUB_OFFLINE = cache_only  # read per request: offline, the cache answers at once
+        return _create(name, kwargs, pretrained=True)
+    except ConfigError:
+        raise
     except Exception as e:  # network errors come as many types (OSError, HTTPError, LocalEntryNotFoundError, ...)
+        if cache_only:
+            why = "HF_HUB_OFFLINE is set" if offline else f"{hf.ENDPOINT} cannot be reached from here"
+            why += ", and they are not in the local Hugging Face cache"
+        else:
+            why = f"{type(e).__name__}: {str(e)[:200]}"
         raise ConfigError(
-            f"could not fetch pretrained weights for '{name}' from the hub ({type(e).__name__}: {str(e)[:200]}); "
-            "go online, or set backbone.weights=<local .safetensors/.pth file> or backbone.weights=bundled"
+            f"could not fetch pretrained weights for '{name}' from the hub ({why}); go online, or set "
+            "backbone.weights=<local .safetensors/.pth file> or backbone.weights=bundled"
         ) from e
+    finally:
+        hf.HF_HUB_OFFLINE = offline
+
+
+def _hub_reachable(endpoint: str, timeout_s: float = 5.0) -> bool:
+    """Whether one request to the hub gets any answer (proxies and HF_ENDPOINT as huggingface_hub sets them)."""
+    from huggingface_hub import get_session
+
+    try:
+        get_session().head(endpoint, timeout=timeout_s)
+    except Exception:
+        return False
+    return True
 
 
 def _load_bundled(model: nn.Module, name: str) -> str:
+    name = timm.models.split_model_name_tag(name)[0]
     if name not in BUNDLED:
         raise ConfigError(
             f"no bundled weights for '{name}' (bundled: {', '.join(BUNDLED)}); "
@@ -359,6 +475,8 @@ def _find_chain(model: nn.Module, input_size: tuple[int, int, int]) -> list[tupl
             try:
                 out = child(out)
             except Exception:
+                return []
+            if not isinstance(out, torch.Tensor):  # e.g. XCiT's patch embedding returns (x, (h, w))
                 return []
             if isinstance(child, nn.Sequential) and len(child) > 0:
                 chain.extend((f"{name}.{sub}", m) for sub, m in child.named_children())

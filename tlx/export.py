@@ -35,6 +35,8 @@ def export_torchscript(model: TrainedModel, path: Path) -> Path:
     with warnings.catch_warnings():
         # Deprecated in favour of torch.export, but still the format any libtorch runtime loads.
         warnings.filterwarnings("ignore", message=r".*torch\.jit\.trace.* is deprecated")
+        # Input-size checks (ViT's) become constants: right, the export is for the run's input size (meta.json).
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
         traced = torch.jit.trace(model.net.eval(), example)
     traced.save(str(path))
     return path
@@ -51,6 +53,7 @@ def export_onnx(model: TrainedModel, path: Path, opset: int = 17) -> Path:
         # torch >= 2.9 defaults to the torch.export-based exporter, which needs onnxscript; the legacy one is enough.
         warnings.filterwarnings("ignore", message=r".*legacy TorchScript-based ONNX export.*")
         warnings.filterwarnings("ignore", message=r".*torch\.jit\.trace.* is deprecated")
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)  # as in export_torchscript
         torch.onnx.export(
             model.net.eval(),
             (example,),

@@ -77,17 +77,33 @@ class ReinitLastHead(nn.Module):
             )
         dropped_params = {p for stage in stages[-n:] for p in stage}
         first = next(
-            i for i, (name, _) in enumerate(backbone.chain) if any(p.startswith(name + ".") for p in dropped_params)
+            (i for i, (name, _) in enumerate(backbone.chain) if any(p.startswith(name + ".") for p in dropped_params)),
+            None,
         )
+        if first is None:
+            raise ConfigError(f"the last {n} stage(s) of '{backbone.name}' have no layer in its chain to replace; "
+                              "use freeze=last_n instead of head=reinit_last")  # fmt: skip
         size = min(int(backbone.data_config["input_size"][-1]), 64)
         x = torch.zeros(1, 3, size, size)
         with torch.no_grad():
             for _, module in backbone.chain[:first]:
                 x = module(x)
-            in_ch = x.shape[1]
+            in_shape = x.shape
             for _, module in backbone.chain[first:]:
                 x = module(x)
-            out_ch = x.shape[1]  # (B, C, H, W) at the end of forward_features
+        in_ch, out_ch = in_shape[1], x.shape[1]  # (B, C, H, W) at the cut and at the end of forward_features
+        if len(in_shape) != 4 or x.ndim != 4 or out_ch != backbone.model.num_features:
+            raise ConfigError(f"head=reinit_last needs channels-first (B, C, H, W) activations; '{backbone.name}' "
+                              "has others (e.g. Swin's channels-last): use head=linear or head=mlp with "
+                              "freeze=last_n")  # fmt: skip
+        # Pretrained layers of the dropped stages that run after the chain (MobileNetV3's conv_head after the pooling,
+        # ConvNeXt's head norm) are dropped too: re-initialised in place, they train as new layers.
+        after = sorted({p.rpartition(".")[0] for p in dropped_params if backbone.after_chain(p)})
+        after = [m for m in after if not any(m.startswith(o + ".") for o in after)]
+        for name in after:
+            for module in backbone.model.get_submodule(name).modules():
+                if hasattr(module, "reset_parameters"):
+                    module.reset_parameters()
         width = int(hidden) if hidden else out_ch
         new = nn.Sequential(nn.Conv2d(in_ch, width, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True))
         dropped = [name for name, _ in backbone.chain[first:]]
@@ -99,8 +115,14 @@ class ReinitLastHead(nn.Module):
         if width != out_ch:
             with torch.no_grad():
                 backbone.num_features = backbone.model.eval()(torch.zeros(1, 3, size, size)).shape[-1]
-        self.new_backbone_modules = [dropped[0]]
-        log.info("reinit_last: dropped %s, new 1x1 conv %d -> %d channels", dropped, in_ch, width)
+        self.new_backbone_modules = [dropped[0], *after]
+        log.info(
+            "reinit_last: dropped %s, new 1x1 conv %d -> %d channels%s",
+            dropped,
+            in_ch,
+            width,
+            f", re-initialised {after}" if after else "",
+        )
         self.drop = nn.Dropout(dropout)
         self.fc = nn.Linear(backbone.num_features, num_classes)
 
