@@ -151,3 +151,23 @@ def test_a_run_on_another_cnn_trains_on_cached_activations_as_through_it(make_cf
     assert cached["status"] == direct["status"] == "ok"
     assert cached["cache"]["used"] and isinstance(cached["cache"]["cut"], str) and not direct["cache"]["used"]
     assert cached["metrics"]["test/loss"] == pytest.approx(direct["metrics"]["test/loss"], rel=1e-4)
+
+
+def test_auto_on_a_vit_skips_the_candidate_it_cannot_build_and_goes_on(make_cfg, tmp_path):
+    """reinit_last needs a chain-structured CNN: on a ViT auto records why it skipped it and tries the rest (the whole
+    search once ended in that one line)."""
+    from tlx.auto import run_auto
+
+    overrides = ["backbone=timm", "backbone.name=vit_tiny_patch16_224", "backbone.pretrained=false"]
+    overrides += ["data.samples_per_class=4", "trainer.max_epochs=1"]
+    candidates = "auto.candidates=[{strategy:reinit_last,min_per_class:0},{strategy:last_n1,min_per_class:0}]"
+    results = run_auto(
+        make_cfg(*overrides, "+experiment=auto", candidates),
+        tmp_path / "auto",
+        lambda name: make_cfg(*overrides, f"strategy={name}"),
+    )
+    rows = {c["strategy"]: c for c in results["auto"]["candidates"]}
+    assert rows["reinit_last"]["status"] == "skipped"
+    assert "needs a chain-structured CNN" in rows["reinit_last"]["why"]
+    assert rows["head_only"]["status"] == "finished" and rows["last_n1"]["status"] in ("finished", "stopped")
+    assert results["auto"]["winner"] in ("head_only", "last_n1")

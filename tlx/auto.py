@@ -210,8 +210,15 @@ def run_auto(cfg: DictConfig, out_dir: Path, compose: Callable[[str], DictConfig
     log.info("auto: %.0f training images per class; candidates %s", per_class, list(configs))
 
     # One pass over the images extracts every cut a cached candidate will read, alongside the probe's own.
-    tried_later = [c.strategy for c in settings.candidates if per_class >= c.min_per_class]
-    cuts = [_cut_of(configs[n], prepared, out_dir / CANDIDATES_DIR / n) for n in tried_later]
+    # A candidate this backbone cannot build (head=reinit_last on a ViT) is skipped, saying why; the rest go on.
+    cuts, unfit = [], {}
+    for c in settings.candidates:
+        if per_class >= c.min_per_class:
+            try:
+                cuts.append(_cut_of(configs[c.strategy], prepared, out_dir / CANDIDATES_DIR / c.strategy))
+            except ConfigError as e:
+                unfit[c.strategy] = str(e)
+                log.warning("auto: %s is skipped: %s", c.strategy, e)
     prefetch = tuple(c for c in cuts if c is not None)
     tried: list[dict[str, Any]] = []
     best: dict[str, Any] | None = None
@@ -220,7 +227,9 @@ def run_auto(cfg: DictConfig, out_dir: Path, compose: Callable[[str], DictConfig
         cand = next((c for c in settings.candidates if c.strategy == name), Candidate(name))
         row: dict[str, Any] = {"strategy": name, "dir": f"{CANDIDATES_DIR}/{name}"}
         spent = deadline is not None and time.monotonic() > deadline and best is not None
-        why_not = skip_reason(cand, per_class, spent, trailed if settings.prune_deeper else None, settings.gap)
+        why_not = unfit.get(name) or skip_reason(
+            cand, per_class, spent, trailed if settings.prune_deeper else None, settings.gap
+        )
         if why_not:
             tried.append(row | {"status": "skipped", "why": why_not})
             continue
@@ -297,11 +306,13 @@ def skip_reason(
 
 
 def _cut_of(cfg: DictConfig, prepared: Prepared, run_dir: Path) -> int | str | None:
-    """Where a candidate's cached activations would be cut, or None when it cannot train from the cache."""
+    """Where a candidate's cached activations would be cut, or None when it cannot train from the cache; a
+    ConfigError when its network cannot be built on this backbone."""
+    backbone, data = prepared.take(cfg, run_dir)
+    net = build_network(cfg, backbone, len(data.classes))[0]
     if cfg.data.augment or str(cfg.cache.enabled).lower() == "false":
         return None
-    backbone, data = prepared.take(cfg, run_dir)
-    return find_cut(build_network(cfg, backbone, len(data.classes))[0])
+    return find_cut(net)
 
 
 def settings_names(settings: Auto) -> list[str]:
