@@ -132,13 +132,30 @@ def test_strategy_label(freeze: dict, head: dict, label: str) -> None:
     assert strategy_label(OmegaConf.create({"freeze": freeze, "head": head})) == label
 
 
-def test_cells_that_pool_different_settings_are_flagged(tmp_path: Path) -> None:
+def test_other_swept_settings_split_the_rows_and_seeds_are_averaged(tmp_path: Path) -> None:
+    """A sweep over optim.lr (or backbone.name) compares them row by row; seeds and data.split_seed are replicates.
+    (Such cells were once averaged across the settings, with a warning.)"""
     root = tmp_path / "multirun"
-    for seed in (0, 1):
-        d = _job(root, 10, "head_only", seed, _ok(0.7, 12_810, 10))
-        (d / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump([f"seed={seed}", f"optim.lr={seed + 1}e-3"]))
-    md = write_report(root)["md"].read_text()
-    assert "cells that average different settings" in md and "optim.lr=1e-3, optim.lr=2e-3" in md
+    for spc in (10, 100):
+        for lr in ("1e-3", "2e-3"):
+            for seed in (0, 1):
+                acc = (0.6 if lr == "1e-3" else 0.8) + spc / 1000 + seed / 100
+                d = _job(root / lr, spc, "head_only", seed, _ok(acc, 12_810, spc))
+                overrides = [f"data.samples_per_class={spc}", f"seed={seed}", f"data.split_seed={seed}"]
+                (d / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump([*overrides, f"optim.lr={lr}"]))
+    paths = write_report(root)
+    md = paths["md"].read_text()
+    assert "different settings" not in md
+    rows = [line for line in md.splitlines() if line.startswith("| 10") or line.startswith("| 100")]
+    assert [r.split(" | ")[0] for r in rows[:4]] == [
+        "| 10 · optim.lr=1e-3",
+        "| 100 · optim.lr=1e-3",
+        "| 10 · optim.lr=2e-3",
+        "| 100 · optim.lr=2e-3",
+    ]
+    assert "0.6150 ± 0.0071" in rows[0] and "0.9050 ± 0.0071" in rows[3]  # the two seeds of each, averaged
+    with paths["csv"].open() as f:
+        assert [r["samples_per_class"] for r in csv.DictReader(f)] == [r.split(" | ")[0][2:] for r in rows[:4]]
 
 
 def test_the_sweep_report_does_not_import_torch():

@@ -53,13 +53,15 @@ class Job:
 
 @dataclass
 class Cell:
-    """The jobs of one (data size, strategy) pair, summarised over seeds."""
+    """The jobs of one (row, strategy) pair, summarised over seeds. A row is a data size, and the other swept
+    settings when there are any (``variant``: ``backbone.name=resnet18``)."""
 
     regime: str
     strategy: str
     jobs: list[Job] = field(default_factory=list)
     x: float = math.nan  # samples per class, for the plot
     best: bool = False
+    variant: str = ""
 
     @property
     def values(self) -> list[float]:
@@ -91,9 +93,38 @@ class Cell:
 
     @property
     def mixed(self) -> list[str]:
-        """Overrides other than the seed that differ between the pooled jobs (they should not be averaged)."""
-        variants = [{o for o in j.overrides if not o.lstrip("+~").startswith("seed=")} for j in self.jobs]
+        """Overrides other than the seeds that differ between the pooled jobs (they should not be averaged)."""
+        variants = [{o for o in j.overrides if not _is_seed(_key(o))} for j in self.jobs]
         return sorted(set.union(*variants) - set.intersection(*variants)) if variants else []
+
+
+# Overrides that are the table's own axes (rows: data size; columns: what trains), or replicates that cells average
+# over (seeds); any other setting that varies between the jobs (backbone.name, optim.lr) splits the rows.
+_AXES = ("strategy", "freeze", "head", "lp_ft", "auto", "experiment", "hydra")
+_AXES += ("data.samples_per_class", "data.fraction")
+
+
+def _key(override: str) -> str:
+    return override.lstrip("+~").split("=", 1)[0]
+
+
+def _is_seed(key: str) -> bool:
+    return key == "seed" or key.endswith(".seed") or key.endswith("_seed")
+
+
+def _variants(jobs: list[Job]) -> dict[str, str]:
+    """Each job's path -> the swept settings that are no axis of the table and differ between jobs, as
+    ``key=value`` text ('' when every job has the same)."""
+    settings = [{_key(o): o.lstrip("+~") for o in j.overrides} for j in jobs]
+    keys = {k for s in settings for k in s}
+    varying = sorted(
+        k
+        for k in keys
+        if not _is_seed(k)
+        and not any(k == a or k.startswith(a + ".") for a in _AXES)
+        and len({s.get(k) for s in settings}) > 1
+    )
+    return {j.path: ", ".join(s[k] for k in varying if k in s) for j, s in zip(jobs, settings, strict=True)}
 
 
 def strategy_label(cfg: DictConfig) -> str:
@@ -155,12 +186,14 @@ def summarize(
     """Group jobs into cells; returns the row labels (by data size), column labels (by trainable parameters) and
     the cells keyed by (row, column), with the best cell of each row marked."""
     cells: dict[tuple[str, str], Cell] = {}
+    variants = _variants(jobs)
+    row_of = {j.path: _regime(j) + (f" · {variants[j.path]}" if variants[j.path] else "") for j in jobs}
     for job in jobs:
-        regime = _regime(job)
-        cells.setdefault((regime, job.strategy), Cell(regime, job.strategy)).jobs.append(job)
+        row = row_of[job.path]
+        cells.setdefault((row, job.strategy), Cell(row, job.strategy, variant=variants[job.path])).jobs.append(job)
     # x of a row: the samples per class asked for, else the training images per class the jobs actually had.
     for regime in {c.regime for c in cells.values()}:
-        row_jobs = [j for j in jobs if _regime(j) == regime]
+        row_jobs = [j for j in jobs if row_of[j.path] == regime]
         asked = row_jobs[0].samples_per_class
         had = [j.train_per_class for j in row_jobs if j.train_per_class]
         x = float(asked) if asked is not None else (statistics.median(had) if had else math.nan)
@@ -227,9 +260,9 @@ def _regime(job: Job) -> str:
     return f"fraction {job.fraction:g}" if job.fraction is not None else "all"
 
 
-def _row_key(cells: dict[tuple[str, str], Cell], row: str) -> tuple[bool, float, str]:
-    x = next(c.x for (r, _), c in cells.items() if r == row)
-    return math.isnan(x), 0.0 if math.isnan(x) else x, row
+def _row_key(cells: dict[tuple[str, str], Cell], row: str) -> tuple[str, bool, float, str]:
+    cell = next(c for (r, _), c in cells.items() if r == row)
+    return cell.variant, math.isnan(cell.x), 0.0 if math.isnan(cell.x) else cell.x, row  # by setting, then size
 
 
 def _cell_text(cell: Cell | None, markdown: bool = True) -> str:
@@ -324,23 +357,30 @@ def _blank(v: float | None, digits: int | None = None) -> float | str:
 
 
 def _plot(rows: list[str], columns: list[str], cells: dict[tuple[str, str], Cell], metric: str) -> Figure:
-    fig = Figure(figsize=(7.6, 4.4), layout="constrained")  # Agg canvas, no pyplot state
+    variants = sorted({c.variant for c in cells.values()})
+    wide = len(variants) > 1  # the legend names the settings too: room for it beside the plot
+    fig = Figure(figsize=(10.5 if wide else 7.6, 4.4), layout="constrained")  # Agg canvas, no pyplot state
     ax = fig.add_subplot()
-    for s in columns:
-        points = [c for r in rows if (c := cells.get((r, s))) is not None and c.values and not math.isnan(c.x)]
-        # auto repeats one of the fixed columns on every row: dashed black crosses on top keep both visible
-        style = (
-            {"marker": "x", "markersize": 9, "linestyle": "--", "color": "black", "zorder": 3} if s == "auto" else {}
-        )
-        if points:
-            ax.errorbar(
-                [c.x for c in points],
-                [c.mean for c in points],
-                yerr=[c.std or 0.0 for c in points],
-                capsize=3,
-                label=s,
-                **({"marker": "o"} | style),
+    for v in variants:  # a strategy keeps its colour; another swept setting gets another line style
+        line = ("-", "--", ":", "-.")[variants.index(v) % 4]
+        for i, s in enumerate(columns):
+            points = [c for r in rows if (c := cells.get((r, s))) is not None and c.variant == v]
+            points = [c for c in points if c.values and not math.isnan(c.x)]
+            # auto repeats one of the fixed columns on every row: black crosses on top keep both visible
+            style = (
+                {"marker": "x", "markersize": 9, "color": "black", "zorder": 3, "linestyle": line if v else "--"}
+                if s == "auto"
+                else {"marker": "o", "color": f"C{i % 10}", "linestyle": line}
             )
+            if points:
+                ax.errorbar(
+                    [c.x for c in points],
+                    [c.mean for c in points],
+                    yerr=[c.std or 0.0 for c in points],
+                    capsize=3,
+                    label=f"{s} · {v}" if v else s,
+                    **style,
+                )
     ax.set_xscale("log")
     ax.set_xlabel("training images per class")
     ax.set_ylabel(metric)
