@@ -183,8 +183,8 @@ def collect_jobs(sweep_dir: Path, metric: str = "test/acc") -> list[Job]:
 def summarize(
     jobs: list[Job], lower_is_better: bool = False
 ) -> tuple[list[str], list[str], dict[tuple[str, str], Cell]]:
-    """Group jobs into cells; returns the row labels (by data size), column labels (by trainable parameters) and
-    the cells keyed by (row, column), with the best cell of each row marked."""
+    """Group jobs into cells; returns the row labels (by other swept settings, then data size), column labels (by
+    trainable parameters) and the cells keyed by (row, column), with the best cell of each row marked."""
     cells: dict[tuple[str, str], Cell] = {}
     variants = _variants(jobs)
     row_of = {j.path: _regime(j) + (f" · {variants[j.path]}" if variants[j.path] else "") for j in jobs}
