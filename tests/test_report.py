@@ -164,3 +164,11 @@ def test_the_sweep_report_does_not_import_torch():
     code = "import sys, tlx.report; print(sorted({'torch', 'timm', 'pytorch_lightning'} & set(sys.modules)))"
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert proc.stdout.strip() == "[]", proc.stdout + proc.stderr
+
+
+def test_a_tie_goes_to_the_cheaper_strategy(tmp_path: Path) -> None:
+    root = tmp_path / "multirun"
+    _job(root / "a", 10, "last_n(2)", 0, _ok(0.7, 2_000_000, 10))  # read first: once got the star
+    _job(root / "b", 10, "head_only", 0, _ok(0.7, 12_810, 10))
+    row = next(line for line in write_report(root)["md"].read_text().splitlines() if line.startswith("| 10 |"))
+    assert row.split(" | ")[1].endswith("★ (n=1)") and "★" not in row.split(" | ")[2]

@@ -208,7 +208,8 @@ def summarize(
         params, key=lambda s: (s == "auto", not params[s], statistics.median(params[s]) if params[s] else 0, s)
     )
     for row in rows:
-        scored = [c for (r, s), c in cells.items() if r == row and c.values and s != "auto"]
+        # in column order, so that a tie goes to the cheaper strategy (as auto's does)
+        scored = [c for s in columns if (c := cells.get((row, s))) is not None and c.values and s != "auto"]
         if scored:
             pick = min if lower_is_better else max
             pick(scored, key=lambda c: c.mean).best = True
