@@ -154,8 +154,8 @@ def create_backbone(
     crop_kernels_to_maps(model)
     data_config = timm.data.resolve_model_data_config(model)
     if image_size:
+        _set_input_size(model, name, int(image_size), native=tuple(data_config["input_size"][-2:]))
         data_config["input_size"] = (3, int(image_size), int(image_size))
-        _set_input_size(model, name, int(image_size))
     backbone = Backbone(
         model=model,
         name=name,
@@ -287,15 +287,14 @@ def _create(name: str, kwargs: dict, pretrained: bool = False) -> nn.Module:
         raise ConfigError(f"'{name}' does not take {bad[0]}; set backbone.{bad[0]}=0") from e
 
 
-def _set_input_size(model: nn.Module, name: str, size: int) -> None:
+def _set_input_size(model: nn.Module, name: str, size: int, native: tuple[int, int]) -> None:
     """Make ``model`` take ``size`` x ``size`` inputs, or fail naming the fix.
 
     Convolutional models take any size as they are; models built for one size (ViT's position embeddings, Swin's and
     MaxViT's windows) are resized by timm's ``set_input_size``, which resamples their pretrained position tables. One
     forward pass at that size checks it, so a model that cannot take it (LeViT, Inception-v3 on small inputs) stops
-    here with one line rather than in the first training step.
+    here with one line rather than in the first training step. ``native``: the (H, W) the weights were made for.
     """
-    native = tuple(timm.data.resolve_model_data_config(model)["input_size"][-2:])
     if native == (size, size):
         return
     try:
