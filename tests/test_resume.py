@@ -19,7 +19,7 @@ from tlx.results import read_results, resume_command
 
 from .conftest import ROOT, run_cli, write_images
 
-EPOCHS = 12  # long enough that a signal sent after epoch 1 always lands mid-training
+EPOCHS = 6  # long enough that a signal sent after epoch 1 always lands mid-training
 # Training goes through the last two backbone stages (BatchNorm in train mode) and an MLP head with dropout, from
 # decoded images (no feature cache), one thread so both runs add up floats in the same order.
 RUN = [

@@ -23,8 +23,8 @@ from .conftest import ROOT, run_cli, write_images
 pytestmark = pytest.mark.slurm
 
 EPOCHS = 200  # cached head epochs take ~50 ms: long enough that a job cancelled after its first epoch still trains
-SEEDS = [0, 1, 2, 3]
-CANCELLED, PREEMPTED = 3, 1  # sweep job numbers (= SLURM array task ids)
+SEEDS = [0, 1]
+PREEMPTED, CANCELLED = 0, 1  # sweep job numbers (= SLURM array task ids)
 
 
 def _why_not() -> str | None:
@@ -46,7 +46,8 @@ def _why_not() -> str | None:
 
 @pytest.fixture(scope="module")
 def slurm(tmp_path_factory) -> dict[str, str]:
-    """A running single-node SLURM with 4 job slots; yields the environment its clients need; stops it after."""
+    """A running single-node SLURM with one job slot per sweep job; yields the environment its clients need; stops it
+    after."""
     reason = _why_not()
     if reason:
         if os.environ.get("CI"):
@@ -54,7 +55,10 @@ def slurm(tmp_path_factory) -> dict[str, str]:
         pytest.skip(reason)
     state = tmp_path_factory.mktemp("slurm")
     started = subprocess.run(
-        [str(ROOT / "tests" / "slurm" / "start.sh"), str(state), "4"], capture_output=True, text=True, timeout=120
+        [str(ROOT / "tests" / "slurm" / "start.sh"), str(state), str(len(SEEDS))],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     try:
         assert started.returncode == 0, started.stdout + started.stderr
@@ -138,10 +142,10 @@ def test_sweep_jobs_share_the_feature_cache(uninterrupted) -> None:
     assert sorted(results) == SEEDS and all(r["status"] == "ok" for r in results.values()), results
     assert all(r["epochs"] == EPOCHS for r in results.values())
     caches = [r["cache"] for r in results.values()]
-    # train and val: each extracted by exactly one job (the others waited for its lock, or came later) and hit by
-    # the other three.
+    # train and val: each extracted by exactly one job (the other waited for its lock, or came later) and hit by the
+    # other one.
     assert all(c["used"] and c["hits"] + c["misses"] == 2 for c in caches), caches
-    assert sum(c["misses"] for c in caches) == 2 and sum(c["hits"] for c in caches) == 6, caches
+    assert sum(c["misses"] for c in caches) == 2 and sum(c["hits"] for c in caches) == 2, caches
     assert (sweep / "report.md").is_file() and len(_report_rows(sweep)) == 1
 
 

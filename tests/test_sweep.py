@@ -41,7 +41,7 @@ def test_sweep_reports_failures_and_resumes(tmp_path: Path) -> None:
         "data.samples_per_class=2,4",
         "strategy=head_only,impossible",
     ]
-    first = run_cli(*args)
+    first = run_main(*args)  # in this process (the launcher tests below start real ones)
     assert first.returncode == 0, first.stderr[-3000:]
     results = _results(sweep)
     assert len(results) == 4
@@ -60,7 +60,7 @@ def test_sweep_reports_failures_and_resumes(tmp_path: Path) -> None:
 
     # Same command again: the finished jobs are skipped (results untouched), the failed ones run again.
     before = {p: (json.loads(p.read_text())["status"], p.stat().st_mtime_ns) for p in sweep.rglob("results.json")}
-    second = run_main(*args)  # in this process: the same sweep resumed without a new interpreter
+    second = run_main(*args)
     assert second.returncode == 0, second.stderr[-3000:]
     assert (second.stdout + second.stderr).count("results.json is complete") == 2
     for p, (status, mtime) in before.items():
