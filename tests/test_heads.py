@@ -68,13 +68,34 @@ def test_split_forward_equals_full_forward(backbone):
             assert torch.allclose(net.forward_from(net.forward_to(x, cut), cut), full, atol=1e-5), cut
 
 
-def test_non_chain_architectures_still_work_with_pooled_cut():
+def test_a_vit_is_a_chain_of_its_token_steps_and_blocks():
+    """A ViT's patch embedding + class token + position embeddings, its blocks and its final norm: frozen blocks are a
+    prefix whose tokens can be cached, so last_n trains its last blocks from them."""
     vit = create_backbone("vit_tiny_patch16_224", pretrained=False, image_size=32)
-    assert vit.chain == []
-    net = Network(vit, LinearHead(vit, num_classes=2))
+    assert [name for name, _ in vit.chain] == ["patch_embed", *(f"blocks.{i}" for i in range(12)), "norm"]
+    net = Network(vit, LinearHead(vit, num_classes=2)).eval()
     Freeze("head_only").apply(net, vit.stage_groups())
     assert find_cut(net) == "pooled"
     Freeze("last_n", n=2).apply(net, vit.stage_groups())
+    assert find_cut(net) == 11  # the input of blocks.10: the tokens after blocks.9
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        tokens = net.forward_to(x, 11)
+        assert tokens.shape == (2, 5, 192)  # class token + 2 x 2 patches
+        assert torch.allclose(net.forward_from(tokens, 11), net(x), atol=1e-5)
+    Freeze("last_n", n=13).apply(net, vit.stage_groups())  # the token steps train too (the class token with them)
+    assert find_cut(net) is None
+    with pytest.raises(ConfigError, match="reinit_last needs channels-first .*a ViT's tokens"):
+        ReinitLastHead(vit, num_classes=2)
+
+
+def test_non_chain_architectures_still_work_with_pooled_cut():
+    eva = create_backbone("eva02_tiny_patch14_224", pretrained=False)  # rotary position embeddings go to every block
+    assert eva.chain == []
+    net = Network(eva, LinearHead(eva, num_classes=2))
+    Freeze("head_only").apply(net, eva.stage_groups())
+    assert find_cut(net) == "pooled"
+    Freeze("last_n", n=2).apply(net, eva.stage_groups())
     assert find_cut(net) is None  # no mid-network cut without a chain: training goes through the backbone
     with pytest.raises(ConfigError, match="reinit_last needs a chain"):
-        ReinitLastHead(vit, num_classes=2)
+        ReinitLastHead(eva, num_classes=2)

@@ -15,6 +15,7 @@ from tlx.errors import ConfigError
 from tlx.features import find_cut
 from tlx.freeze import Freeze
 from tlx.heads import LinearHead, Network, ReinitLastHead
+from tlx.results import read_results
 
 
 def _params_of(net: Network, prefix: str) -> list[torch.nn.Parameter]:
@@ -139,23 +140,27 @@ def test_a_model_whose_children_return_tuples_is_no_chain():
     assert b.model(torch.zeros(1, 3, 224, 224)).shape == (1, b.num_features)
 
 
-def test_a_run_on_another_cnn_trains_on_cached_activations_as_through_it(make_cfg, tmp_path):
-    """MobileNetV3 end to end: its new last stage and the conv_head after the pooling train on cached activations
-    with the metrics of training through the whole network."""
+@pytest.mark.parametrize(
+    "name,strategy",
+    [("mobilenetv3_small_050", "reinit_last"), ("vit_tiny_patch16_224", "last_n2")],
+    ids=["mobilenetv3-reinit_last", "vit-last_n2"],
+)
+def test_a_run_on_another_backbone_trains_on_cached_activations_as_through_it(make_cfg, tmp_path, name, strategy):
+    """End to end on cached activations, with the metrics of training through the whole network: MobileNetV3's new
+    last stage and the conv_head after its pooling; a ViT's last two blocks and final norm from cached tokens."""
     from tlx.run import train
 
-    common = ["backbone=timm", "backbone.name=mobilenetv3_small_050", "backbone.pretrained=false"]
-    common.append("strategy=reinit_last")
+    common = ["backbone=timm", f"backbone.name={name}", "backbone.pretrained=false", f"strategy={strategy}"]
     cached = train(make_cfg(*common), tmp_path / "cached")
     direct = train(make_cfg(*common, "cache.enabled=false"), tmp_path / "direct")
     assert cached["status"] == direct["status"] == "ok"
-    assert cached["cache"]["used"] and isinstance(cached["cache"]["cut"], str) and not direct["cache"]["used"]
+    assert cached["cache"]["used"] and cached["cache"]["cut"] != "pooled" and not direct["cache"]["used"]
     assert cached["metrics"]["test/loss"] == pytest.approx(direct["metrics"]["test/loss"], rel=1e-4)
 
 
 def test_auto_on_a_vit_skips_the_candidate_it_cannot_build_and_goes_on(make_cfg, tmp_path):
-    """reinit_last needs a chain-structured CNN: on a ViT auto records why it skipped it and tries the rest (the whole
-    search once ended in that one line)."""
+    """reinit_last needs channels-first maps: on a ViT auto records why it skipped it and tries the rest (the whole
+    search once ended in that one line), last_n1 on the ViT's cached tokens."""
     from tlx.auto import run_auto
 
     overrides = ["backbone=timm", "backbone.name=vit_tiny_patch16_224", "backbone.pretrained=false"]
@@ -168,6 +173,8 @@ def test_auto_on_a_vit_skips_the_candidate_it_cannot_build_and_goes_on(make_cfg,
     )
     rows = {c["strategy"]: c for c in results["auto"]["candidates"]}
     assert rows["reinit_last"]["status"] == "skipped"
-    assert "needs a chain-structured CNN" in rows["reinit_last"]["why"]
+    assert "needs channels-first" in rows["reinit_last"]["why"]
     assert rows["head_only"]["status"] == "finished" and rows["last_n1"]["status"] in ("finished", "stopped")
     assert results["auto"]["winner"] in ("head_only", "last_n1")
+    last_n1 = read_results(tmp_path / "auto" / "candidates" / "last_n1")
+    assert last_n1["cache"]["used"] and last_n1["cache"]["cut"] == "12:blocks.11"  # the tokens after blocks.10

@@ -90,7 +90,10 @@ class Backbone:
 
     def after_chain(self, param: str) -> bool:
         """Whether a parameter sits after the chain (in the pooling side of the model); False without a chain."""
-        return bool(self.chain) and not any(param.startswith(name + ".") for name, _ in self.chain)
+        if not self.chain:
+            return False
+        inside = {id(p) for _, module in self.chain for p in module.parameters()}
+        return id(self.model.get_parameter(param)) not in inside
 
     def _not_a_stage(self, names: list[str]) -> bool:
         if all(self.after_chain(n) for n in names):
@@ -457,18 +460,26 @@ def _load_checked(model: nn.Module, state: dict[str, torch.Tensor], source: Any)
 
 
 def _find_chain(model: nn.Module, input_size: tuple[int, int, int]) -> list[tuple[str, nn.Module]]:
-    """Top-level children (Sequential ones expanded one level) whose sequential application is forward_features.
+    """Modules whose sequential application is ``forward_features``: a ViT-style model's token steps and blocks, or
+    else the top-level children (Sequential ones expanded one level).
 
-    Verified numerically on a small random input, so an architecture whose forward is not a plain chain
-    (class tokens, position embeddings, skips across children) gets an empty chain instead of a wrong one.
+    Verified numerically on a small random input (the model's own size when it takes no other), so an architecture
+    whose forward is no such chain (rotary position embeddings passed to every block, skips across children) gets an
+    empty chain instead of a wrong one.
     """
-    size = min(int(input_size[-1]), 64)
-    x = torch.randn(1, int(input_size[0]), size, size, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
-        try:
-            target = model.forward_features(x)
-        except Exception:
+        for size in dict.fromkeys((min(int(input_size[-1]), 64), int(input_size[-1]))):
+            x = torch.randn(1, int(input_size[0]), size, size, generator=torch.Generator().manual_seed(0))
+            try:
+                target = model.forward_features(x)
+                break
+            except Exception:  # a model built for one input size (a ViT without dynamic_img_size)
+                continue
+        else:
             return []
+        tokens = _token_chain(model)
+        if tokens and _equals(_apply(tokens, x), target):
+            return tokens
         out, chain = x, []
         for name, child in model.named_children():
             try:
@@ -481,6 +492,56 @@ def _find_chain(model: nn.Module, input_size: tuple[int, int, int]) -> list[tupl
                 chain.extend((f"{name}.{sub}", m) for sub, m in child.named_children())
             else:
                 chain.append((name, child))
-            if out.shape == target.shape and torch.allclose(out, target, atol=1e-5, rtol=1e-4):
+            if _equals(out, target):
                 return chain
     return []
+
+
+class _Tokens(nn.Module):
+    """A ViT-style model's steps before its first block, as one chain element: the patch embedding, class and
+    register tokens with the position embeddings (the model's own ``_pos_embed``), patch dropout and the pre-norm.
+
+    It holds the model's own modules and parameters (shared, not copies), so freezing, training and moving the model
+    apply to it.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.patch_embed = model.patch_embed
+        self.patch_drop = getattr(model, "patch_drop", None) or nn.Identity()
+        self.norm_pre = getattr(model, "norm_pre", None) or nn.Identity()
+        for name, param in model.named_parameters(recurse=False):  # cls_token, reg_token, pos_embed
+            self.register_parameter(name, param)
+        self._model = (model,)  # a tuple: not registered as a submodule
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self._model[0]._pos_embed(self.patch_embed(x))  # (B, 3, H, W) -> (B, T, D), tokens and positions added
+        return self.norm_pre(self.patch_drop(x))
+
+
+def _token_chain(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """The chain of a ViT-style model (patch embedding, ``_pos_embed``, a Sequential of blocks, a final norm), or []."""
+    blocks = getattr(model, "blocks", None)
+    if not (hasattr(model, "patch_embed") and hasattr(model, "_pos_embed") and isinstance(blocks, nn.Sequential)):
+        return []
+    chain = [("patch_embed", _Tokens(model)), *((f"blocks.{i}", b) for i, b in blocks.named_children())]
+    if isinstance(getattr(model, "norm", None), nn.Module):
+        chain.append(("norm", model.norm))
+    return chain
+
+
+def _apply(chain: list[tuple[str, nn.Module]], x: torch.Tensor) -> torch.Tensor | None:
+    try:
+        for _, module in chain:
+            x = module(x)
+    except Exception:
+        return None
+    return x
+
+
+def _equals(out: Any, target: torch.Tensor) -> bool:
+    return (
+        isinstance(out, torch.Tensor)
+        and out.shape == target.shape
+        and torch.allclose(out, target, atol=1e-5, rtol=1e-4)
+    )

@@ -94,8 +94,8 @@ class ReinitLastHead(nn.Module):
         in_ch, out_ch = in_shape[1], x.shape[1]  # (B, C, H, W) at the cut and at the end of forward_features
         if len(in_shape) != 4 or x.ndim != 4 or out_ch != backbone.model.num_features:
             raise ConfigError(f"head=reinit_last needs channels-first (B, C, H, W) activations; '{backbone.name}' "
-                              "has others (e.g. Swin's channels-last): use head=linear or head=mlp with "
-                              "freeze=last_n")  # fmt: skip
+                              "has others (a ViT's tokens, Swin's channels-last maps): use head=linear or head=mlp "
+                              "with freeze=last_n")  # fmt: skip
         # Pretrained layers of the dropped stages that run after the chain (MobileNetV3's conv_head after the pooling,
         # ConvNeXt's head norm) are dropped too: re-initialised in place, they train as new layers.
         after = sorted({p.rpartition(".")[0] for p in dropped_params if backbone.after_chain(p)})
