@@ -17,6 +17,7 @@ import csv
 import logging
 import math
 import statistics
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -216,10 +217,13 @@ def summarize(
     return rows, columns, cells
 
 
-def write_report(sweep_dir: Path, metric: str = "test/acc") -> dict[str, Path]:
-    """Write report.md, report.csv, report.png and report.html into ``sweep_dir``; returns their paths."""
+def write_report(sweep_dir: Path, metric: str = "test/acc", jobs: list[Job] | None = None) -> dict[str, Path]:
+    """Write report.md, report.csv, report.png and report.html into ``sweep_dir``; returns their paths.
+
+    ``jobs``: the sweep's jobs when the caller has read them already (:func:`collect_jobs`).
+    """
     sweep_dir = Path(sweep_dir)
-    jobs = collect_jobs(sweep_dir, metric)
+    jobs = collect_jobs(sweep_dir, metric) if jobs is None else jobs
     lower_is_better = "loss" in metric
     rows, columns, cells = summarize(jobs, lower_is_better)
     paths = {ext: sweep_dir / f"report.{ext}" for ext in ("md", "csv", "png", "html")}
@@ -237,7 +241,8 @@ def write_report(sweep_dir: Path, metric: str = "test/acc") -> dict[str, Path]:
 
 
 class SweepReport(Callback):
-    """Hydra callback: write the report into the sweep directory when a multirun ends; never fails the sweep.
+    """Hydra callback: write the report into the sweep directory when a multirun ends. A broken report never fails
+    the sweep; failed jobs do, after the report: the command exits 1 with one line, as a script running it expects.
 
     Args:
         metric: the results.json metric to compare, e.g. ``test/acc`` or ``val/f1``.
@@ -247,12 +252,18 @@ class SweepReport(Callback):
         self.metric = metric
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep_dir = Path(config.hydra.sweep.dir)
+        jobs: list[Job] = []
         try:
-            write_report(Path(config.hydra.sweep.dir), self.metric)
+            jobs = collect_jobs(sweep_dir, self.metric)
+            write_report(sweep_dir, self.metric, jobs)
         except Exception:  # the jobs' results are already on disk; a broken report must not turn the sweep red
-            log.exception(
-                "could not write the sweep report; retry with: python -m tlx.report %s", config.hydra.sweep.dir
-            )
+            log.exception("could not write the sweep report; retry with: python -m tlx.report %s", sweep_dir)
+        failed = sum(j.status != "ok" for j in jobs)
+        if failed:
+            print(f"tlx: error: {failed} of {len(jobs)} sweep jobs did not finish (report.md in {sweep_dir} says "
+                  "why); fix that and run the same command again: it re-runs only those", file=sys.stderr)  # fmt: skip
+            raise SystemExit(1)  # not an Exception: Hydra's callback runner lets it end the process
 
 
 def _regime(job: Job) -> str:
