@@ -15,7 +15,6 @@ from tlx.errors import ConfigError
 from tlx.features import find_cut
 from tlx.freeze import Freeze
 from tlx.heads import LinearHead, Network, ReinitLastHead
-from tlx.results import read_results
 
 
 def _params_of(net: Network, prefix: str) -> list[torch.nn.Parameter]:
@@ -91,10 +90,39 @@ def test_reinit_last_replaces_the_last_stage_of_other_cnns(name, after):
     torch.testing.assert_close(net.forward_from(net.forward_to(x, cut), cut), net(x))
 
 
-def test_reinit_last_refuses_channels_last_stages():
-    b = create_backbone("swin_tiny_patch4_window7_224", pretrained=False, image_size=64)  # (B, H, W, C) stages
-    with pytest.raises(ConfigError, match=r"reinit_last needs channels-first .* use head=linear or head=mlp"):
-        ReinitLastHead(b, num_classes=3)
+@pytest.mark.parametrize(
+    "name,dropped",
+    [("vit_tiny_patch16_224", ["blocks.11", "norm"]), ("swin_tiny_patch4_window7_224", ["layers.3", "norm"])],
+)
+def test_reinit_last_restarts_the_last_stage_where_no_1x1_conv_fits(tmp_path, name, dropped):
+    """A ViT's tokens and Swin's channels-last maps take no 1x1 conv: the last stage's own layers start again from
+    timm's random initialisation (the same draw as the model built at random with this seed), train as new layers,
+    and the frozen stages before them keep the loaded weights and feed them cached activations."""
+    model = timm.create_model(name, pretrained=False)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.fill_(0.123)  # "pretrained" weights no random init draws
+    torch.save(model.state_dict(), tmp_path / "weights.pth")
+    b = create_backbone(name, weights=str(tmp_path / "weights.pth"), image_size=64)
+    torch.manual_seed(7)
+    head = ReinitLastHead(b, num_classes=3)
+    torch.manual_seed(7)
+    twin = dict(b.random_twin().named_parameters())
+    net = Network(b, head)
+    assert head.new_backbone_modules == dropped
+    for n, p in b.model.named_parameters():
+        if any(n.startswith(d + ".") for d in dropped):
+            assert torch.equal(p, twin[n]), n  # timm's own initialisation of that layer
+        else:
+            assert torch.all(p == 0.123) or "relative_position" in n, n  # loaded (Swin's tables are resampled)
+    Freeze("head_only").apply(net, b.stage_groups(exclude=set(head.new_backbone_modules)))
+    trainable = {n.removeprefix("backbone.") for n, p in net.named_parameters() if p.requires_grad}
+    assert all(net.is_new(f"backbone.{n}") for n in trainable - {"head.fc.weight", "head.fc.bias"})
+    cut = find_cut(net)
+    assert b.chain[cut][0] == dropped[0]  # cached activations feed the restarted stage
+    x = torch.randn(2, 3, 64, 64)
+    net.eval()
+    torch.testing.assert_close(net.forward_from(net.forward_to(x, cut), cut), net(x))
 
 
 def test_image_size_resamples_a_vit_and_its_pretrained_position_embeddings(tmp_path):
@@ -142,12 +170,13 @@ def test_a_model_whose_children_return_tuples_is_no_chain():
 
 @pytest.mark.parametrize(
     "name,strategy",
-    [("mobilenetv3_small_050", "reinit_last"), ("vit_tiny_patch16_224", "last_n2")],
-    ids=["mobilenetv3-reinit_last", "vit-last_n2"],
+    [("mobilenetv3_small_050", "reinit_last"), ("vit_tiny_patch16_224", "reinit_last")],
+    ids=["mobilenetv3", "vit"],
 )
 def test_a_run_on_another_backbone_trains_on_cached_activations_as_through_it(make_cfg, tmp_path, name, strategy):
-    """End to end on cached activations, with the metrics of training through the whole network: MobileNetV3's new
-    last stage and the conv_head after its pooling; a ViT's last two blocks and final norm from cached tokens."""
+    """head=reinit_last end to end on cached activations, with the metrics of training through the whole network:
+    MobileNetV3's new last stage and the conv_head after its pooling; a ViT's restarted last block and final norm on
+    cached tokens."""
     from tlx.run import train
 
     common = ["backbone=timm", f"backbone.name={name}", "backbone.pretrained=false", f"strategy={strategy}"]
@@ -158,12 +187,12 @@ def test_a_run_on_another_backbone_trains_on_cached_activations_as_through_it(ma
     assert cached["metrics"]["test/loss"] == pytest.approx(direct["metrics"]["test/loss"], rel=1e-4)
 
 
-def test_auto_on_a_vit_skips_the_candidate_it_cannot_build_and_goes_on(make_cfg, tmp_path):
-    """reinit_last needs channels-first maps: on a ViT auto records why it skipped it and tries the rest (the whole
-    search once ended in that one line), last_n1 on the ViT's cached tokens."""
+def test_auto_skips_the_candidate_a_backbone_cannot_build_and_goes_on(make_cfg, tmp_path):
+    """reinit_last needs a chain: on EVA (rotary position embeddings go to every block) auto records why it skipped it
+    and tries the rest (on a ViT, before it had a chain, the whole search once ended in that one line)."""
     from tlx.auto import run_auto
 
-    overrides = ["backbone=timm", "backbone.name=vit_tiny_patch16_224", "backbone.pretrained=false"]
+    overrides = ["backbone=timm", "backbone.name=eva02_tiny_patch14_224", "backbone.pretrained=false"]
     overrides += ["data.samples_per_class=4", "trainer.max_epochs=1"]
     candidates = "auto.candidates=[{strategy:reinit_last,min_per_class:0},{strategy:last_n1,min_per_class:0}]"
     results = run_auto(
@@ -173,8 +202,6 @@ def test_auto_on_a_vit_skips_the_candidate_it_cannot_build_and_goes_on(make_cfg,
     )
     rows = {c["strategy"]: c for c in results["auto"]["candidates"]}
     assert rows["reinit_last"]["status"] == "skipped"
-    assert "needs channels-first" in rows["reinit_last"]["why"]
+    assert "needs a chain-structured CNN" in rows["reinit_last"]["why"]
     assert rows["head_only"]["status"] == "finished" and rows["last_n1"]["status"] in ("finished", "stopped")
     assert results["auto"]["winner"] in ("head_only", "last_n1")
-    last_n1 = read_results(tmp_path / "auto" / "candidates" / "last_n1")
-    assert last_n1["cache"]["used"] and last_n1["cache"]["cut"] == "12:blocks.11"  # the tokens after blocks.10

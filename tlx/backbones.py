@@ -8,6 +8,7 @@ import importlib
 import logging
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -55,7 +56,9 @@ class Backbone:
         weights: where the weights came from: ``hub``, ``file:<path>``, ``bundled:<package>`` or ``random``.
         weights_hash: hash of every tensor actually loaded (part of the feature-cache key).
         chain: ``(name, module)`` pairs whose sequential application equals ``model.forward_features``;
-            empty when the architecture is not a simple chain (e.g. ViT), which disables mid-network cuts.
+            empty when the architecture is not a simple chain (e.g. EVA), which disables mid-network cuts.
+        random_twin: builds the same model (same size and rates) with timm's random initialisation, for layers that
+            start again from it (``head=reinit_last`` on a ViT or Swin).
     """
 
     model: nn.Module
@@ -65,6 +68,7 @@ class Backbone:
     weights: str
     weights_hash: str
     chain: list[tuple[str, nn.Module]] = field(default_factory=list)
+    random_twin: Callable[[], nn.Module] | None = field(default=None, repr=False)
 
     def stage_groups(self, exclude: set[str] | None = None) -> list[list[str]]:
         """Parameter names per stage, in forward order, from timm's own ``group_matcher(coarse=True)``."""
@@ -156,9 +160,18 @@ def create_backbone(
     model.eval()
     crop_kernels_to_maps(model)
     data_config = timm.data.resolve_model_data_config(model)
+    native = tuple(data_config["input_size"][-2:])
     if image_size:
-        _set_input_size(model, name, int(image_size), native=tuple(data_config["input_size"][-2:]))
+        _set_input_size(model, name, int(image_size), native)
         data_config["input_size"] = (3, int(image_size), int(image_size))
+
+    def random_twin() -> nn.Module:
+        twin = _create(name, kwargs)
+        twin.reset_classifier(0)
+        if image_size:
+            _set_input_size(twin, name, int(image_size), native)
+        return twin
+
     backbone = Backbone(
         model=model,
         name=name,
@@ -168,6 +181,7 @@ def create_backbone(
         weights=source,
         weights_hash=state_hash(model),
         chain=_find_chain(model, data_config["input_size"]),
+        random_twin=random_twin,
     )
     log.info(
         "backbone %s: %d features, weights from %s, %s",

@@ -54,10 +54,12 @@ class MLPHead(nn.Module):
 class ReinitLastHead(nn.Module):
     """Drop the backbone's last ``n`` pretrained stages and put new, randomly initialised layers in their place.
 
-    The new layers are a 1x1 conv + BatchNorm + ReLU at the position of the first dropped chain element (the
-    other dropped elements become identities), so the backbone's own pooling still applies; this module then
-    holds the dropout and the softmax layer. The new conv maps to ``hidden`` channels, by default the width the
-    dropped stages produced, so whatever the architecture does after its last stage still fits.
+    On channels-first CNNs the new layers are a 1x1 conv + BatchNorm + ReLU at the position of the first dropped
+    chain element (the other dropped elements become identities), so the backbone's own pooling still applies; the
+    new conv maps to ``hidden`` channels, by default the width the dropped stages produced, so whatever the
+    architecture does after its last stage still fits. Where no 1x1 conv fits (a ViT's tokens, Swin's channels-last
+    maps), the dropped layers stay and start again from timm's random initialisation of the same model. This module
+    then holds the dropout and the softmax layer.
     """
 
     def __init__(
@@ -91,38 +93,43 @@ class ReinitLastHead(nn.Module):
             in_shape = x.shape
             for _, module in backbone.chain[first:]:
                 x = module(x)
-        in_ch, out_ch = in_shape[1], x.shape[1]  # (B, C, H, W) at the cut and at the end of forward_features
-        if len(in_shape) != 4 or x.ndim != 4 or out_ch != backbone.model.num_features:
-            raise ConfigError(f"head=reinit_last needs channels-first (B, C, H, W) activations; '{backbone.name}' "
-                              "has others (a ViT's tokens, Swin's channels-last maps): use head=linear or head=mlp "
-                              "with freeze=last_n")  # fmt: skip
         # Pretrained layers of the dropped stages that run after the chain (MobileNetV3's conv_head after the pooling,
-        # ConvNeXt's head norm) are dropped too: re-initialised in place, they train as new layers.
+        # ConvNeXt's head norm) are dropped too: re-initialised, they train as new layers.
         after = sorted({p.rpartition(".")[0] for p in dropped_params if backbone.after_chain(p)})
         after = [m for m in after if not any(m.startswith(o + ".") for o in after)]
-        for name in after:
-            for module in backbone.model.get_submodule(name).modules():
-                if hasattr(module, "reset_parameters"):
-                    module.reset_parameters()
-        width = int(hidden) if hidden else out_ch
-        new = nn.Sequential(nn.Conv2d(in_ch, width, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True))
         dropped = [name for name, _ in backbone.chain[first:]]
-        for i, name in enumerate(dropped):
-            _set_submodule(backbone.model, name, new if i == 0 else nn.Identity())
-        backbone.chain[first:] = [
-            (name, new if i == 0 else backbone.model.get_submodule(name)) for i, name in enumerate(dropped)
-        ]
-        if width != out_ch:
-            with torch.no_grad():
-                backbone.num_features = backbone.model.eval()(torch.zeros(1, 3, size, size)).shape[-1]
-        self.new_backbone_modules = [dropped[0], *after]
-        log.info(
-            "reinit_last: dropped %s, new 1x1 conv %d -> %d channels%s",
-            dropped,
-            in_ch,
-            width,
-            f", re-initialised {after}" if after else "",
-        )
+        if len(in_shape) == 4 and x.ndim == 4 and x.shape[1] == backbone.model.num_features:
+            in_ch, out_ch = in_shape[1], x.shape[1]  # (B, C, H, W) at the cut and at the end of forward_features
+            for name in after:
+                for module in backbone.model.get_submodule(name).modules():
+                    if hasattr(module, "reset_parameters"):
+                        module.reset_parameters()
+            width = int(hidden) if hidden else out_ch
+            new = nn.Sequential(nn.Conv2d(in_ch, width, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True))
+            for i, name in enumerate(dropped):
+                _set_submodule(backbone.model, name, new if i == 0 else nn.Identity())
+            backbone.chain[first:] = [
+                (name, new if i == 0 else backbone.model.get_submodule(name)) for i, name in enumerate(dropped)
+            ]
+            if width != out_ch:
+                with torch.no_grad():
+                    backbone.num_features = backbone.model.eval()(torch.zeros(1, 3, size, size)).shape[-1]
+            self.new_backbone_modules = [dropped[0], *after]
+            log.info(
+                "reinit_last: dropped %s, new 1x1 conv %d -> %d channels%s",
+                dropped,
+                in_ch,
+                width,
+                f", re-initialised {after}" if after else "",
+            )
+        else:  # a ViT's tokens, Swin's channels-last maps: no 1x1 conv fits; the dropped layers themselves start again
+            if hidden:
+                raise ConfigError(f"head.hidden sizes the new 1x1 conv of a channels-first CNN; '{backbone.name}' "
+                                  "re-initialises its own last layers instead: set head.hidden=null")  # fmt: skip
+            _restart(backbone, sorted(dropped_params))
+            self.new_backbone_modules = [*dropped, *after]
+            log.info("reinit_last: %s start again from random initialisation (%s activations: no 1x1 conv)",
+                     self.new_backbone_modules, "token" if x.ndim == 3 else "channels-last")  # fmt: skip
         self.drop = nn.Dropout(dropout)
         self.fc = nn.Linear(backbone.num_features, num_classes)
 
@@ -190,6 +197,23 @@ def _check_common(num_classes: int, dropout: float) -> None:
         raise ConfigError(f"need at least 2 classes, found {num_classes}: add a folder per class")
     if not 0.0 <= dropout < 1.0:
         raise ConfigError(f"head.dropout must be in [0, 1), got {dropout}")
+
+
+def _restart(backbone: Backbone, names: list[str]) -> None:
+    """Set the parameters ``names`` (and the buffers of the layers that hold them) to timm's random initialisation of
+    the same model, drawn from the run's seeded generator."""
+    try:
+        twin = backbone.random_twin()
+    except Exception as e:
+        raise ConfigError(f"head=reinit_last on '{backbone.name}' needs the model built with random weights, which "
+                          f"failed ({type(e).__name__}: {e}); use freeze=last_n instead") from e  # fmt: skip
+    fresh = dict(twin.named_parameters())
+    with torch.no_grad():
+        for name in names:
+            backbone.model.get_parameter(name).copy_(fresh[name])
+        for owner in sorted({n.rpartition(".")[0] for n in names}):
+            for buffer_name, buffer in backbone.model.get_submodule(owner).named_buffers(recurse=False):
+                buffer.copy_(twin.get_buffer(f"{owner}.{buffer_name}" if owner else buffer_name))
 
 
 def _set_submodule(root: nn.Module, name: str, module: nn.Module) -> None:
