@@ -172,3 +172,37 @@ def test_a_tie_goes_to_the_cheaper_strategy(tmp_path: Path) -> None:
     _job(root / "b", 10, "head_only", 0, _ok(0.7, 12_810, 10))
     row = next(line for line in write_report(root)["md"].read_text().splitlines() if line.startswith("| 10 |"))
     assert row.split(" | ")[1].endswith("★ (n=1)") and "★" not in row.split(" | ")[2]
+
+
+def _backbone_sweep(root: Path, sizes: tuple[int, ...]) -> Path:
+    for spc in sizes:
+        for name in ("resnet18", "convnext_atto", "vit_tiny_patch16_224"):
+            for strategy in STRATEGIES:
+                d = _job(root / name, spc, strategy, 0, _ok(0.5 + spc / 1000, STRATEGIES[strategy][2], spc))
+                overrides = [f"data.samples_per_class={spc}", f"strategy={strategy}", f"backbone.name={name}"]
+                (d / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
+    return root
+
+
+def test_the_plot_gives_each_other_swept_setting_a_panel_or_a_group_of_bars(tmp_path: Path) -> None:
+    """Several backbones over several sizes: a panel per backbone, one legend naming each strategy once (it once
+    listed every strategy x setting pair beside one crowded plot). At one size: bars grouped by backbone."""
+    from tlx.report import _plot, collect_jobs, summarize
+
+    lines = _plot(*summarize(collect_jobs(_backbone_sweep(tmp_path / "lines", (10, 100)), "test/acc")), "test/acc")
+    panels = [ax for ax in lines.axes if ax.get_visible()]
+    assert sorted(ax.get_title() for ax in panels) == [
+        "backbone.name=convnext_atto",
+        "backbone.name=resnet18",
+        "backbone.name=vit_tiny_patch16_224",
+    ]
+    assert all(len(ax.get_lines()) >= 2 for ax in panels)  # both strategies' lines in each panel
+    (legend,) = lines.legends
+    assert [t.get_text() for t in legend.get_texts()] == ["head_only", "last_n(2)"]
+
+    bars = _plot(*summarize(collect_jobs(_backbone_sweep(tmp_path / "bars", (4,)), "test/acc")), "test/acc")
+    (ax,) = bars.axes
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["convnext_atto", "resnet18", "vit_tiny_patch16_224"]
+    assert ax.get_xlabel() == "backbone.name" and len(ax.patches) == 6  # 3 backbones x 2 strategies
+    assert "at 4 training images per class" in ax.get_title()
+    assert [t.get_text() for t in bars.legends[0].get_texts()] == ["head_only", "last_n(2)"]

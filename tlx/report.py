@@ -369,38 +369,90 @@ def _blank(v: float | None, digits: int | None = None) -> float | str:
 
 
 def _plot(rows: list[str], columns: list[str], cells: dict[tuple[str, str], Cell], metric: str) -> Figure:
+    """Lines over data size, one panel per other swept setting; bars when the sweep has one data size (or none)."""
+    sizes = {c.x for c in cells.values() if c.values and not math.isnan(c.x)}
+    if len(sizes) <= 1:
+        return _bar_plot(rows, columns, cells, metric, next(iter(sizes), None))
     variants = sorted({c.variant for c in cells.values()})
-    wide = len(variants) > 1  # the legend names the settings too: room for it beside the plot
-    fig = Figure(figsize=(10.5 if wide else 7.6, 4.4), layout="constrained")  # Agg canvas, no pyplot state
-    ax = fig.add_subplot()
-    for v in variants:  # a strategy keeps its colour; another swept setting gets another line style
-        line = ("-", "--", ":", "-.")[variants.index(v) % 4]
+    ncols = min(len(variants), 3)
+    nrows = math.ceil(len(variants) / ncols)
+    size = (7.6, 4.4) if ncols == 1 else (4.0 * ncols + 1.8, 3.2 * nrows + 0.6)
+    fig = Figure(figsize=size, layout="constrained")  # Agg canvas, no pyplot state
+    axes = fig.subplots(nrows, ncols, squeeze=False, sharey=True).ravel()
+    for ax, v in zip(axes, variants, strict=False):
         for i, s in enumerate(columns):
             points = [c for r in rows if (c := cells.get((r, s))) is not None and c.variant == v]
             points = [c for c in points if c.values and not math.isnan(c.x)]
-            # auto repeats one of the fixed columns on every row: black crosses on top keep both visible
-            style = (
-                {"marker": "x", "markersize": 9, "color": "black", "zorder": 3, "linestyle": line if v else "--"}
-                if s == "auto"
-                else {"marker": "o", "color": f"C{i % 10}", "linestyle": line}
-            )
             if points:
                 ax.errorbar(
                     [c.x for c in points],
                     [c.mean for c in points],
                     yerr=[c.std or 0.0 for c in points],
                     capsize=3,
-                    label=f"{s} · {v}" if v else s,
-                    **style,
+                    label=s,
+                    **_style(s, i),
                 )
-    ax.set_xscale("log")
-    ax.set_xlabel("training images per class")
-    ax.set_ylabel(metric)
-    ax.set_title(f"{metric} vs data size (mean ± std over seeds)")
-    ax.grid(True, which="both", alpha=0.3)
-    if ax.has_data():
-        ax.legend(title="strategy", loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside the plot, off the points
+        ax.set_xscale("log")
+        ax.set_xlabel("training images per class")
+        ax.grid(True, which="both", alpha=0.3)
+        if v:
+            ax.set_title(v, fontsize=10)
+    for ax in axes[len(variants) :]:
+        ax.set_visible(False)
+    for ax in axes[::ncols]:
+        ax.set_ylabel(metric)
+    fig.suptitle(f"{metric} vs data size (mean ± std over seeds)")
+    _legend(fig, axes)
     return fig
+
+
+def _bar_plot(
+    rows: list[str], columns: list[str], cells: dict[tuple[str, str], Cell], metric: str, size: float | None
+) -> Figure:
+    """One group of bars per row (per other swept setting: a backbone sweep at one data size), one bar per strategy."""
+    variants = [next((c.variant for (r, _), c in cells.items() if r == row), "") or row for row in rows]
+    keys = {v.split("=", 1)[0] for v in variants if "=" in v and "," not in v}
+    labels = [v.split("=", 1)[1] for v in variants] if len(keys) == 1 and all("=" in v for v in variants) else variants
+    fig = Figure(figsize=(max(7.6, 1.1 * len(rows) + 3.2), 4.4), layout="constrained")
+    ax = fig.add_subplot()
+    width = 0.8 / max(1, len(columns))
+    for i, s in enumerate(columns):
+        found = [(j, c) for j, r in enumerate(rows) if (c := cells.get((r, s))) is not None and c.values]
+        if found:
+            style = _style(s, i)
+            ax.bar(
+                [j - 0.4 + width * (i + 0.5) for j, _ in found],
+                [c.mean for _, c in found],
+                width,
+                yerr=[c.std or 0.0 for _, c in found],
+                capsize=2,
+                label=s,
+                color=style["color"],
+                hatch="//" if s == "auto" else None,
+                edgecolor="white" if s == "auto" else None,
+            )
+    ax.set_xticks(range(len(rows)), labels, rotation=20 if max(map(len, labels), default=0) > 12 else 0, ha="right")
+    ax.set_xlabel(keys.pop() if len(keys) == 1 else "")
+    ax.set_ylabel(metric)
+    at = f" at {size:g} training images per class" if size is not None else ""
+    ax.set_title(f"{metric}{at} (mean ± std over seeds)")
+    ax.grid(True, axis="y", alpha=0.3)
+    _legend(fig, [ax])
+    return fig
+
+
+def _style(strategy: str, i: int) -> dict[str, Any]:
+    # auto repeats one of the fixed columns on every row: black crosses on top keep both visible
+    if strategy == "auto":
+        return {"marker": "x", "markersize": 9, "color": "black", "zorder": 3, "linestyle": "--"}
+    return {"marker": "o", "color": f"C{i % 10}"}
+
+
+def _legend(fig: Figure, axes: Any) -> None:
+    """One legend of the strategies for the whole figure, beside the plots (off the points)."""
+    entries = {label: handle for ax in axes for handle, label in zip(*ax.get_legend_handles_labels(), strict=True)}
+    if entries:
+        fig.legend(list(entries.values()), list(entries), title="strategy", loc="outside right upper")
 
 
 def _html(
