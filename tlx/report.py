@@ -483,7 +483,7 @@ def _html(
             f"({'lowest' if lower_is_better else 'highest'} mean). Columns go from fewest to most trainable "
             "parameters.</p>",
         ),
-        section("plot", f"{metric} vs data size", img_tag(png, f"{metric} vs training images per class", "plot")),
+        section("plot", f"{metric}: plot", img_tag(png, f"{metric} by data size and strategy", "plot")),
         section("wall-time", "Mean wall time per job (s)", table(times, ["samples per class", *columns], numeric)),
     ]
     mixed = [c for c in cells.values() if c.mixed]
