@@ -168,6 +168,7 @@ def create_backbone(
     def random_twin() -> nn.Module:
         twin = _create(name, kwargs)
         twin.reset_classifier(0)
+        twin.eval()  # as the model: the size check's forward pass runs on one image
         if image_size:
             _set_input_size(twin, name, int(image_size), native)
         return twin
