@@ -95,13 +95,14 @@ class ReinitLastHead(nn.Module):
                 x = module(x)
         # Pretrained layers of the dropped stages that run after the chain (MobileNetV3's conv_head after the pooling,
         # ConvNeXt's head norm) are dropped too: re-initialised as timm initialises them, they train as new layers.
-        after = sorted({p.rpartition(".")[0] for p in dropped_params if backbone.after_chain(p)})
+        after_params = sorted(p for p in dropped_params if backbone.after_chain(p))
+        after = sorted({p.rpartition(".")[0] for p in after_params})
         after = [m for m in after if not any(m.startswith(o + ".") for o in after)]
         dropped = [name for name, _ in backbone.chain[first:]]
         if len(in_shape) == 4 and x.ndim == 4 and x.shape[1] == backbone.model.num_features:
             in_ch, out_ch = in_shape[1], x.shape[1]  # (B, C, H, W) at the cut and at the end of forward_features
-            if after:
-                _restart(backbone, sorted(p for p in dropped_params if backbone.after_chain(p)))
+            if after_params:
+                _restart(backbone, after_params)
             width = int(hidden) if hidden else out_ch
             new = nn.Sequential(nn.Conv2d(in_ch, width, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True))
             for i, name in enumerate(dropped):

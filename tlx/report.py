@@ -272,8 +272,13 @@ def _regime(job: Job) -> str:
     return f"fraction {job.fraction:g}" if job.fraction is not None else "all"
 
 
+def _row_cell(cells: dict[tuple[str, str], Cell], row: str) -> Cell:
+    """A cell of ``row`` (they share its data size and setting)."""
+    return next(c for (r, _), c in cells.items() if r == row)
+
+
 def _row_key(cells: dict[tuple[str, str], Cell], row: str) -> tuple[str, bool, float, str]:
-    cell = next(c for (r, _), c in cells.items() if r == row)
+    cell = _row_cell(cells, row)
     return cell.variant, math.isnan(cell.x), 0.0 if math.isnan(cell.x) else cell.x, row  # by setting, then size
 
 
@@ -410,7 +415,7 @@ def _bar_plot(
     rows: list[str], columns: list[str], cells: dict[tuple[str, str], Cell], metric: str, size: float | None
 ) -> Figure:
     """One group of bars per row (per other swept setting: a backbone sweep at one data size), one bar per strategy."""
-    variants = [next((c.variant for (r, _), c in cells.items() if r == row), "") or row for row in rows]
+    variants = [_row_cell(cells, row).variant or row for row in rows]
     keys = {v.split("=", 1)[0] for v in variants if "=" in v and "," not in v}
     labels = [v.split("=", 1)[1] for v in variants] if len(keys) == 1 and all("=" in v for v in variants) else variants
     fig = Figure(figsize=(max(7.6, 1.1 * len(rows) + 3.2), 4.4), layout="constrained")
