@@ -191,14 +191,21 @@ def test_cancelled_and_preempted_jobs_finish_like_an_uninterrupted_sweep(uninter
     try:
         jobs = _wait_for("the sweep's job folders", lambda: (len(_jobs(sweep)) == len(SEEDS)) and _jobs(sweep))
         slurm_env = {**os.environ, **env}
-        # Mid-training: right after a job's first epoch (its last.ckpt appears), with EPOCHS - 1 still to go.
-        _wait_for("the first epoch of the job to preempt", (jobs[PREEMPTED] / "checkpoints" / "last.ckpt").is_file)
-        preempted = _slurm_job(sweep, PREEMPTED)
-        # What SLURM sends before the time limit or at preemption (submitit's --signal=USR2@signal_delay_s).
-        subprocess.run(["scancel", "--signal=USR2", preempted], check=True, env=slurm_env)
-        _wait_for("the first epoch of the job to cancel", (jobs[CANCELLED] / "checkpoints" / "last.ckpt").is_file)
-        cancelled = _slurm_job(sweep, CANCELLED)
-        subprocess.run(["scancel", cancelled], check=True, env=slurm_env)
+        # Mid-training: right after each job's first epoch (its last.ckpt appears), with EPOCHS - 1 still to go. The
+        # two are watched together: one job may start late (it waited for the other's cache lock), and waiting for it
+        # first once let the other train to the end before its turn came.
+        # What SLURM sends before the time limit or at preemption (submitit's --signal=USR2@signal_delay_s), and a
+        # plain cancel.
+        signals = {PREEMPTED: ["--signal=USR2"], CANCELLED: []}
+
+        def signal_those_past_their_first_epoch() -> bool:
+            for task in [t for t in signals if (jobs[t] / "checkpoints" / "last.ckpt").is_file()]:
+                cmd = ["scancel", *signals.pop(task), _slurm_job(sweep, task)]
+                subprocess.run(cmd, check=True, env=slurm_env)
+            return not signals
+
+        _wait_for("the first epoch of both jobs", signal_those_past_their_first_epoch)
+        preempted, cancelled = _slurm_job(sweep, PREEMPTED), _slurm_job(sweep, CANCELLED)
         # SLURM holds a requeued job for 2 minutes (BeginTime); let it start now.
         _wait_for("the preempted job to be requeued", lambda: "BeginTime" in _squeue(preempted, env))
         subprocess.run(["scontrol", "update", f"JobId={preempted}", "StartTime=now"], check=True, env=slurm_env)
