@@ -14,7 +14,7 @@ from hydra.utils import instantiate
 from tlx.__main__ import _user_error
 from tlx.data import FolderData
 from tlx.errors import ConfigError
-from tlx.results import read_results
+from tlx.results import read_results, write_results
 
 from .conftest import HEAVY, TINY, imported_modules, run_cli, run_main, write_images
 
@@ -43,7 +43,8 @@ def _assert_fails(proc, results, *phrases: str) -> str:
     assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
     assert all(p in lines[0] for p in phrases), lines[0]
-    assert results is None or results["status"] != "ok"
+    # results.json, where the run directory could be made, records the failure and the same line
+    assert results is None or results == {"status": "failed", "error": lines[0].removeprefix("tlx: error: ")}
     return lines[0]
 
 
@@ -95,7 +96,33 @@ def test_no_images_at_all(tmp_path):
         (root / name).mkdir(parents=True)
         (root / name / "notes.txt").write_text("not a picture")
     proc, results = _run(tmp_path, "data=folder", f"data.root={root}")
-    _assert_fails(proc, results, f"no images in any class folder of {root}", ".jpg", "point data.root at")
+    line = _assert_fails(proc, results, f"no images in any class folder of {root}", ".jpg", "point data.root at")
+    assert results == {"status": "failed", "error": line.removeprefix("tlx: error: ")}  # not a bare run directory
+
+
+def test_a_failing_run_keeps_the_results_of_a_finished_run_in_its_directory(tmp_path):
+    """The same hydra.run.dir again with a mistake: the line and exit 2, and the earlier results stay as they were."""
+    root = tmp_path / "photos"
+    (root / "ant").mkdir(parents=True)
+    (root / "bee").mkdir()
+    finished = {"status": "ok", "metrics": {"val/acc": 0.9}}
+    (tmp_path / "run").mkdir()
+    write_results(tmp_path / "run", finished)
+    proc, results = _run(tmp_path, "data=folder", f"data.root={root}")
+    _assert_fails(proc, None, f"no images in any class folder of {root}")
+    assert results == finished
+
+
+def test_an_unexpected_error_shows_its_traceback_and_is_recorded(tmp_path, monkeypatch):
+    import tlx.run
+
+    def crash(*args, **kwargs):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(tlx.run, "train", crash)
+    proc, results = _run(tmp_path)
+    assert proc.returncode == 1 and "Traceback" in proc.stderr and "RuntimeError: boom" in proc.stderr, proc.stderr
+    assert results == {"status": "failed", "error": "RuntimeError: boom"}
 
 
 def _truncate(path: Path) -> None:

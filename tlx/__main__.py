@@ -89,6 +89,19 @@ def _require_writable(folder: Path, key: str) -> None:
         sys.exit(2)
 
 
+def _record_failure(out_dir: Path, error: str) -> None:
+    """A single run that stopped on an error says so in its results.json (without one its directory looks merely
+    unfinished), unless the directory holds the results of an earlier run there that finished: those are kept."""
+    from tlx.results import read_results, write_results
+
+    if (read_results(out_dir) or {}).get("status") == "ok":
+        return
+    try:
+        write_results(out_dir, {"status": "failed", "error": error})
+    except OSError as e:  # the error itself is what the user needs to see
+        log.warning("could not record the failure in %s (%s)", out_dir, e)
+
+
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def main(cfg: DictConfig) -> float:
     """Hydra entry point; returns ``cfg.metric`` for sweepers (NaN for a failed job in a sweep)."""
@@ -127,14 +140,14 @@ def main(cfg: DictConfig) -> float:
         sys.exit(130)
     except Exception as e:
         message = _user_error(e)
-        if not multirun and message is None:
-            raise
-        if multirun:
-            write_results(out_dir, {"status": "failed", "error": message or f"{type(e).__name__}: {e}"})
-            log.error(
-                "job failed (the sweep goes on): %s", message or f"{type(e).__name__}: {e}", exc_info=message is None
-            )
+        error = message or f"{type(e).__name__}: {e}"
+        if multirun:  # the sweep's report lists the job as failed, with this error
+            write_results(out_dir, {"status": "failed", "error": error})
+            log.error("job failed (the sweep goes on): %s", error, exc_info=message is None)
             return math.nan
+        _record_failure(out_dir, error)
+        if message is None:
+            raise
         print(f"tlx: error: {message}", file=sys.stderr)
         sys.exit(2)
     return float(results["metrics"].get(cfg.metric) or math.nan)
