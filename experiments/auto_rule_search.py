@@ -19,7 +19,11 @@ per seed. The shipped rule was chosen this way on seeds 0-2: two rules of the gr
 mean row with every seed's time at most 3x the chosen strategy's run alone and no pick below head_only; of the two,
 the one with more single-seed rows within 1 point (20 of 24 against 19). Seeds 3-5 were run after, to check it.
 
-Usage: python experiments/auto_rule_search.py SWEEP_DIR [SWEEP_DIR ...] [--rows] [--mean]
+``--clock 3`` replays a rule tlx does not have, against the shipped one: a candidate that does not lead is stopped
+once the search has run 3x the leader's own cost (the probe's time plus the leader's training), aiming at the time
+criterion directly.
+
+Usage: python experiments/auto_rule_search.py SWEEP_DIR [SWEEP_DIR ...] [--rows] [--mean] [--clock RATIO ...]
 """
 
 from __future__ import annotations
@@ -52,6 +56,8 @@ class Rule:
     check_fraction: float = 0.25
     slack: float = 0.15
     prune_deeper: bool = True
+    clock: float | None = None  # not in tlx (replayed only, --clock): a candidate that does not lead is stopped once
+    # the search has run this many times the leader's own cost (the probe's time plus the leader's training)
 
 
 def load(sweep: Path) -> dict[int, dict]:
@@ -114,18 +120,36 @@ def replay(rule: Rule, n: int, row: dict) -> tuple[str, float, list[str]]:
     best, best_curve = "head_only", row["head_only"]["curve"]
     best_val = best_curve[0][1]
     cost, log, pruned = row["_probe_s"] + 1.0, [], False
+    leader_s = row["_probe_s"]  # the leader's own cost, as the search could know it (--clock)
     for name in ORDER:
         if pruned or (name == "full" and n < rule.full_min_per_class):
             log.append(f"{name}: skipped")
             continue
         done = race(rule, name, row[name]["curve"], best_val, best_curve)
-        cost += row[name]["fit_s"] * (done.progress if done.stopped else 1.0)
-        log.append(f"{name}: " + (f"stopped at {done.progress:.0%}" if done.stopped else "finished"))
+        fit_s = row[name]["fit_s"]
+        steps = row[name]["curve"][-1][0]
+        if rule.clock and _clock_stop(done, rule.clock * leader_s - cost, fit_s, steps, best_val):
+            log.append(f"{name}: stopped by the clock at {done.progress:.0%}")
+        else:
+            log.append(f"{name}: " + (f"stopped at {done.progress:.0%}" if done.stopped else "finished"))
+        cost += fit_s * (done.progress if done.stopped else 1.0)
         pruned = pruned or (done.trailed and rule.prune_deeper)
         top = max(acc for _, acc in done.curve)  # its best val/acc so far, as auto's entry records it
         if top > best_val:
-            best, best_val, best_curve = name, top, done.curve
+            best, best_val, best_curve, leader_s = name, top, done.curve, row["_probe_s"] + fit_s
     return best, cost, log
+
+
+def _clock_stop(done: _Race, left_s: float, fit_s: float, steps: int, best_val: float) -> bool:
+    """The clock rule of ``--clock`` on a raced candidate of ``steps`` steps: stop it at the first validation (before
+    the race would) where it has used more than ``left_s`` of its ``fit_s`` without leading; ``done`` is cut there."""
+    for i, (step, _) in enumerate(done.curve):
+        progress = step / steps
+        leads = max(acc for _, acc in done.curve[: i + 1]) > best_val
+        if progress < 1 and fit_s * progress > left_s and not leads:
+            done.curve, done.progress, done.stopped, done.trailed = done.curve[: i + 1], progress, "clock", False
+            return True
+    return False
 
 
 def judge(rule: Rule, n: int, row: dict) -> tuple[dict[str, dict], str, str, float, list[str]]:
@@ -218,6 +242,22 @@ def main_mean(data: dict[str, dict]) -> None:
         print(f"  single-seed rows within 1 point {single[r]}/{seeds}, <=3x best alone {s[1]}/{seeds}: {r}")
 
 
+def main_clock(data: dict[str, dict], ratios: list[float], rows: bool) -> None:
+    """The shipped rule, then the shipped rule with a clock stop at each of ``ratios``, on every seed's rows and on
+    means over seeds."""
+    for ratio in [None, *ratios]:
+        rule = Rule(clock=ratio)
+        if rows:
+            print(f"clock {ratio}:")
+        within, fast_best, fast_chosen, total = score(rule, data, show=rows)
+        mean_within, _, _, mean_total, below = score_mean(rule, data)
+        print(
+            f"clock {ratio}: seed rows within 1 point {within}/{total}, <=3x best alone {fast_best}/{total}, <=3x "
+            f"chosen alone {fast_chosen}/{total}; mean rows within 1 point {mean_within}/{mean_total}; seed rows below "
+            f"head_only {below}"
+        )
+
+
 def _grid() -> list[Rule]:
     return [
         Rule(gap, gap_from, min_pc, 0.25, slack, prune)
@@ -232,8 +272,13 @@ def main() -> None:
     parser.add_argument("sweeps", nargs="+", type=Path)
     parser.add_argument("--rows", action="store_true", help="print every row for the shipped rule")
     parser.add_argument("--mean", action="store_true", help="the 1-point criterion on means over seeds")
+    parser.add_argument(
+        "--clock", type=float, nargs="+", metavar="RATIO", help="the shipped rule against a clock rule (Rule.clock)"
+    )
     args = parser.parse_args()
     data = {str(s): load(s) for s in args.sweeps}
+    if args.clock:
+        return main_clock(data, args.clock, args.rows)
     print(prune_evidence(data, Rule().gap))
     if args.mean:
         return main_mean(data)

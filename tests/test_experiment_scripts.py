@@ -91,3 +91,16 @@ def test_rule_search_mean_groups_seeds_and_scores_the_mean_pick():
     within, fast_best, fast_chosen, total, below = search.score_mean(search.Rule(), data)
     assert (within, total, below) == (1, 2, 0)  # one group of 2 rows, not 4: the seeds are averaged
     assert (fast_best, fast_chosen) == (4, 4)  # per seed: probe 2 s + 1 s + reinit_last 8 s + last_n2 at 25%, 2 s
+
+
+def test_rule_search_clock_stops_a_candidate_that_does_not_lead_once_the_search_passes_its_ratio():
+    search = _script("auto_rule_search")
+    row = _row(0.9)
+    # last_n2 stays within the gap and the slack of reinit_last (0.8 at its end) and overtakes it only at its end
+    row["last_n2"] = {"curve": _curve([0.78, 0.79, 0.795, 0.85]), "test": 0.84, "alone_s": 45.0, "fit_s": 40.0}
+    row["full"]["curve"] = _curve([0.5, 0.5, 0.5, 0.5])  # stopped by the slack at its first check
+    assert search.replay(search.Rule(), 100, row)[0] == "last_n2"
+    # the clock: 3 x (probe 2 s + reinit_last 8 s) = 30 s; 11 s are spent before last_n2, whose 50% (20 s) passes it
+    pick, seconds, log = search.replay(search.Rule(clock=3.0), 100, row)
+    assert log == ["reinit_last: finished", "last_n2: stopped by the clock at 50%", "full: stopped by the clock at 25%"]
+    assert (pick, seconds) == ("reinit_last", 2 + 1 + 8 + 20 + 2)
