@@ -22,9 +22,10 @@ from .conftest import ROOT, run_cli, write_images
 
 pytestmark = pytest.mark.slurm
 
-# Cached head epochs take 20-50 ms here. A cancel kills the job's process about 5 s after its SIGTERM (srun first
-# waits KillWait + 2 s for the step to end), so a job cancelled after its first epoch must have well over 5 s of
-# training left: with 200 epochs a fast day's job once finished before the kill.
+# Cached head epochs take 20-50 ms here. A cancel kills a job's process (which ignores SIGTERM, as submitit's do) 4.7 s
+# after the scancel, measured with this KillWait=1 (srun says it waits up to 3 s for the step first), so a job
+# cancelled after its first epoch must have well over 5 s of training left: with 200 epochs a fast day's job once
+# finished before the kill.
 EPOCHS = 600
 SEEDS = [0, 1]
 PREEMPTED, CANCELLED = 0, 1  # sweep job numbers (= SLURM array task ids)
