@@ -143,10 +143,10 @@ def replay(rule: Rule, n: int, row: dict) -> tuple[str, float, list[str]]:
 def _clock_stop(done: _Race, left_s: float, fit_s: float, steps: int, best_val: float) -> bool:
     """The clock rule of ``--clock`` on a raced candidate of ``steps`` steps: stop it at the first validation (before
     the race would) where it has used more than ``left_s`` of its ``fit_s`` without leading; ``done`` is cut there."""
-    for i, (step, _) in enumerate(done.curve):
-        progress = step / steps
-        leads = max(acc for _, acc in done.curve[: i + 1]) > best_val
-        if progress < 1 and fit_s * progress > left_s and not leads:
+    top = -1.0  # its best val/acc so far
+    for i, (step, acc) in enumerate(done.curve):
+        progress, top = step / steps, max(top, acc)
+        if progress < 1 and fit_s * progress > left_s and top <= best_val:
             done.curve, done.progress, done.stopped, done.trailed = done.curve[: i + 1], progress, "clock", False
             return True
     return False
