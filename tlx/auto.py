@@ -160,7 +160,9 @@ class _Race(pl.Callback):
             return
         step = int(trainer.global_step)
         self.curve.append([step, float(module.val_history[-1]["val/acc"])])
-        self.progress = min(1.0, step / max(1, trainer.estimated_stepping_batches))
+        # At step 0 (a probe-only candidate, validated once by trainer.validate outside any fit) the trainer has no
+        # training loader to estimate its steps from.
+        self.progress = min(1.0, step / max(1, trainer.estimated_stepping_batches)) if step else 0.0
         best = max(h["val/acc"] for h in module.val_history)
         # the leader's best validation accuracy by the same step
         lead = max((acc for s, acc in self.leader_curve if s <= step), default=None)

@@ -251,7 +251,7 @@ def train(
         stage = _probe_stage(module, data, probe, cache_info, probe_epochs)
         stages.append(stage)
         module.log_to_loggers = False  # the metrics of the chosen epoch are already among the probe's epochs
-        trainer.validate(module, datamodule=data, verbose=False)
+        trainer.validate(module, data.val_dataloader(), verbose=False)
         module.log_to_loggers = True
         history = stage.pop("history")
         for logger in trainer.loggers:  # the chosen candidate's epochs, as a fitted run logs its own
@@ -266,7 +266,7 @@ def train(
         epochs = len(history)
     else:
         resume = resume_checkpoint(cfg.get("resume", False), latest.path, done)
-        trainer.fit(module, datamodule=data, ckpt_path=resume)
+        trainer.fit(module, data.train_dataloader(), data.val_dataloader(), ckpt_path=resume)
         fit_s, tested_ckpt = time.perf_counter() - t_fit, "best"
         epochs = int(trainer.current_epoch)
         best_path = Path(checkpoint.best_model_path) if checkpoint.best_model_path else None
@@ -280,7 +280,7 @@ def train(
         )
     t_test = time.perf_counter()
     lost = any(getattr(c, "lost", False) for c in callbacks)  # an auto candidate that cannot win: no test pass
-    tested = {} if lost else trainer.test(module, datamodule=data, ckpt_path=tested_ckpt, verbose=False)[0]
+    tested = {} if lost else trainer.test(module, data.test_dataloader(), ckpt_path=tested_ckpt, verbose=False)[0]
     test_s = time.perf_counter() - t_test
 
     best = module.best_val()  # validation metrics of the epoch whose checkpoint is tested

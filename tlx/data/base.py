@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pytorch_lightning as pl
 import timm.data
 import torch
 from PIL import Image, ImageFile, ImageOps
@@ -255,8 +254,11 @@ class EpochSampler(Sampler[int]):
         return iter((torch.randperm(self.n, generator=g) + offset).tolist())
 
 
-class ImageData(pl.LightningDataModule):
+class ImageData:
     """Train/val/test splits of labelled images, with transforms from the backbone's pretraining data config.
+
+    Its loaders are what Lightning trains on (``tlx.run`` hands them to the trainer); it is no LightningDataModule, so
+    that ``tlx.predict``, which reads images through it, does not import Lightning (about 2 s of every call).
 
     Subclasses implement ``_splits()``. Args common to all:
         data_config: the backbone's data config (input size, mean, std, interpolation, crop_pct).
@@ -284,7 +286,6 @@ class ImageData(pl.LightningDataModule):
         on_bad_image: str = "skip",
         balance: str = "none",
     ) -> None:
-        super().__init__()
         if on_bad_image not in ("skip", "fail"):
             raise ConfigError(f"data.on_bad_image must be 'skip' or 'fail', got '{on_bad_image}'")
         if int(batch_size) < 1:
