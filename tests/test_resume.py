@@ -127,3 +127,33 @@ def test_interrupt_records_the_run_and_says_how_to_resume(photos, uninterrupted,
     assert not list(run_dir.glob(".*.tmp"))  # results.json was written whole (temporary file, then rename)
     if sig == signal.SIGINT:  # the resumed run is the same as after a kill; once is enough
         _resume_and_compare(run_dir, uninterrupted)
+
+
+def test_a_ctrl_c_lost_in_a_finalizer_still_stops_training(tmp_path):
+    """CPython discards an exception raised inside a finalizer, so a KeyboardInterrupt that lands while io closes a file
+    object being collected (Lightning's file of a checkpoint just written, in the Ctrl-C test above) is lost. While
+    Lightning runs, the run's SIGINT handler notes the press, and the next batch raises it."""
+    import io
+
+    from tlx.run import _OnInterrupt
+
+    class File(io.RawIOBase):
+        def close(self) -> None:
+            os.kill(os.getpid(), signal.SIGINT)  # the handler runs here, inside the finalizer's call of close()
+            super().close()
+
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # as at a terminal
+    on_interrupt = _OnInterrupt(tmp_path)
+    try:
+        on_interrupt.setup(None, None, "fit")
+        try:
+            File()  # collected at once: its finalizer closes it
+        except KeyboardInterrupt:
+            pytest.fail("the KeyboardInterrupt was not discarded: this test no longer shows a lost Ctrl-C")
+        assert on_interrupt.pressed
+        with pytest.raises(KeyboardInterrupt):
+            on_interrupt.on_train_batch_start(None, None, None, 0)
+        on_interrupt.teardown(None, None, "fit")
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    finally:
+        signal.signal(signal.SIGINT, previous)
