@@ -114,7 +114,7 @@ def test_killed_run_resumes_to_the_same_result(photos, uninterrupted, tmp_path):
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
-def test_interrupt_records_the_run_and_says_how_to_resume(photos, uninterrupted, tmp_path, sig):
+def test_interrupt_records_the_run_and_says_how_to_resume(photos, tmp_path, sig):
     run_dir = tmp_path / "run"
     proc = _start(run_dir, photos)
     _signal_after_epoch(proc, run_dir, sig)
@@ -125,8 +125,7 @@ def test_interrupt_records_the_run_and_says_how_to_resume(photos, uninterrupted,
     assert results["best_so_far"]["epoch"] < results["epochs_done"] and "val/acc" in results["best_so_far"]
     assert results["resume"] == resume_command(run_dir) and f"resume with: {results['resume']}" in output
     assert not list(run_dir.glob(".*.tmp"))  # results.json was written whole (temporary file, then rename)
-    if sig == signal.SIGINT:  # the resumed run is the same as after a kill; once is enough
-        _resume_and_compare(run_dir, uninterrupted)
+    # Resuming is tested after the SIGKILL above: an interrupted run leaves the same last.ckpt (the last epoch's end).
 
 
 def test_a_ctrl_c_lost_in_a_finalizer_still_stops_training(tmp_path):
