@@ -485,6 +485,8 @@ class _OnInterrupt(pl.Callback):
                     "resume": resume_command(self.out_dir),
                 },
             )
+            if trainer.progress_bar_callback is not None:  # end the live bar first: the line below gets its own line
+                trainer.progress_bar_callback.on_exception(trainer, module, exception)
             log.error(
                 "interrupted after %d epoch(s); resume with: %s", trainer.current_epoch, resume_command(self.out_dir)
             )
