@@ -475,18 +475,16 @@ class _OnInterrupt(pl.Callback):
             # A SystemExit re-raised by Lightning, with no code: the process would exit 0 as if it had finished.
             exception.code = 128 + signal.SIGTERM
         if isinstance(exception, (KeyboardInterrupt, SIGTERMException)) and trainer.is_global_zero:
-            best = module.best_val()
+            best, resume = module.best_val(), resume_command(self.out_dir)
             write_results(
                 self.out_dir,
                 {
                     "status": "interrupted",
                     "epochs_done": int(trainer.current_epoch),
                     "best_so_far": {k: v for k, v in best.items() if k == "epoch" or k.startswith("val/")},
-                    "resume": resume_command(self.out_dir),
+                    "resume": resume,
                 },
             )
             if trainer.progress_bar_callback is not None:  # end the live bar first: the line below gets its own line
                 trainer.progress_bar_callback.on_exception(trainer, module, exception)
-            log.error(
-                "interrupted after %d epoch(s); resume with: %s", trainer.current_epoch, resume_command(self.out_dir)
-            )
+            log.error("interrupted after %d epoch(s); resume with: %s", trainer.current_epoch, resume)
