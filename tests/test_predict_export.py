@@ -167,6 +167,20 @@ def test_bad_arguments_end_before_torch_loads(run_dir, tmp_path, module, args, e
     assert "tlx.errors" in imported and not HEAVY & imported  # the profile was read, and has no torch
 
 
+@pytest.mark.parametrize("module", ["tlx.predict", "tlx.export"])
+def test_help_lists_every_option_before_torch_loads(module):
+    import dataclasses
+    import importlib
+
+    proc = run_cli("--help", module=module, env={"PYTHONPROFILEIMPORTTIME": "1"})
+    imported = imported_modules(proc)
+    assert proc.returncode == 0 and proc.stdout.startswith(f"usage: python -m {module} run_dir=<run dir>"), proc.stderr
+    options = [f.name for f in dataclasses.fields(importlib.import_module(module)._Args)]
+    listed = [line.split("=")[0].strip() for line in proc.stdout.splitlines() if line.startswith("  ")]
+    assert listed == options  # every option the parser takes, in its order, and nothing else
+    assert "tlx.errors" in imported and not HEAVY & imported
+
+
 @pytest.mark.filterwarnings("ignore:.*torch.jit.load.* is deprecated:FutureWarning")
 def test_export_matches_the_checkpoint(run_dir, reference, tmp_path):
     proc = run_main(f"run_dir={run_dir}", f"out={tmp_path / 'export'}", module="tlx.export")

@@ -26,6 +26,19 @@ log = logging.getLogger(__name__)
 
 FORMATS = {"torchscript": "model.pt", "onnx": "model.onnx"}
 
+USAGE = """\
+usage: python -m tlx.export run_dir=<run dir> [key=value ...]
+
+A trained run's network as TorchScript and ONNX (logits for normalised images at the run's input size), with
+meta.json: class names and the preprocessing from a photo to that input.
+
+options:
+  run_dir=     a run directory, outputs/runs/<date_time> (required)
+  formats=     [torchscript,onnx], or one of them
+  out=         the folder to write to (default <run_dir>/export)
+  checkpoint=  best, last, or a .ckpt file (best)
+"""
+
 
 def export_torchscript(model: TrainedModel, path: Path) -> Path:
     """Trace the network at the run's input size (TF-style "same" padding is fixed for that size)."""
@@ -120,7 +133,7 @@ def main(argv: list[str] | None = None) -> None:
     """Command line: export and print what was written where."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
-        args = parse_args(sys.argv[1:] if argv is None else argv, _Args)
+        args = parse_args(sys.argv[1:] if argv is None else argv, _Args, USAGE)
         formats = [args.formats] if isinstance(args.formats, str) else list(args.formats)
         meta = export(Path(args.run_dir), formats, Path(args.out) if args.out else None, args.checkpoint)
     except ConfigError as e:

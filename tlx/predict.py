@@ -216,8 +216,29 @@ class _Args:
     device: str = "auto"
 
 
-def parse_args(argv: list[str], schema: type) -> Any:
-    """``key=value`` arguments checked against the dataclass ``schema`` (unknown keys and bad types are errors)."""
+USAGE = """\
+usage: python -m tlx.predict run_dir=<run dir> inputs=<image or folder> [key=value ...]
+
+The top-k classes of each image, by a trained run's model (its best checkpoint), into a CSV or JSON file.
+
+options:
+  run_dir=      a run directory, outputs/runs/<date_time> (required)
+  inputs=       an image file, or a folder searched for images below it (required)
+  output=       predictions.csv; .csv: path, label_1, prob_1, ...; .json: the same with the run's metadata
+  top_k=        classes per image (default 3, or every class of a model with fewer)
+  batch_size=   images per forward pass (64)
+  num_workers=  image decoding processes (auto)
+  checkpoint=   best, last, or a .ckpt file (best)
+  device=       auto, cpu, cuda, cuda:1, ... (auto: cuda when there is one)
+"""
+
+
+def parse_args(argv: list[str], schema: type, usage: str) -> Any:
+    """``key=value`` arguments checked against the dataclass ``schema`` (unknown keys and bad types are errors);
+    ``-h``/``--help`` prints ``usage`` and exits."""
+    if any(a in ("-h", "--help") for a in argv):
+        print(usage, end="")
+        sys.exit(0)
     base = OmegaConf.structured(schema)
     try:
         args = OmegaConf.merge(base, OmegaConf.from_cli(argv))
@@ -235,7 +256,7 @@ def main(argv: list[str] | None = None) -> None:
     """Command line: write the predictions file and print where it went."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
-        args = parse_args(sys.argv[1:] if argv is None else argv, _Args)
+        args = parse_args(sys.argv[1:] if argv is None else argv, _Args, USAGE)
         if Path(args.output).suffix not in (".csv", ".json"):
             raise ConfigError(f"output={args.output}: use a .csv or .json file name")
         images = find_images(Path(args.inputs))
