@@ -3,10 +3,16 @@ verbose=true; warnings about the user's data show either way."""
 
 from __future__ import annotations
 
+import os
+import pty
 import re
+import subprocess
+import sys
 from pathlib import Path
 
-from tests.conftest import TINY, run_cli, write_images
+import pytest
+
+from tests.conftest import ROOT, TINY, run_cli, write_images
 
 # Lines libraries print that a run must not show by default (the issue's four lines and their kin).
 LIBRARY_LINES = re.compile(
@@ -27,20 +33,100 @@ def test_quiet_by_default_everything_with_verbose(tmp_path: Path) -> None:
     output = quiet.stdout + quiet.stderr
     assert [line for line in output.splitlines() if LIBRARY_LINES.search(line)] == []
     assert left_out in output and "not_an_image" in output
-    assert "Testing" in quiet.stdout  # Lightning's progress bar
     assert "run dir" in quiet.stdout and "report.html" in output  # the summary table; where the report went
+    assert BAR not in output  # stdout is a pipe here: no bar's last frame
 
-    # The Lightning loop (probe off) has its own advice and info lines: hidden, with the training bar shown.
+    # The Lightning loop (probe off) has its own advice and info lines: hidden. Its progress, on a pipe: a line per
+    # epoch, also in the run's log.
     looped = [*args, "probe.enabled=false"]
     quiet = run_cli(*looped, f"hydra.run.dir={tmp_path / 'looped'}")
     assert quiet.returncode == 0, quiet.stderr[-3000:]
     output = quiet.stdout + quiet.stderr
     assert [line for line in output.splitlines() if LIBRARY_LINES.search(line)] == []
-    assert "Epoch 1/1" in quiet.stdout and left_out in output
+    assert len(EPOCH_LINE.findall(output)) == 2 and BAR not in output and left_out in output, output[-3000:]
+    assert len(EPOCH_LINE.findall((tmp_path / "looped" / "tlx.log").read_text())) == 2
 
-    verbose = run_cli(*looped, f"hydra.run.dir={tmp_path / 'verbose'}", "verbose=true")
-    assert verbose.returncode == 0, verbose.stderr[-3000:]
-    output = verbose.stdout + verbose.stderr
+    # At a terminal: Lightning's bars instead of the lines; verbose shows the libraries' lines.
+    code, output = _run_at_a_terminal(*looped, f"hydra.run.dir={tmp_path / 'verbose'}", "verbose=true")
+    assert code == 0, output[-3000:]
+    assert "Epoch 1/1" in output and BAR in output and not EPOCH_LINE.search(output)  # rich counts from 0
     assert "GPU available" in output and "`Trainer.fit` stopped" in output  # Lightning's info lines
     assert "is smaller than the logging interval" in output  # Lightning's advice (2 batches < log_every_n_steps)
     assert left_out in output
+
+
+BAR = "━"  # rich's bar glyph
+EPOCH_LINE = re.compile(r"\[tlx\.train\]\[INFO\] - epoch [12]/2: train/loss [\d.]+, val/loss [\d.]+, val/acc [\d.]+, ")
+
+
+def _run_at_a_terminal(*args: str) -> tuple[int, str]:
+    """``python -m tlx args...`` with stdout and stderr on a pseudo-terminal, as in a shell: its exit code and
+    output."""
+    master, slave = pty.openpty()
+    env = {**os.environ, "HYDRA_FULL_ERROR": "0", "TERM": "xterm"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tlx", *args], cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=slave, stderr=slave
+    )
+    os.close(slave)
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(master, 1 << 16)
+        except OSError:  # EIO: the process closed the terminal
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    os.close(master)
+    return proc.wait(timeout=60), b"".join(chunks).decode(errors="replace")
+
+
+def test_training_lines_report_the_epochs_mean_loss_and_progress_within_it(caplog) -> None:
+    import pytorch_lightning as pl
+    import torch
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from tlx.console import TrainingLines
+
+    losses = []
+
+    class Toy(pl.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.layer = torch.nn.Linear(2, 2)
+
+        def training_step(self, batch, i):
+            loss = torch.nn.functional.cross_entropy(self.layer(batch[0]), batch[1])
+            losses.append((float(loss.detach()), len(batch[1])))
+            return loss
+
+        def validation_step(self, batch, i):
+            self.log("val/acc", (self.layer(batch[0]).argmax(1) == batch[1]).float().mean())
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    g = torch.Generator().manual_seed(0)
+    data = TensorDataset(torch.randn(10, 2, generator=g), torch.arange(10) % 2)  # batches of 4, 4, 2
+    trainer = pl.Trainer(
+        max_epochs=2,
+        callbacks=[TrainingLines(every_s=0.0)],  # a progress line after every batch
+        enable_progress_bar=False,
+        enable_checkpointing=False,
+        logger=False,
+        num_sanity_val_steps=0,
+    )
+    with caplog.at_level("INFO", logger="tlx.train"):
+        trainer.fit(Toy(), DataLoader(data, batch_size=4), DataLoader(data, batch_size=10))
+    lines = [r.getMessage() for r in caplog.records if r.name == "tlx.train"]
+    assert [line.split(": ")[0] for line in lines] == [
+        *(f"epoch 1/2, batch {b}/3" for b in (1, 2, 3)),
+        "epoch 1/2",
+        *(f"epoch 2/2, batch {b}/3" for b in (1, 2, 3)),
+        "epoch 2/2",
+    ]
+    for epoch, line in enumerate([lines[3], lines[7]]):
+        batches = losses[3 * epoch : 3 * epoch + 3]
+        mean = sum(loss * n for loss, n in batches) / 10  # over images, as the run logs train/loss per epoch
+        assert re.fullmatch(r"epoch \d/2: train/loss ([\d.]+), val/acc ([\d.]+) \([\d.]+s\)", line), line
+        assert float(line.split("train/loss ")[1].split(",")[0]) == pytest.approx(mean, rel=1e-3)

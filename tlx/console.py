@@ -13,17 +13,28 @@ it is about the user's data or anything the user set:
   run says itself which checkpoint it continues from).
 
 Other library warnings (plain ``UserWarning``) still show: they may concern a setting the user chose.
+
+Lightning's progress bars are drawn only at a terminal. Where stdout is not one (``> train.log``, ``nohup``, a SLURM
+job's log, a pipe), a drawn bar comes out as one frame per bar with its metrics wrapped over several lines, so there
+:class:`TrainingLines` logs one line per validation instead (and a line a minute within a long epoch); they go to the
+run's ``tlx.log`` as well.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 import warnings
+from typing import Any
 
 # Imported here, before the levels below are set: importing either package sets its own logger to INFO.
 import lightning_fabric  # noqa: F401
 import pytorch_lightning  # noqa: F401
 from lightning_fabric.utilities.warnings import PossibleUserWarning
+from pytorch_lightning import Callback, LightningModule, Trainer
+from rich.console import Console
+
+log = logging.getLogger("tlx.train")
 
 HIDDEN_WARNINGS: tuple[type[Warning], ...] = (
     DeprecationWarning,
@@ -44,3 +55,58 @@ def configure_console(verbose: bool) -> None:
     for name in LIBRARY_LOGGERS:
         # Children (e.g. pytorch_lightning.utilities.rank_zero) have no level of their own and inherit this one.
         logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def draws_bars(console: Console | None = None) -> bool:
+    """Whether rich (Lightning's progress bars) redraws a bar in place on stdout, as it decides it (rich.live): at a
+    terminal or in Jupyter; elsewhere it prints each bar's last frame once."""
+    console = console or Console()
+    return console.is_jupyter or (console.is_terminal and not console.is_dumb_terminal)
+
+
+class TrainingLines(Callback):
+    """Progress as log lines, for a stdout that is not a terminal: after each validation while training,
+    ``epoch 3/20: train/loss 0.275, val/loss 2.071, val/acc 0.488, ... (6.2s)`` (``step 150/200`` for runs sized in
+    steps); within a long stretch of training, a line at most every ``every_s`` seconds saying how far it got.
+
+    ``train/loss`` is the mean training loss over the images since the previous validation (the epoch's, as the run
+    logs it, when validation is at the end of each epoch).
+    """
+
+    def __init__(self, every_s: float = 60.0) -> None:
+        self.every_s = every_s
+        self.start = self.last = 0.0
+        self.loss_sum: Any = 0.0  # a tensor on the training device once batches come (no sync per step)
+        self.loss_n = 0
+
+    def on_train_start(self, trainer: Trainer, module: LightningModule) -> None:
+        self.start = self.last = time.monotonic()
+
+    def on_train_batch_end(self, trainer: Trainer, module: LightningModule, outputs: Any, batch: Any, i: int) -> None:
+        loss = outputs["loss"] if isinstance(outputs, dict) else outputs
+        if loss is not None:
+            n = len(batch[1])
+            self.loss_sum = self.loss_sum + loss.detach() * n
+            self.loss_n += n
+        if time.monotonic() - self.last >= self.every_s:
+            total = trainer.num_training_batches
+            self._line(trainer, f", batch {i + 1}" + (f"/{total}" if isinstance(total, int) else ""), {})
+
+    def on_validation_end(self, trainer: Trainer, module: LightningModule) -> None:
+        if trainer.sanity_checking or trainer.state.fn != "fit":
+            return
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+        first = [k for k in ("val/loss", "val/acc") if k in metrics]
+        self._line(trainer, "", {k: metrics[k] for k in first + sorted(set(metrics) - set(first))})
+        self.loss_sum, self.loss_n = 0.0, 0
+
+    def _line(self, trainer: Trainer, within: str, metrics: dict[str, float]) -> None:
+        if trainer.max_epochs is not None and trainer.max_epochs > 0:
+            where = f"epoch {trainer.current_epoch + 1}/{trainer.max_epochs}"
+        else:
+            where = f"step {trainer.global_step}/{trainer.max_steps}"
+        shown = ({"train/loss": float(self.loss_sum) / self.loss_n} if self.loss_n else {}) | metrics
+        values = ", ".join(f"{k} {v:.4g}" for k, v in shown.items())
+        now = time.monotonic()
+        log.info("%s%s: %s (%.1fs)", where, within, values, now - self.start)
+        self.last = now

@@ -26,6 +26,7 @@ from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from tlx.backbones import Backbone
 from tlx.cluster import requeue_setup
+from tlx.console import TrainingLines, draws_bars
 from tlx.data import ImageData
 from tlx.devices import torch_device
 from tlx.errors import ConfigError
@@ -232,10 +233,14 @@ def train(
     checkpoint = ModelCheckpoint(dirpath=out_dir / "checkpoints", filename="best", monitor="val/acc", mode="max")
     latest = _LastCheckpoint(out_dir / "checkpoints" / "last.ckpt", float(cfg.get("last_checkpoint_every_s", 0)))
     requeue_callbacks, plugins = requeue_setup(latest.path, out_dir)  # SLURM jobs: last.ckpt, then requeue
+    # Progress: bars at a terminal; lines where stdout is a file or a pipe (a bar there is one wrapped last frame)
+    bars = bool(cfg.trainer.get("enable_progress_bar", True))
+    lines = [TrainingLines()] if bars and not draws_bars() else []
     trainer = instantiate(
         cfg.trainer,
         default_root_dir=out_dir,
-        callbacks=[checkpoint, latest, _OnInterrupt(out_dir), *requeue_callbacks, *callbacks],
+        enable_progress_bar=bars and not lines,
+        callbacks=[checkpoint, latest, _OnInterrupt(out_dir), *requeue_callbacks, *lines, *callbacks],
         plugins=plugins,
         logger=create_loggers(cfg, out_dir),  # conf/logger/: csv (logs/metrics.csv) by default
     )
