@@ -113,7 +113,7 @@ def test_help_says_what_tlx_is_and_how_it_is_called():
     # the usage lines name real experiments, and the other commands are there
     for name in ("small_data", "auto", "medium_data", "regime_sweep"):
         assert f"+experiment={name}" in out and (CONF / "experiment" / f"{name}.yaml").is_file()
-    assert all(f"python -m tlx.{m} " in out for m in ("predict", "export", "report"))
+    assert all(f"python -m tlx.{m} " in out for m in ("predict", "export", "report", "cache"))
     # groups list what a user can choose: the data configs' shared loader settings are not a choice
     assert "\ndata: csv, demo, fashion_mnist, folder\n" in out
     assert "\n  _target_: tlx.auto.Auto\n" in out  # the config shown is composed with the overrides given

@@ -11,8 +11,11 @@ from tlx.features import clear, default_cache_dir, list_entries
 
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point; returns the exit status."""
-    parser = argparse.ArgumentParser(prog="python -m tlx.cache", description=__doc__)
-    parser.add_argument("action", choices=["list", "clear"])
+    parser = argparse.ArgumentParser(
+        prog="python -m tlx.cache",
+        description="Show or empty the frozen-feature cache (the backbone activations runs store and reuse).",
+    )
+    parser.add_argument("action", choices=["list", "clear"], help="list: one line per entry; clear: remove them all")
     parser.add_argument("--dir", type=Path, default=None, help="cache folder (default: $TLX_CACHE_DIR or ~/.cache/tlx)")
     args = parser.parse_args(argv)
     root = (args.dir or default_cache_dir()).expanduser()
