@@ -28,12 +28,15 @@ def test_quiet_by_default_everything_with_verbose(tmp_path: Path) -> None:
     args = ["+experiment=small_data", *tiny, "data=folder", f"data.root={photos}", f"cache.dir={tmp_path / 'cache'}"]
 
     left_out = "left out 1 file(s)/folder(s) under"  # the user's data: always shown
-    quiet = run_cli(*args, f"hydra.run.dir={tmp_path / 'quiet'}")  # the README's first command (the probe fits)
+    quiet = run_cli(*args, f"hydra.run.dir={tmp_path / 'quiet' / ('a_long_folder_name_' * 4)}")  # the probe fits
     assert quiet.returncode == 0, quiet.stderr[-3000:]
     output = quiet.stdout + quiet.stderr
     assert [line for line in output.splitlines() if LIBRARY_LINES.search(line)] == []
     assert left_out in output and "not_an_image" in output
-    assert "run dir" in quiet.stdout and "report.html" in output  # the summary table; where the report went
+    assert "report.html" in output  # where the report went
+    # the summary table; the run dir whole on its row, however long (stdout is a pipe: no terminal width to fit)
+    run_dir = tmp_path / "quiet" / ("a_long_folder_name_" * 4)
+    assert re.search(rf"│ run dir +│ {re.escape(str(run_dir))} +│\n", quiet.stdout), quiet.stdout
     assert BAR not in output  # stdout is a pipe here: no bar's last frame
 
     # The Lightning loop (probe off) has its own advice and info lines: hidden. Its progress, on a pipe: a line per

@@ -84,7 +84,7 @@ def print_summary(results: dict[str, Any], run_dir: Path) -> None:
     """A short table of what was trained and how well, printed at the end of every run."""
     table = Table(title=f"tlx: {results['backbone']} / {what_trains(results)}", show_header=False)
     table.add_column(style="bold")
-    table.add_column()
+    table.add_column(overflow="fold")  # a long run dir wraps at a narrow terminal instead of losing its end
     m = results["metrics"]
     for key in ("val/acc", "val/f1", "test/acc", "test/f1"):
         if m.get(key) is not None:
@@ -114,4 +114,7 @@ def print_summary(results: dict[str, Any], run_dir: Path) -> None:
         time_row = f"{t['total_s']:.1f}s (extract {t['extract_s']:.1f}s, fit {t['fit_s']:.1f}s)"
     table.add_row("time", time_row)
     table.add_row("run dir", str(run_dir))
-    Console(stderr=False).print(table)
+    console = Console(stderr=False)
+    if not console.is_terminal:  # a log file or a pipe has no width: rich's 80 columns would fold the rows
+        console = Console(stderr=False, width=1000)  # a table is only as wide as its rows need
+    console.print(table)
