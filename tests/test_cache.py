@@ -9,7 +9,7 @@ import torch
 
 from tlx.backbones import create_backbone
 from tlx.data import FolderData
-from tlx.features import FeatureCache, find_cut, use_cached_features
+from tlx.features import FeatureCache, extract, find_cut, use_cached_features
 from tlx.freeze import Freeze
 from tlx.heads import LinearHead, Network, ReinitLastHead
 from tlx.run import autocast_dtype, train
@@ -59,6 +59,19 @@ def test_unchanged_input_hits(photos, cache_dir):
     assert (second["misses"], second["hits"]) == (0, 2)
     assert torch.equal(data1.features["train"][0], data2.features["train"][0])
     assert data1.features["train"][0].shape == (len(data1.samples["train"]), 1280)
+
+
+def test_extraction_says_how_far_it_got_where_no_bar_is_drawn(photos, monkeypatch, caplog):
+    backbone = create_backbone("tf_efficientnet_lite0", pretrained=False, image_size=32)
+    data = FolderData(root=str(photos), data_config=backbone.data_config, num_workers=0)
+    data.setup()
+    net = Network(backbone, LinearHead(backbone=backbone, num_classes=len(data.classes)))
+    loader = torch.utils.data.DataLoader(data.dataset("train"), batch_size=8)  # 18 images: 8, 8, 2
+    monkeypatch.setattr("tlx.features.PROGRESS_EVERY_S", 0.0)  # a line after every batch
+    with caplog.at_level("INFO", logger="tlx.features"):
+        extract(net, ["pooled"], loader, torch.device("cpu"), desc="extracting train")  # stderr is no terminal here
+    lines = [r.getMessage().rsplit(" (", 1)[0] for r in caplog.records]
+    assert lines == [f"extracting train: {n} of 18 images" for n in (8, 16, 18)]
 
 
 @pytest.mark.parametrize("change", ["backbone", "weights", "cut", "transform", "image_list", "file_content"])

@@ -17,7 +17,7 @@ Other library warnings (plain ``UserWarning``) still show: they may concern a se
 Lightning's progress bars are drawn only at a terminal. Where stdout is not one (``> train.log``, ``nohup``, a SLURM
 job's log, a pipe), a drawn bar comes out as one frame per bar with its metrics wrapped over several lines, so there
 :class:`TrainingLines` logs one line per validation instead (and a line a minute within a long epoch); they go to the
-run's ``tlx.log`` as well.
+run's ``tlx.log`` as well. Feature extraction, whose bar is tqdm's, also says how far it got once a minute there.
 """
 
 from __future__ import annotations
@@ -73,7 +73,7 @@ class TrainingLines(Callback):
     logs it, when validation is at the end of each epoch).
     """
 
-    def __init__(self, every_s: float = 60.0) -> None:
+    def __init__(self, every_s: float) -> None:
         self.every_s = every_s
         self.start = self.last = 0.0
         self.loss_sum: Any = 0.0  # a tensor on the training device once batches come (no sync per step)

@@ -36,6 +36,8 @@ from tlx.heads import Network
 
 log = logging.getLogger(__name__)
 
+PROGRESS_EVERY_S = 60.0  # where no bar is drawn (a log file), a progress line at most this often
+
 FORMAT = 1
 Cut = int | str | None
 
@@ -357,13 +359,20 @@ def extract(
     net.eval().to(device)
     out: list[list[torch.Tensor]] = [[] for _ in cuts]
     mixed = torch.autocast(device.type, dtype=autocast) if autocast is not None else contextlib.nullcontext()
+    bar = tqdm(loader, desc=desc, leave=False, disable=None)  # drawn at a terminal only
+    start = last = time.monotonic()
+    done = 0
     with torch.inference_mode(), mixed:
-        for x, _ in tqdm(loader, desc=desc, leave=False, disable=None):
+        for x, _ in bar:
             x = x.to(device, non_blocking=True)  # (B, C, H, W)
             if channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)  # stored as NHWC
             for j, a in enumerate(net.forward_to_many(x, cuts)):
                 out[j].append(a.to(dtype).contiguous().cpu())
+            done += len(x)
+            if bar.disable and time.monotonic() - last >= PROGRESS_EVERY_S:  # a log file: a line now and then
+                last = time.monotonic()
+                log.info("%s: %d of %d images (%.0fs)", desc, done, len(loader.dataset), last - start)
     return [torch.cat(o) for o in out]
 
 

@@ -30,7 +30,7 @@ from tlx.console import TrainingLines, draws_bars
 from tlx.data import ImageData
 from tlx.devices import torch_device
 from tlx.errors import ConfigError
-from tlx.features import find_cut, use_cached_features
+from tlx.features import PROGRESS_EVERY_S, find_cut, use_cached_features
 from tlx.freeze import Freeze
 from tlx.heads import LinearHead, Network
 from tlx.module import TransferModule
@@ -235,7 +235,7 @@ def train(
     requeue_callbacks, plugins = requeue_setup(latest.path, out_dir)  # SLURM jobs: last.ckpt, then requeue
     # Progress: bars at a terminal; lines where stdout is a file or a pipe (a bar there is one wrapped last frame)
     bars = bool(cfg.trainer.get("enable_progress_bar", True))
-    lines = [TrainingLines()] if bars and not draws_bars() else []
+    lines = [TrainingLines(PROGRESS_EVERY_S)] if bars and not draws_bars() else []
     trainer = instantiate(
         cfg.trainer,
         default_root_dir=out_dir,
