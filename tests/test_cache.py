@@ -67,8 +67,8 @@ def test_extraction_says_how_far_it_got_where_no_bar_is_drawn(photos, monkeypatc
     data.setup()
     net = Network(backbone, LinearHead(backbone=backbone, num_classes=len(data.classes)))
     loader = torch.utils.data.DataLoader(data.dataset("train"), batch_size=8)  # 18 images: 8, 8, 2
-    monkeypatch.setattr("tlx.features.PROGRESS_EVERY_S", 0.0)  # a line after every batch
-    with caplog.at_level("INFO", logger="tlx.features"):
+    monkeypatch.setattr("tlx.progress.PROGRESS_EVERY_S", 0.0)  # a line after every batch
+    with caplog.at_level("INFO", logger="tlx.progress"):
         extract(net, ["pooled"], loader, torch.device("cpu"), desc="extracting train")  # stderr is no terminal here
     lines = [r.getMessage().rsplit(" (", 1)[0] for r in caplog.records]
     assert lines == [f"extracting train: {n} of 18 images" for n in (8, 16, 18)]

@@ -118,6 +118,20 @@ def test_predict_json_for_one_file(run_dir, reference, tmp_path, capsys):
     assert record["probs"][0] == pytest.approx(reference([image])[1].softmax(dim=1).max().item(), abs=1e-4)
 
 
+def test_predict_cli_says_how_far_it_got_where_no_bar_is_drawn(run_dir, tmp_path, monkeypatch, caplog, capsys):
+    monkeypatch.setattr("tlx.progress.PROGRESS_EVERY_S", 0.0)  # a line after every batch
+    args = [
+        f"run_dir={run_dir}",
+        f"inputs={run_dir.parent / 'photos'}",
+        f"output={tmp_path / 'p.csv'}",
+        "batch_size=10",
+    ]
+    main([*args, "num_workers=0"])  # stderr is no terminal under pytest: no bar
+    assert "24 predictions" in capsys.readouterr().out
+    lines = [r.getMessage().rsplit(" (", 1)[0] for r in caplog.records if r.name == "tlx.progress"]
+    assert lines == [f"predicting: {n} of 24 images" for n in (10, 20, 24)]  # shown: the CLI logs them at INFO
+
+
 @pytest.mark.parametrize(
     ("case", "expected"),
     [

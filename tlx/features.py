@@ -28,15 +28,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm import tqdm
 
 from tlx.data import ImageData
 from tlx.errors import ConfigError
 from tlx.heads import Network
+from tlx.progress import progress
 
 log = logging.getLogger(__name__)
-
-PROGRESS_EVERY_S = 60.0  # where no bar is drawn (a log file), a progress line at most this often
 
 FORMAT = 1
 Cut = int | str | None
@@ -359,20 +357,14 @@ def extract(
     net.eval().to(device)
     out: list[list[torch.Tensor]] = [[] for _ in cuts]
     mixed = torch.autocast(device.type, dtype=autocast) if autocast is not None else contextlib.nullcontext()
-    bar = tqdm(loader, desc=desc, leave=False, disable=None)  # drawn at a terminal only
-    start = last = time.monotonic()
-    done = 0
+    batches = progress(loader, desc, len(loader.dataset), lambda batch: len(batch[0]))
     with torch.inference_mode(), mixed:
-        for x, _ in bar:
+        for x, _ in batches:
             x = x.to(device, non_blocking=True)  # (B, C, H, W)
             if channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)  # stored as NHWC
             for j, a in enumerate(net.forward_to_many(x, cuts)):
                 out[j].append(a.to(dtype).contiguous().cpu())
-            done += len(x)
-            if bar.disable and time.monotonic() - last >= PROGRESS_EVERY_S:  # a log file: a line now and then
-                last = time.monotonic()
-                log.info("%s: %d of %d images (%.0fs)", desc, done, len(loader.dataset), last - start)
     return [torch.cat(o) for o in out]
 
 

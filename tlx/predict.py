@@ -163,9 +163,9 @@ def predict(
             f"top_k={top_k} but the model has {len(model.classes)} classes; use 1 <= top_k <= {len(model.classes)}"
         )
     import torch
-    from tqdm import tqdm
 
     from tlx.data import FileSamples, ImageData
+    from tlx.progress import progress
 
     data = ImageData(model.data_config, batch_size=batch_size, num_workers=num_workers, on_bad_image="skip")
     data.samples = {"predict": data.check_images(FileSamples(paths, [0] * len(paths)))}
@@ -173,7 +173,7 @@ def predict(
     net = model.net.to(device)
     records = []
     with torch.inference_mode():
-        batches = tqdm(data.loader(data.dataset("predict")), desc="predicting", unit="batch", disable=None)
+        batches = progress(data.loader(data.dataset("predict")), "predicting", len(samples), lambda b: len(b[0]))
         for x, _ in batches:
             probs = net(x.to(device)).softmax(dim=1)  # (B, K)
             top = probs.topk(top_k, dim=1)
@@ -255,6 +255,7 @@ def parse_args(argv: list[str], schema: type, usage: str) -> Any:
 def main(argv: list[str] | None = None) -> None:
     """Command line: write the predictions file and print where it went."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("tlx.progress").setLevel(logging.INFO)  # where no bar is drawn: a line a minute on a long set
     try:
         args = parse_args(sys.argv[1:] if argv is None else argv, _Args, USAGE)
         if Path(args.output).suffix not in (".csv", ".json"):

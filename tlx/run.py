@@ -30,11 +30,12 @@ from tlx.console import TrainingLines, draws_bars
 from tlx.data import ImageData
 from tlx.devices import torch_device
 from tlx.errors import ConfigError
-from tlx.features import PROGRESS_EVERY_S, find_cut, use_cached_features
+from tlx.features import find_cut, use_cached_features
 from tlx.freeze import Freeze
 from tlx.heads import LinearHead, Network
 from tlx.module import TransferModule
 from tlx.probe import Probe, fit_probe
+from tlx.progress import PROGRESS_EVERY_S
 from tlx.report import strategy_label
 from tlx.results import print_summary, read_results, resume_checkpoint, resume_command, skipped, write_results
 from tlx.run_report import save_run_report
