@@ -102,7 +102,11 @@ def test_ddp_on_cpu_writes_results_once(tmp_path: Path) -> None:
         f"cache.dir={tmp_path / 'cache'}",
         *SWEEP_TINY,
         "data.samples_per_class=4",
+        "probe.enabled=false",  # the head trains in Lightning's loop, on both processes
+        "trainer.enable_progress_bar=true",  # stdout is a pipe: a line per epoch instead of a bar
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert json.loads((run_dir / "results.json").read_text())["status"] == "ok"
     assert done.stdout.count("run dir") == 1  # the summary of rank 0 only
+    output = done.stdout + done.stderr
+    assert [output.count(f"epoch {e}/2: train/loss") for e in (1, 2)] == [1, 1], output[-3000:]  # rank 0's lines only

@@ -70,7 +70,7 @@ class TrainingLines(Callback):
     steps); within a long stretch of training, a line at most every ``every_s`` seconds saying how far it got.
 
     ``train/loss`` is the mean training loss over the images since the previous validation (the epoch's, as the run
-    logs it, when validation is at the end of each epoch).
+    logs it, when validation is at the end of each epoch); under DDP, rank 0's images, and only rank 0 logs.
     """
 
     def __init__(self, every_s: float) -> None:
@@ -101,6 +101,8 @@ class TrainingLines(Callback):
         self.loss_sum, self.loss_n = 0.0, 0
 
     def _line(self, trainer: Trainer, within: str, metrics: dict[str, float]) -> None:
+        if not trainer.is_global_zero:  # DDP: one process speaks, as the bars are drawn by one
+            return
         if trainer.max_epochs is not None and trainer.max_epochs > 0:
             where = f"epoch {trainer.current_epoch + 1}/{trainer.max_epochs}"
         else:
