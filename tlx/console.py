@@ -57,10 +57,10 @@ def configure_console(verbose: bool) -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
-def draws_bars(console: Console | None = None) -> bool:
+def draws_bars() -> bool:
     """Whether rich (Lightning's progress bars) redraws a bar in place on stdout, as it decides it (rich.live): at a
     terminal or in Jupyter; elsewhere it prints each bar's last frame once."""
-    console = console or Console()
+    console = Console()
     return console.is_jupyter or (console.is_terminal and not console.is_dumb_terminal)
 
 
