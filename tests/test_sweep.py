@@ -91,6 +91,15 @@ def test_local_parallel_launcher_runs_jobs_in_processes(tmp_path: Path) -> None:
     assert (sweep / "report.md").is_file()
 
 
+def test_local_parallel_runs_as_many_jobs_at_once_as_there_are_gpus_by_default() -> None:
+    import torch
+
+    # the launcher's config as Hydra resolves it before any job starts (its n_jobs is ${tlx_gpus:})
+    done = run_cli("hydra/launcher=local_parallel", "--cfg", "hydra", "--package", "hydra.launcher", "--resolve")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert f"n_jobs: {max(1, torch.cuda.device_count())}\n" in done.stdout, done.stdout
+
+
 def test_ddp_on_cpu_writes_results_once(tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     done = run_cli(

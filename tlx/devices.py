@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 
 import torch
-from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, ListConfig, open_dict
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +46,3 @@ def torch_device(trainer_cfg: DictConfig) -> torch.device:
         return torch.device("cpu")
     devices = trainer_cfg.get("devices")
     return torch.device(f"cuda:{devices[0]}" if isinstance(devices, (list, ListConfig)) else "cuda")
-
-
-# ${tlx_gpus:} in conf/hydra/launcher/local_parallel.yaml: one parallel job per GPU, at least one.
-OmegaConf.register_new_resolver("tlx_gpus", lambda: max(1, visible_gpus()), replace=True)
