@@ -53,6 +53,17 @@ def test_single_folder_is_split_stratified_and_fixed(tmp_path):
     assert x.shape == (3, 32, 32) and y in (0, 1, 2)
 
 
+@pytest.mark.parametrize(("n", "val", "warned"), [(10, 6, True), (50, 30, False)])
+def test_a_small_validation_set_is_pointed_out(tmp_path, caplog, n, val, warned):
+    root = make_folder(tmp_path / "photos", n=n, size=(8, 8))
+    data = FolderData(root=str(root), data_config=CFG, val_fraction=0.2, num_workers=0)
+    with caplog.at_level("WARNING", logger="tlx.data.base"):
+        data.setup()
+    assert len(data.samples["val"]) == val
+    lines = [r.getMessage().split(",")[0] for r in caplog.records if r.getMessage().startswith("validation has")]
+    assert lines == ([f"validation has {val} images: one image is {100 / val:.1f} points of val/acc"] if warned else [])
+
+
 def test_train_val_test_layout_and_modes(tmp_path):
     for split in ("train", "val", "test"):
         make_folder(tmp_path / "ds" / split, n=6)

@@ -22,6 +22,8 @@ from tlx.sources import FileScan
 
 log = logging.getLogger(__name__)
 
+FEW_VALIDATION_IMAGES = 30  # fewer: one image is more than 3.3 points of val/acc, and a run says so
+
 
 class Samples:
     """An ordered list of labelled images: ids (for file lists and cache keys), labels and a loader.
@@ -353,6 +355,15 @@ class ImageData:
                 per_class[fewest],
                 per_class[most] / per_class[fewest],
                 "; consider data.balance=weighted_loss or data.balance=sampler" if self.balance == "none" else "",
+            )
+        n_val = len(self.samples["val"])
+        if n_val < FEW_VALIDATION_IMAGES:
+            log.warning(
+                "validation has %d images: one image is %.1f points of val/acc, and the best epoch, the linear probe's "
+                "setting and auto's choice are all judged on them; more validation images make those choices steadier "
+                "(a larger data.val_fraction, where the split is tlx's)",
+                n_val,
+                100 / n_val,
             )
 
     def train_per_class(self) -> list[int]:
