@@ -70,7 +70,7 @@ def test_extraction_says_how_far_it_got_where_no_bar_is_drawn(photos, monkeypatc
     monkeypatch.setattr("tlx.progress.PROGRESS_EVERY_S", 0.0)  # a line after every batch
     with caplog.at_level("INFO", logger="tlx.progress"):
         extract(net, ["pooled"], loader, torch.device("cpu"), desc="extracting train")  # stderr is no terminal here
-    lines = [r.getMessage().rsplit(" (", 1)[0] for r in caplog.records]
+    lines = [r.getMessage().rsplit(" (", 1)[0] for r in caplog.records if r.name == "tlx.progress"]
     assert lines == [f"extracting train: {n} of 18 images" for n in (8, 16, 18)]
 
 
