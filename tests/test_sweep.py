@@ -83,11 +83,16 @@ def test_local_parallel_launcher_runs_jobs_in_processes(tmp_path: Path) -> None:
         f"cache.dir={tmp_path / 'cache'}",
         *SWEEP_TINY,
         "data.samples_per_class=2,4",
+        "probe.enabled=false",  # the head trains in Lightning's loop ...
+        "trainer.enable_progress_bar=true",  # ... and says how it goes in lines (stdout is a pipe)
     )
     assert done.returncode == 0, done.stderr[-3000:]
     results = _results(sweep)
     assert len(results) == 2 and all(r["status"] == "ok" for r in results.values())
-    assert "Joblib.Parallel(n_jobs=2" in done.stdout + done.stderr
+    output = done.stdout + done.stderr
+    assert "Joblib.Parallel(n_jobs=2" in output
+    # the two jobs' lines may interleave: each says which job it is, as Hydra numbers them ("#0 : ...")
+    assert all(output.count(f"job #{j}, epoch {e}/2: train/loss") == 1 for j in (0, 1) for e in (1, 2)), output[-3000:]
     assert (sweep / "report.md").is_file()
 
 

@@ -67,14 +67,16 @@ def draws_bars() -> bool:
 class TrainingLines(Callback):
     """Progress as log lines, for a stdout that is not a terminal: after each validation while training,
     ``epoch 3/20: train/loss 0.275, val/loss 2.071, val/acc 0.488, ... (6.2s)`` (``step 150/200`` for runs sized in
-    steps); within a long stretch of training, a line at most every ``every_s`` seconds saying how far it got.
+    steps; ``job #3, epoch ...`` in sweep job 3, as Hydra numbers it); within a long stretch of training, a line at most
+    every ``every_s`` seconds saying how far it got.
 
     ``train/loss`` is the mean training loss over the images since the previous validation (the epoch's, as the run
     logs it, when validation is at the end of each epoch); under DDP, rank 0's images, and only rank 0 logs.
     """
 
-    def __init__(self, every_s: float) -> None:
+    def __init__(self, every_s: float, job: int | None = None) -> None:
         self.every_s = every_s
+        self.job = "" if job is None else f"job #{job}, "  # a sweep's jobs may log at once (parallel launchers)
         self.start = self.last = 0.0
         self.loss_sum: Any = 0.0  # a tensor on the training device once batches come (no sync per step)
         self.loss_n = 0
@@ -110,5 +112,5 @@ class TrainingLines(Callback):
         shown = ({"train/loss": float(self.loss_sum) / self.loss_n} if self.loss_n else {}) | metrics
         values = ", ".join(f"{k} {v:.4g}" for k, v in shown.items())
         now = time.monotonic()
-        log.info("%s%s: %s (%.1fs)", where, within, values, now - self.start)
+        log.info("%s%s%s: %s (%.1fs)", self.job, where, within, values, now - self.start)
         self.last = now

@@ -236,7 +236,7 @@ def train(
     requeue_callbacks, plugins = requeue_setup(latest.path, out_dir)  # SLURM jobs: last.ckpt, then requeue
     # Progress: bars at a terminal; lines where stdout is a file or a pipe (a bar there is one wrapped last frame)
     bars = bool(cfg.trainer.get("enable_progress_bar", True))
-    lines = [TrainingLines(PROGRESS_EVERY_S)] if bars and not draws_bars() else []
+    lines = [TrainingLines(PROGRESS_EVERY_S, _sweep_job())] if bars and not draws_bars() else []
     trainer = instantiate(
         cfg.trainer,
         default_root_dir=out_dir,
@@ -339,6 +339,16 @@ def train(
 
 def _val_of(history_entry: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in history_entry.items() if k.startswith("val/")}
+
+
+def _sweep_job() -> int | None:
+    """Hydra's number of this sweep job (``-m``), or None in a single run."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+        return None
+    return HydraConfig.get().job.num
 
 
 def _probe_stage(
