@@ -6,8 +6,10 @@ from __future__ import annotations
 import os
 import pty
 import re
+import select
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -62,26 +64,30 @@ BAR = "━"  # rich's bar glyph
 EPOCH_LINE = re.compile(r"\[tlx\.train\]\[INFO\] - epoch [12]/2: train/loss [\d.]+, val/loss [\d.]+, val/acc [\d.]+, ")
 
 
-def _run_at_a_terminal(*args: str) -> tuple[int, str]:
+def _run_at_a_terminal(*args: str, timeout: float = 120.0) -> tuple[int, str]:
     """``python -m tlx args...`` with stdout and stderr on a pseudo-terminal, as in a shell: its exit code and
-    output."""
+    output (killed after ``timeout`` seconds)."""
     master, slave = pty.openpty()
     env = {**os.environ, "HYDRA_FULL_ERROR": "0", "TERM": "xterm"}
     proc = subprocess.Popen(
         [sys.executable, "-m", "tlx", *args], cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=slave, stderr=slave
     )
     os.close(slave)
-    chunks = []
-    while True:
-        try:
-            chunk = os.read(master, 1 << 16)
-        except OSError:  # EIO: the process closed the terminal
-            break
-        if not chunk:
-            break
-        chunks.append(chunk)
-    os.close(master)
-    return proc.wait(timeout=60), b"".join(chunks).decode(errors="replace")
+    chunks, deadline = [], time.monotonic() + timeout
+    try:
+        while select.select([master], [], [], max(0.0, deadline - time.monotonic()))[0]:
+            try:
+                chunk = os.read(master, 1 << 16)
+            except OSError:  # EIO: the process closed the terminal
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+    finally:
+        os.close(master)
+        if proc.poll() is None and time.monotonic() >= deadline:
+            proc.kill()
+    return proc.wait(timeout=30), b"".join(chunks).decode(errors="replace")
 
 
 def test_training_lines_report_the_epochs_mean_loss_and_progress_within_it(caplog) -> None:
