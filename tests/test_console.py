@@ -22,6 +22,9 @@ LIBRARY_LINES = re.compile(
     r"HPU available|`Trainer\.fit` stopped|Tip:|srun|logging interval|Restoring states|Loaded model weights"
 )
 
+BAR = "━"  # rich's bar glyph
+EPOCH_LINE = re.compile(r"\[tlx\.train\]\[INFO\] - epoch [12]/2: train/loss [\d.]+, val/loss [\d.]+, val/acc [\d.]+, ")
+
 
 def test_quiet_by_default_everything_with_verbose(tmp_path: Path) -> None:
     photos = write_images(tmp_path / "photos", n=6)
@@ -58,10 +61,6 @@ def test_quiet_by_default_everything_with_verbose(tmp_path: Path) -> None:
     assert "GPU available" in output and "`Trainer.fit` stopped" in output  # Lightning's info lines
     assert "is smaller than the logging interval" in output  # Lightning's advice (2 batches < log_every_n_steps)
     assert left_out in output
-
-
-BAR = "━"  # rich's bar glyph
-EPOCH_LINE = re.compile(r"\[tlx\.train\]\[INFO\] - epoch [12]/2: train/loss [\d.]+, val/loss [\d.]+, val/acc [\d.]+, ")
 
 
 def _run_at_a_terminal(*args: str, timeout: float = 120.0) -> tuple[int, str]:
