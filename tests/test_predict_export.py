@@ -1,9 +1,11 @@
-"""Predict and export from a run directory: the predictions and the exported models give what the checkpoint gives."""
+"""Predict, evaluate and export from a run directory: the predictions, the scores and the exported models give what the
+checkpoint gives."""
 
 from __future__ import annotations
 
 import csv
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -68,7 +70,9 @@ def reference(run_dir):
 def test_predict_reproduces_the_runs_own_test_accuracy(run_dir):
     files, results = json.loads((run_dir / "files.json").read_text()), read_results(run_dir)
     assert results["test_split"] == "val"
-    records, skipped = predict(load_run(run_dir), [Path(p) for p in files["val"]], top_k=1, batch_size=2)
+    model = load_run(run_dir)
+    assert model.channels_last  # fed as the run fed it (channels_last: true, a CNN): NHWC, oneDNN's fast layout
+    records, skipped = predict(model, [Path(p) for p in files["val"]], top_k=1, batch_size=2)
     truth = [Path(p).parent.name for p in files["val"]]
     accuracy = np.mean([r["labels"][0] == t for r, t in zip(records, truth, strict=True)])
     assert not skipped and accuracy == pytest.approx(results["metrics"]["test/acc"], abs=1e-6)
@@ -171,6 +175,9 @@ def test_predict_errors_are_one_line(run_dir, tmp_path, capsys, case, expected):
         ("tlx.predict", ["run_dir=NOPE", "inputs=PHOTOS"], "run directory not found"),
         ("tlx.predict", ["run_dirr=NOPE"], "unknown option 'run_dirr'"),
         ("tlx.export", ["run_dir=NOPE"], "run directory not found"),
+        ("tlx.evaluate", ["run_dir=NOPE", "inputs=NOPE"], "inputs not found"),
+        ("tlx.evaluate", ["run_dir=NOPE", "inputs=PHOTOS"], "run directory not found"),
+        ("tlx.evaluate", ["run_dir=NOPE", "inputs=PHOTOS/ant/0.png"], "is a file; give a folder"),
     ],
 )
 def test_bad_arguments_end_before_torch_loads(run_dir, tmp_path, module, args, expected):
@@ -181,7 +188,7 @@ def test_bad_arguments_end_before_torch_loads(run_dir, tmp_path, module, args, e
     assert "tlx.errors" in imported and not HEAVY & imported  # the profile was read, and has no torch
 
 
-@pytest.mark.parametrize("module", ["tlx.predict", "tlx.export"])
+@pytest.mark.parametrize("module", ["tlx.predict", "tlx.export", "tlx.evaluate"])
 def test_help_lists_every_option_before_torch_loads(module):
     import dataclasses
     import importlib
@@ -190,7 +197,7 @@ def test_help_lists_every_option_before_torch_loads(module):
     imported = imported_modules(proc)
     assert proc.returncode == 0 and proc.stdout.startswith(f"usage: python -m {module} run_dir=<run dir>"), proc.stderr
     options = [f.name for f in dataclasses.fields(importlib.import_module(module)._Args)]
-    listed = [line.split("=")[0].strip() for line in proc.stdout.splitlines() if line.startswith("  ")]
+    listed = [m[1] for m in re.finditer(r"^  (\w+)=", proc.stdout, re.MULTILINE)]  # continued lines are deeper
     assert listed == options  # every option the parser takes, in its order, and nothing else
     assert "tlx.errors" in imported and not HEAVY & imported
 
@@ -218,3 +225,99 @@ def test_export_matches_the_checkpoint(run_dir, reference, tmp_path):
     logits = session.run(["logits"], {"image": x.numpy()})[0]  # (5, K): the batch size is not fixed at 1
     assert np.allclose(logits, expected.numpy(), atol=1e-4)
     assert np.allclose(torch.from_numpy(logits).softmax(dim=1), expected.softmax(dim=1), atol=1e-4)
+
+
+def _val_folder(run_dir: Path, dest: Path) -> Path:
+    """The run's validation images copied into ``dest/<class>/``, as a user would collect new labelled photos."""
+    for p in json.loads((run_dir / "files.json").read_text())["val"]:
+        (dest / Path(p).parent.name).mkdir(parents=True, exist_ok=True)
+        shutil.copy(p, dest / Path(p).parent.name / Path(p).name)
+    return dest
+
+
+def test_evaluate_reproduces_the_runs_own_scores(run_dir, tmp_path):
+    inputs = _val_folder(run_dir, tmp_path / "new photos")
+    (inputs / "bee" / "broken.jpg").write_bytes(b"not a jpeg")
+    (inputs / ".DS_Store").write_bytes(b"\0")
+    proc = run_main(f"run_dir={run_dir}", f"inputs={inputs}", "num_workers=0", module="tlx.evaluate")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (out,) = (run_dir / "eval").iterdir()  # the default: <run dir>/eval/<date_time>
+    ev, results = json.loads((out / "evaluation.json").read_text()), read_results(run_dir)
+    # The run has no test split, so its test pass scored the same val images with the same checkpoint.
+    assert results["test_split"] == "val" and ev["images"] == results["data"]["val"]
+    for key in ("acc", "bal_acc", "f1"):
+        assert ev["metrics"][key] == pytest.approx(results["metrics"][f"test/{key}"], abs=1e-6)
+    assert ev["per_class"]["confusion"] == results["per_class"]["val"]["confusion"]
+    assert ev["skipped"]["unreadable"] == [str(inputs / "bee" / "broken.jpg")] and ev["skipped"]["os_metadata"] == 1
+    with open(out / "eval_predictions.csv") as f:
+        rows = list(csv.DictReader(f))
+    wrong = sum(r["true"] != r["predicted"] for r in rows)
+    assert len(rows) == ev["images"] and wrong == ev["images"] - round(ev["metrics"]["acc"] * ev["images"])
+    assert len(list((out / "gallery").iterdir())) == min(wrong, 24)
+    page = (out / "report.html").read_text()
+    assert all(f'id="{s}"' in page for s in ("summary", "confusion", "per-class", "gallery"))
+    assert (
+        re.search(rf"│ accuracy +│ {ev['metrics']['acc']:.4f} ", proc.stdout)
+        and str(out / "report.html") in proc.stdout
+    )
+    (out / "report.html").unlink()
+    assert run_main(str(out), module="tlx.report").returncode == 0 and (out / "report.html").is_file()  # rebuilt
+
+
+def test_evaluate_a_label_file_takes_its_test_rows_and_a_subset_of_classes(run_dir, tmp_path):
+    from tlx.evaluate import evaluate
+
+    photos = run_dir.parent / "photos"
+    rows = ["path,label,split", "ant/0.png,ant,train", "ant/1.png,ant,test", "cat/0.png,cat,test", "gone.png,cat,test"]
+    (photos / "labels.csv").write_text("\n".join(rows) + "\n")  # relative paths: against the CSV's folder
+    try:
+        ev, out = evaluate(run_dir, photos / "labels.csv", tmp_path / "ev", num_workers=0)
+    finally:
+        (photos / "labels.csv").unlink()
+    assert out == tmp_path / "ev" and ev["images"] == 2 and ev["per_class"]["images"] == [1, 0, 1]
+    assert ev["skipped"]["unreadable"] == [str(photos / "gone.png")]
+    with open(out / "eval_predictions.csv") as f:
+        assert [(Path(r["id"]).relative_to(photos), r["true"]) for r in csv.DictReader(f)] == [
+            (Path("ant/1.png"), "ant"),
+            (Path("cat/0.png"), "cat"),
+        ]
+    # the same out= again: an earlier evaluation is replaced (a folder holding anything else is refused, below)
+    again, _ = evaluate(run_dir, _val_folder(run_dir, tmp_path / "val"), tmp_path / "ev", num_workers=0)
+    assert again["images"] == json.loads((out / "evaluation.json").read_text())["images"] > 2
+
+
+@pytest.mark.parametrize(
+    ("case", "expected"),
+    [
+        ("unknown_class", "has images of 'dog', which the model has no class for (its classes: ant, bee, cat); remove"),
+        ("split_folders", "has images of 'test', 'train', which the model has no class for"),
+        ("no_test_rows", "has a split column but no test rows"),
+        ("users_folder", "exists and is not an earlier evaluation; choose another out= folder"),
+    ],
+)
+def test_evaluate_errors_are_one_line(run_dir, tmp_path, capsys, case, expected):
+    from tlx.evaluate import main as evaluate_main
+
+    inputs, out = tmp_path / "inputs", tmp_path / "out"
+    if case == "unknown_class":
+        _val_folder(run_dir, inputs)
+        shutil.copytree(inputs / "ant", inputs / "dog")
+    elif case == "split_folders":
+        _val_folder(run_dir, inputs / "train")
+        _val_folder(run_dir, inputs / "test")
+    elif case == "no_test_rows":
+        inputs = tmp_path / "labels.csv"
+        inputs.write_text(f"path,label,split\n{run_dir.parent / 'photos' / 'ant' / '0.png'},ant,train\n")
+    else:
+        _val_folder(run_dir, inputs)
+        out.mkdir()
+        (out / "notes.txt").write_text("mine")
+    with pytest.raises(SystemExit) as exit_info:
+        evaluate_main([f"run_dir={run_dir}", f"inputs={inputs}", f"out={out}", "num_workers=0"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit_info.value.code == 2 and len(err) == 1 and err[0].startswith("tlx.evaluate: error: ")
+    assert expected in err[0]
+    if case == "split_folders":
+        assert f"inputs={inputs / 'test'}" in err[0]
+    # nothing written, and what the user had is untouched
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt"] if case == "users_folder" else not out.exists()

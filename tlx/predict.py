@@ -27,6 +27,9 @@ from tlx.sources import IMAGE_SUFFIXES
 # torch, timm and Lightning (about 5 s to import) load in the functions that use them, after the checks of the
 # arguments and files: a mistyped option or run directory ends in about a second.
 if TYPE_CHECKING:
+    import torch
+
+    from tlx.data import FileSamples
     from tlx.heads import Network
 
 log = logging.getLogger(__name__)
@@ -42,6 +45,8 @@ class TrainedModel:
         data_config: the backbone's data config (input_size, mean, std, interpolation, crop_pct, crop_mode).
         checkpoint: the checkpoint the weights came from.
         backbone: timm model name.
+        channels_last: the run fed its images in NHWC (``channels_last`` of its config, on a CNN), the faster layout
+            for convolutions on CPU (oneDNN) and GPU; ``probabilities`` does the same.
     """
 
     net: Network
@@ -49,6 +54,7 @@ class TrainedModel:
     data_config: dict[str, Any]
     checkpoint: Path
     backbone: str
+    channels_last: bool = False
 
 
 def load_run(run_dir: Path, checkpoint: str = "best") -> TrainedModel:
@@ -110,7 +116,8 @@ def load_run(run_dir: Path, checkpoint: str = "best") -> TrainedModel:
             f"{ckpt} does not fit the network of {run_dir} ({detail}); use this run's own checkpoint"
         ) from e
     log.info("loaded %s (%s, %d classes)", ckpt, backbone.name, len(classes))
-    return TrainedModel(net.eval(), classes, backbone.data_config, ckpt.resolve(), backbone.name)
+    channels_last = bool(cfg.get("channels_last")) and bool(net.chain)  # as tlx.run converts the network
+    return TrainedModel(net.eval(), classes, backbone.data_config, ckpt.resolve(), backbone.name, channels_last)
 
 
 def find_images(inputs: Path) -> list[Path]:
@@ -162,25 +169,45 @@ def predict(
         raise ConfigError(
             f"top_k={top_k} but the model has {len(model.classes)} classes; use 1 <= top_k <= {len(model.classes)}"
         )
+    from tlx.data import FileSamples
+
+    probs, samples, skipped = probabilities(
+        model, FileSamples(paths, [0] * len(paths)), batch_size, num_workers, device
+    )
+    top = probs.topk(top_k, dim=1)
+    records = [
+        {"path": str(path), "labels": [model.classes[j] for j in i], "probs": p}
+        for path, p, i in zip(samples.paths, top.values.tolist(), top.indices.tolist(), strict=True)
+    ]
+    return records, skipped
+
+
+def probabilities(
+    model: TrainedModel, samples: FileSamples, batch_size: int = 64, num_workers: int | str = 0, device: str = "cpu"
+) -> tuple[torch.Tensor, FileSamples, list[str]]:
+    """Class probabilities of every readable image of ``samples``, decoded and transformed exactly as the run's
+    validation images.
+
+    Returns:
+        (N, K) probabilities on the CPU, the N readable samples (labels kept) in that order, and the paths of the
+        unreadable files that were skipped (each logged as a warning).
+    """
     import torch
 
-    from tlx.data import FileSamples, ImageData
+    from tlx.data import ImageData
     from tlx.progress import progress
 
     data = ImageData(model.data_config, batch_size=batch_size, num_workers=num_workers, on_bad_image="skip")
-    data.samples = {"predict": data.check_images(FileSamples(paths, [0] * len(paths)))}
-    samples = data.samples["predict"]
-    net = model.net.to(device)
-    records = []
+    samples = data.samples["predict"] = data.check_images(samples)
+    layout = torch.channels_last if model.channels_last else torch.contiguous_format
+    net = model.net.to(device, memory_format=layout)
+    out = []
     with torch.inference_mode():
         batches = progress(data.loader(data.dataset("predict")), "predicting", len(samples), lambda b: len(b[0]))
         for x, _ in batches:
-            probs = net(x.to(device)).softmax(dim=1)  # (B, K)
-            top = probs.topk(top_k, dim=1)
-            for p, i in zip(top.values.tolist(), top.indices.tolist(), strict=True):
-                path = samples.paths[len(records)]
-                records.append({"path": str(path), "labels": [model.classes[j] for j in i], "probs": p})
-    return records, data.bad_images
+            x = x.to(device).contiguous(memory_format=layout)  # (B, 3, H, W), stored as NHWC for channels_last
+            out.append(net(x).softmax(dim=1).float().cpu())  # (B, K)
+    return torch.cat(out), samples, data.bad_images
 
 
 def default_top_k(model: TrainedModel) -> int:

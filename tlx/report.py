@@ -639,10 +639,14 @@ def _param_text(v: Any) -> str:
 def main(argv: list[str] | None = None) -> None:
     """Command line: ``python -m tlx.report <run dir or multirun dir> [--metric test/acc]``."""
     parser = argparse.ArgumentParser(
-        prog="python -m tlx.report", description="Write report.html of a run, or the report of a sweep."
+        prog="python -m tlx.report",
+        description="Write report.html of a run or an evaluation, or the report of a sweep.",
     )
     parser.add_argument(
-        "dir", type=Path, help="a run directory (results.json at its top) or a multirun directory (hydra.sweep.dir)"
+        "dir",
+        type=Path,
+        help="a run directory (results.json at its top), an evaluation directory (evaluation.json) or a multirun "
+        "directory (hydra.sweep.dir)",
     )
     parser.add_argument("--metric", default="test/acc", help="sweeps: results.json metric to compare (test/acc)")
     args = parser.parse_args(argv)
@@ -656,6 +660,10 @@ def main(argv: list[str] | None = None) -> None:
             log.info("run report: %s", write_run_report(args.dir))
         except ConfigError as e:
             parser.exit(2, f"tlx.report: error: {e}\n")
+    elif (args.dir / "evaluation.json").is_file():
+        from tlx.evaluate import write_evaluation_report  # an evaluation of a run on new images (tlx.evaluate)
+
+        log.info("evaluation report: %s", write_evaluation_report(args.dir))
     elif (args.dir / OPTUNA_DB).is_file():
         write_trials_report(args.dir, f"sqlite:///{args.dir / OPTUNA_DB}")
     else:

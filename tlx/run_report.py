@@ -32,7 +32,8 @@ from tlx.results import read_results, resume_command, what_trains
 log = logging.getLogger(__name__)
 
 REPORT = "report.html"
-PREDICTIONS = "val_predictions.csv"
+PREDICTIONS_SUFFIX = "predictions.csv"
+PREDICTIONS = f"val_{PREDICTIONS_SUFFIX}"
 GALLERY = "gallery"
 GALLERY_SIZE = 24
 THUMBNAIL_PX = 160
@@ -49,7 +50,7 @@ def save_run_report(
     """
     try:
         probs = predict_val(module, data, device)
-        write_val_predictions(out_dir, probs, data.samples["val"], data.classes)
+        write_predictions_table(out_dir, probs, data.samples["val"], data.classes)
         if not html:
             return None
         path = write_run_report(out_dir)
@@ -77,9 +78,20 @@ def predict_val(module: TransferModule, data: ImageData, device: torch.device) -
     return torch.cat(out)
 
 
-def write_val_predictions(out_dir: Path, probs: torch.Tensor, samples: Samples, classes: list[str]) -> Path:
-    """Write ``val_predictions.csv`` (``id, true, predicted, probability, true_probability, label_1, prob_1, ...``)
-    and thumbnails of the most confidently wrong images into ``gallery/``."""
+def write_predictions_table(
+    out_dir: Path, probs: torch.Tensor, samples: Samples, classes: list[str], kind: str = "val"
+) -> Path:
+    """Write ``<kind>_predictions.csv`` (``id, true, predicted, probability, true_probability, label_1, prob_1,
+    ...``; ``val_predictions.csv`` in a run directory) and thumbnails of the most confidently wrong images into
+    ``gallery/``.
+
+    Args:
+        out_dir: where to write.
+        probs: (N, K) class probabilities of ``samples``, in their order.
+        samples: the labelled images.
+        classes: class names, in label order.
+        kind: which images these are (``val``: a run's validation images; ``eval``: ``tlx.evaluate``'s).
+    """
     out_dir = Path(out_dir)
     k = min(TOP_K, len(classes))
     top = probs.topk(k, dim=1)
@@ -96,7 +108,7 @@ def write_val_predictions(out_dir: Path, probs: torch.Tensor, samples: Samples, 
         for j in range(k):
             row[f"label_{j + 1}"], row[f"prob_{j + 1}"] = classes[indices[j]], round(values[j], 6)
         rows.append(row)
-    path = out_dir / PREDICTIONS
+    path = out_dir / f"{kind}_{PREDICTIONS_SUFFIX}"
     tmp = path.with_name(f".{path.name}.tmp")
     with tmp.open("w", newline="") as f:
         writer = csv.DictWriter(f, list(rows[0]))
@@ -110,7 +122,7 @@ def write_val_predictions(out_dir: Path, probs: torch.Tensor, samples: Samples, 
     for i, _ in most_confident_mistakes(rows):
         img = samples.load(i, draft=2 * THUMBNAIL_PX)
         img.thumbnail((THUMBNAIL_PX, THUMBNAIL_PX))
-        img.save(gallery / _thumbnail_name(i))
+        img.save(gallery / _thumbnail_name(i, kind))
     return path
 
 
@@ -160,10 +172,12 @@ def write_run_report(run_dir: Path) -> Path:
     if probe:
         sections.append(section("probe", "Linear probe: learning rate and weight decay", _probe_html(probe)))
     if status == "ok":
+        # the tested checkpoint's validation epoch, and test (the same split, val, for a run without a test split)
+        splits = list(dict.fromkeys(("val", results.get("test_split", "test"))))
         sections += [
-            section("confusion", "Confusion matrix", _confusion_html(classes, per_class, results)),
-            section("per-class", "Per-class accuracy", _per_class_html(classes, per_class, results)),
-            section("gallery", "Most confidently wrong validation images", _gallery_html(run_dir)),
+            section("confusion", "Confusion matrix", confusion_html(classes, per_class, splits)),
+            section("per-class", "Per-class accuracy", per_class_html(classes, per_class, splits)),
+            section("gallery", "Most confidently wrong validation images", gallery_html(run_dir)),
         ]
     return write_page(run_dir / REPORT, page(title, str(run_dir.resolve()), sections))
 
@@ -284,9 +298,9 @@ def _curves_html(history: dict[str, dict[int, float]], results: dict[str, Any]) 
     return img_tag(figure_png(fig), "loss and accuracy per epoch", "curves-figure")
 
 
-def _confusion_html(classes: list[str], per_class: dict[str, Any], results: dict[str, Any]) -> str:
-    splits = [s for s in ("val", results.get("test_split", "test")) if per_class.get(s, {}).get("confusion")]
-    splits = list(dict.fromkeys(splits))
+def confusion_html(classes: list[str], per_class: dict[str, Any], splits: list[str]) -> str:
+    """Heatmaps of ``per_class[split]["confusion"]`` (rows: true class) side by side, one per split that has one."""
+    splits = [s for s in splits if per_class.get(s, {}).get("confusion")]
     if not classes or not splits:
         return '<p class="note">No confusion matrix in results.json.</p>'
     k = len(classes)
@@ -334,9 +348,9 @@ def _confusion_html(classes: list[str], per_class: dict[str, Any], results: dict
     return img_tag(figure_png(fig), "confusion matrices", "confusion-figure") + note
 
 
-def _per_class_html(classes: list[str], per_class: dict[str, Any], results: dict[str, Any]) -> str:
-    splits = [s for s in ("val", results.get("test_split", "test")) if per_class.get(s, {}).get("per_class_acc")]
-    splits = list(dict.fromkeys(splits))
+def per_class_html(classes: list[str], per_class: dict[str, Any], splits: list[str]) -> str:
+    """Bars and a table of ``per_class[split]["per_class_acc"]`` with each class's image count, per split."""
+    splits = [s for s in splits if per_class.get(s, {}).get("per_class_acc")]
     if not classes or not splits:
         return '<p class="note">No per-class accuracy in results.json.</p>'
     k = len(classes)
@@ -368,21 +382,23 @@ def _per_class_html(classes: list[str], per_class: dict[str, Any], results: dict
     return img_tag(figure_png(fig), "per-class accuracy", "per-class-figure") + table(rows, header, numeric)
 
 
-def _gallery_html(run_dir: Path) -> str:
-    path = run_dir / PREDICTIONS
+def gallery_html(run_dir: Path, kind: str = "val", noun: str = "validation") -> str:
+    """The most confidently wrong of the images in ``<kind>_predictions.csv`` (``noun`` images), with thumbnails."""
+    name = f"{kind}_{PREDICTIONS_SUFFIX}"
+    path = run_dir / name
     if not path.is_file():
-        return f'<p class="note warn">No {PREDICTIONS} in the run directory: no gallery.</p>'
+        return f'<p class="note warn">No {name} in the directory: no gallery.</p>'
     with path.open(newline="") as f:
         rows = list(csv.DictReader(f))
     mistakes = most_confident_mistakes(rows)
     n_wrong = sum(r["true"] != r["predicted"] for r in rows)
     if not mistakes:
-        return f'<p class="note">The model got all {len(rows)} validation images right.</p>'
+        return f'<p class="note">The model got all {len(rows)} {noun} images right.</p>'
     cards = []
     for i, r in mistakes:
-        png = _thumbnail(run_dir, i, r["id"])
+        png = _thumbnail(run_dir, i, r["id"], kind)
         image = (
-            img_tag(png, f"validation image {r['id']}", css_class="thumb")
+            img_tag(png, f"{noun} image {r['id']}", css_class="thumb")
             if png
             else ('<div class="note">image not available</div>')
         )
@@ -393,20 +409,20 @@ def _gallery_html(run_dir: Path) -> str:
             f'<div class="id">{esc(_short_id(r["id"]))}</div></div>'
         )
     note = (
-        f'<p class="note">{n_wrong} of {len(rows)} validation images are wrong with the tested checkpoint; the '
+        f'<p class="note">{n_wrong} of {len(rows)} {noun} images are wrong with the tested checkpoint; the '
         f"{len(mistakes)} with the highest predicted probability, most confident first (all predictions: "
-        f"{PREDICTIONS}).</p>"
+        f"{name}).</p>"
     )
     return note + f'<div class="gallery">{"".join(cards)}</div>'
 
 
-def _thumbnail_name(index: int) -> str:
-    return f"val_{index:06d}.png"
+def _thumbnail_name(index: int, kind: str) -> str:
+    return f"{kind}_{index:06d}.png"
 
 
-def _thumbnail(run_dir: Path, index: int, image_id: str) -> bytes | None:
+def _thumbnail(run_dir: Path, index: int, image_id: str, kind: str) -> bytes | None:
     """The thumbnail the run wrote, else the image file itself when the id is one, else None."""
-    saved = run_dir / GALLERY / _thumbnail_name(index)
+    saved = run_dir / GALLERY / _thumbnail_name(index, kind)
     if saved.is_file():
         return saved.read_bytes()
     if Path(image_id).is_file():

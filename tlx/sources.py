@@ -1,6 +1,7 @@
 """The user's data source, checked before torch and Lightning load (about 5 s): a ``data.root`` folder or
 ``data.path`` label file that is not there, or a folder that cannot be a dataset of classes, ends the run within
-about a second. The walk over image folders (:class:`FileScan`, :func:`folder_images`) lives here for that.
+about a second. The walk over image folders (:class:`FileScan`, :func:`folder_images`) and the reading of label files
+(:func:`read_rows`) live here for that, and for ``tlx.evaluate``, which checks its inputs before loading a model.
 
 Only the standard library here: ``python -m tlx`` calls :func:`check_source` before its heavy imports, and the data
 classes call the same checks, so a run started from Python fails with the same line.
@@ -8,6 +9,7 @@ classes call the same checks, so a run started from Python fails with the same l
 
 from __future__ import annotations
 
+import csv
 import os
 from collections import Counter
 from pathlib import Path
@@ -216,3 +218,54 @@ def check_source(data: Any) -> None:
     if source is not None:
         key, check = source
         check(data[key])
+
+
+def read_rows(file: Path, scan: FileScan) -> list[tuple[int, Path, str, str]]:
+    """(line, resolved path, label, split or ``all``) per row of the label file ``file``, each file once (a second
+    row of a file counts in ``scan`` as ``duplicate_row``); a ConfigError names the line of a row that cannot be."""
+    label_file(file)
+    rows: list[tuple[int, Path, str, str]] = []
+    first: dict[str, tuple[int, str, str]] = {}
+    with open(file, newline="", encoding="utf-8-sig") as f:  # utf-8-sig: Excel's byte order mark
+        reader = csv.reader(f)
+        header = [h.strip().lower() for h in next(reader, [])]
+        if "path" not in header or "label" not in header:
+            raise ConfigError(
+                f"{file} must start with a header row naming the columns path,label (and optionally split); "
+                f"its first row is {','.join(header) or 'empty'}"
+            )
+        col_path, col_label = header.index("path"), header.index("label")
+        col_split = header.index("split") if "split" in header else None
+        for row in reader:
+            line = reader.line_num
+            if not any(cell.strip() for cell in row):
+                continue
+            if len(row) < len(header):
+                raise ConfigError(f"{file} line {line} has {len(row)} columns, the header {len(header)}")
+            name, label = row[col_path].strip(), row[col_label].strip()
+            split = row[col_split].strip().lower() if col_split is not None else "all"
+            if not name or not label:
+                raise ConfigError(f"{file} line {line} has an empty path or label; fill it in or remove it")
+            if split not in SPLITS and col_split is not None:
+                raise ConfigError(f"{file} line {line}: split '{row[col_split].strip()}' is not train, val or test")
+            resolved = Path(name).expanduser()
+            resolved = Path(os.path.normpath(resolved if resolved.is_absolute() else file.parent / resolved))
+            real = os.path.realpath(resolved)
+            if real in first:
+                seen_line, seen_label, seen_split = first[real]
+                if (seen_label, seen_split) != (label, split):
+                    raise ConfigError(
+                        f"{file} lines {seen_line} and {line} both list {name}, as "
+                        f"{_as(seen_label, seen_split)} and {_as(label, split)}; keep one of them"
+                    )
+                scan.skip("duplicate_row", resolved)
+                continue
+            first[real] = (line, label, split)
+            rows.append((line, resolved, label, split))
+    if not rows:
+        raise ConfigError(f"{file} has a header but no rows; add one path,label row per image")
+    return rows
+
+
+def _as(label: str, split: str) -> str:
+    return label if split == "all" else f"{label} ({split})"

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import csv
-import os
 from pathlib import Path
 from typing import Any
 
 from tlx.data.base import FileSamples, ImageData, Samples, check_split_fractions, fixed_splits
 from tlx.errors import ConfigError
-from tlx.sources import SPLITS, label_file
+from tlx.sources import read_rows
 
 
 class CSVData(ImageData):
@@ -34,7 +32,7 @@ class CSVData(ImageData):
         self.val_fraction, self.test_fraction, self.split_seed = float(val_fraction), float(test_fraction), split_seed
 
     def _splits(self) -> tuple[dict[str, Samples], list[str]]:
-        rows = self._read()
+        rows = read_rows(self.path, self.scan)
         labels = {label for _, _, label, _ in rows}
         classes = sorted(labels, key=int) if all(_is_int(x) for x in labels) else sorted(labels)
         index = {name: i for i, name in enumerate(classes)}
@@ -50,57 +48,6 @@ class CSVData(ImageData):
         splits = fixed_splits(splits, (self.val_fraction, self.test_fraction), self.split_seed, classes, self.path)
         return self.check_splits(splits, classes), classes
 
-    def _read(self) -> list[tuple[int, Path, str, str]]:
-        """(line, resolved path, label, split or ``all``) per row, each file once."""
-        label_file(self.path)
-        rows: list[tuple[int, Path, str, str]] = []
-        first: dict[str, tuple[int, str, str]] = {}
-        with open(self.path, newline="", encoding="utf-8-sig") as f:  # utf-8-sig: Excel's byte order mark
-            reader = csv.reader(f)
-            header = [h.strip().lower() for h in next(reader, [])]
-            if "path" not in header or "label" not in header:
-                raise ConfigError(
-                    f"{self.path} must start with a header row naming the columns path,label (and optionally split); "
-                    f"its first row is {','.join(header) or 'empty'}"
-                )
-            col_path, col_label = header.index("path"), header.index("label")
-            col_split = header.index("split") if "split" in header else None
-            for row in reader:
-                line = reader.line_num
-                if not any(cell.strip() for cell in row):
-                    continue
-                if len(row) < len(header):
-                    raise ConfigError(f"{self.path} line {line} has {len(row)} columns, the header {len(header)}")
-                path, label = row[col_path].strip(), row[col_label].strip()
-                split = row[col_split].strip().lower() if col_split is not None else "all"
-                if not path or not label:
-                    raise ConfigError(f"{self.path} line {line} has an empty path or label; fill it in or remove it")
-                if split not in SPLITS and col_split is not None:
-                    raise ConfigError(
-                        f"{self.path} line {line}: split '{row[col_split].strip()}' is not train, val or test"
-                    )
-                resolved = Path(path).expanduser()
-                resolved = Path(os.path.normpath(resolved if resolved.is_absolute() else self.path.parent / resolved))
-                real = os.path.realpath(resolved)
-                if real in first:
-                    seen_line, seen_label, seen_split = first[real]
-                    if (seen_label, seen_split) != (label, split):
-                        raise ConfigError(
-                            f"{self.path} lines {seen_line} and {line} both list {path}, as "
-                            f"{_as(seen_label, seen_split)} and {_as(label, split)}; keep one of them"
-                        )
-                    self.scan.skip("duplicate_row", resolved)
-                    continue
-                first[real] = (line, label, split)
-                rows.append((line, resolved, label, split))
-        if not rows:
-            raise ConfigError(f"{self.path} has a header but no rows; add one path,label row per image")
-        return rows
-
 
 def _is_int(text: str) -> bool:
     return text.lstrip("-").isdigit()
-
-
-def _as(label: str, split: str) -> str:
-    return label if split == "all" else f"{label} ({split})"
