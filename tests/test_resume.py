@@ -4,6 +4,7 @@ print how to resume."""
 
 from __future__ import annotations
 
+import csv
 import os
 import shlex
 import signal
@@ -59,11 +60,11 @@ def _ctrl_c_as_at_a_terminal() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
-def _start(run_dir: Path, photos: Path) -> subprocess.Popen:
-    """``python -m tlx`` in the background, its output in ``<run_dir>.log``."""
+def _start(run_dir: Path, photos: Path, *extra: str) -> subprocess.Popen:
+    """``python -m tlx`` in the background (``extra``: more overrides), its output in ``<run_dir>.log``."""
     with open(run_dir.parent / f"{run_dir.name}.log", "w") as log:  # the child keeps its own copy of the handle
         return subprocess.Popen(
-            [sys.executable, "-m", "tlx", *RUN, f"data.root={photos}", f"hydra.run.dir={run_dir}"],
+            [sys.executable, "-m", "tlx", *RUN, *extra, f"data.root={photos}", f"hydra.run.dir={run_dir}"],
             cwd=ROOT,
             env={**os.environ, "HYDRA_FULL_ERROR": "0"},
             stdout=log,
@@ -102,6 +103,10 @@ def _resume_and_compare(run_dir: Path, uninterrupted: dict) -> None:
         assert resumed["metrics"][key] == pytest.approx(value, abs=1e-6), key
     assert resumed["best_epoch"] == uninterrupted["best_epoch"] and resumed["epochs"] == uninterrupted["epochs"]
     assert resumed["per_class"] == uninterrupted["per_class"]
+    # The whole history: the epochs before the resume are kept (Lightning's CSVLogger deleted them), none twice.
+    with open(run_dir / "logs" / "metrics.csv", newline="") as f:
+        validated = [int(float(r["epoch"])) for r in csv.DictReader(f) if r.get("val/acc")]
+    assert validated == list(range(EPOCHS))
 
 
 def test_killed_run_resumes_to_the_same_result(photos, uninterrupted, tmp_path):
@@ -128,13 +133,33 @@ def test_interrupt_records_the_run_and_says_how_to_resume(photos, tmp_path, sig)
     # Resuming is tested after the SIGKILL above: an interrupted run leaves the same last.ckpt (the last epoch's end).
 
 
+def test_an_interrupted_run_resumes_from_its_last_finished_epoch_although_not_yet_written(
+    photos, uninterrupted, tmp_path
+):
+    """last.ckpt is written at most every last_checkpoint_every_s; an interrupt writes the last finished epoch, kept in
+    memory, so the printed resume command continues from there instead of from the beginning."""
+    run_dir = tmp_path / "run"
+    proc = _start(run_dir, photos, "last_checkpoint_every_s=3600", "trainer.enable_progress_bar=true")
+    log, deadline = tmp_path / "run.log", time.monotonic() + 300
+    while proc.poll() is None and time.monotonic() < deadline and f"epoch 2/{EPOCHS}:" not in log.read_text():
+        time.sleep(0.01)  # a line per epoch (no terminal: lines, not bars); epoch 2 of 6 validated
+    assert not (run_dir / "checkpoints" / "last.ckpt").exists()  # throttled: not written during the run
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=120)
+    results = read_results(run_dir)
+    assert proc.returncode == 128 + signal.SIGTERM and results["status"] == "interrupted", log.read_text()[-3000:]
+    held = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["epoch"]
+    assert 2 <= results["epochs_done"] < EPOCHS and held == results["epochs_done"] - 1  # the last finished epoch
+    _resume_and_compare(run_dir, uninterrupted)
+
+
 def test_a_ctrl_c_lost_in_a_finalizer_still_stops_training(tmp_path):
     """CPython discards an exception raised inside a finalizer, so a KeyboardInterrupt that lands while io closes a file
     object being collected (Lightning's file of a checkpoint just written, in the Ctrl-C test above) is lost. While
     Lightning runs, the run's SIGINT handler notes the press, and the next batch raises it."""
     import io
 
-    from tlx.run import _OnInterrupt
+    from tlx.run import _LastCheckpoint, _OnInterrupt
 
     class File(io.RawIOBase):
         def close(self) -> None:
@@ -142,7 +167,7 @@ def test_a_ctrl_c_lost_in_a_finalizer_still_stops_training(tmp_path):
             super().close()
 
     previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # as at a terminal
-    on_interrupt = _OnInterrupt(tmp_path)
+    on_interrupt = _OnInterrupt(tmp_path, _LastCheckpoint(tmp_path / "last.ckpt", 0.0))
     try:
         on_interrupt.setup(None, None, "fit")
         try:

@@ -10,7 +10,9 @@ it is about the user's data or anything the user set:
   few loader workers (tlx sizes them on purpose);
 - Lightning's info lines: accelerators available, tips, ``Loading train_dataloader to estimate ...``,
   ``Trainer.fit stopped``, ``weights_only was not set``, the loading of the best checkpoint for the test (a resumed
-  run says itself which checkpoint it continues from).
+  run says itself which checkpoint it continues from);
+- Lightning's notes that the run's log and checkpoint folders are not empty: tlx's resume rules manage the run
+  directory, and a resumed run keeps its earlier rows of ``logs/metrics.csv``.
 
 Other library warnings (plain ``UserWarning``) still show: they may concern a setting the user chose.
 
@@ -42,6 +44,12 @@ HIDDEN_WARNINGS: tuple[type[Warning], ...] = (
     FutureWarning,
     PossibleUserWarning,
 )
+# Lightning's notes on the run directory, which tlx manages itself (resume=auto|true|false): a resumed run keeps its
+# logs/metrics.csv rows (tlx.tracking), so "Previous log files ... will be deleted" would not even be true.
+HIDDEN_MESSAGES = (
+    r"Experiment logs directory .* exists and is not empty",
+    r"Checkpoint directory .* exists and is not empty",
+)
 LIBRARY_LOGGERS = ("pytorch_lightning", "lightning_fabric", "lightning")
 
 
@@ -52,6 +60,8 @@ def configure_console(verbose: bool) -> None:
         return
     for category in HIDDEN_WARNINGS:
         warnings.filterwarnings("ignore", category=category)
+    for message in HIDDEN_MESSAGES:
+        warnings.filterwarnings("ignore", message=message)
     for name in LIBRARY_LOGGERS:
         # Children (e.g. pytorch_lightning.utilities.rank_zero) have no level of their own and inherit this one.
         logging.getLogger(name).setLevel(logging.WARNING)

@@ -234,18 +234,6 @@ def train(
     checkpoint = ModelCheckpoint(dirpath=out_dir / "checkpoints", filename="best", monitor="val/acc", mode="max")
     latest = _LastCheckpoint(out_dir / "checkpoints" / "last.ckpt", float(cfg.get("last_checkpoint_every_s", 0)))
     requeue_callbacks, plugins = requeue_setup(latest.path, out_dir)  # SLURM jobs: last.ckpt, then requeue
-    # Progress: bars at a terminal; lines where stdout is a file or a pipe (a bar there is one wrapped last frame)
-    bars = bool(cfg.trainer.get("enable_progress_bar", True))
-    lines = [TrainingLines(PROGRESS_EVERY_S, _sweep_job())] if bars and not draws_bars() else []
-    trainer = instantiate(
-        cfg.trainer,
-        default_root_dir=out_dir,
-        enable_progress_bar=bars and not lines,
-        callbacks=[checkpoint, latest, _OnInterrupt(out_dir), *requeue_callbacks, *lines, *callbacks],
-        plugins=plugins,
-        logger=create_loggers(cfg, out_dir),  # conf/logger/: csv (logs/metrics.csv) by default
-    )
-    t_fit = time.perf_counter()
     use_probe = probe.enabled and module.cut == "pooled" and isinstance(head, LinearHead) and not lp_ft
     if use_probe and head.drop.p > 0:
         log.info(
@@ -253,6 +241,19 @@ def train(
             head.drop.p,
         )
         use_probe = False
+    resume = None if use_probe else resume_checkpoint(cfg.get("resume", False), latest.path, done)
+    # Progress: bars at a terminal; lines where stdout is a file or a pipe (a bar there is one wrapped last frame)
+    bars = bool(cfg.trainer.get("enable_progress_bar", True))
+    lines = [TrainingLines(PROGRESS_EVERY_S, _sweep_job())] if bars and not draws_bars() else []
+    trainer = instantiate(
+        cfg.trainer,
+        default_root_dir=out_dir,
+        enable_progress_bar=bars and not lines,
+        callbacks=[checkpoint, latest, _OnInterrupt(out_dir, latest), *requeue_callbacks, *lines, *callbacks],
+        plugins=plugins,
+        logger=create_loggers(cfg, out_dir, resume),  # conf/logger/: csv (logs/metrics.csv) by default
+    )
+    t_fit = time.perf_counter()
     if use_probe:
         # A linear head on cached features is convex: solve it (and choose its L2 on val) instead of epochs of SGD.
         stage = _probe_stage(module, data, probe, cache_info, probe_epochs)
@@ -272,7 +273,6 @@ def train(
         module.val_history[-1]["epoch"] = stage["best_epoch"]
         epochs = len(history)
     else:
-        resume = resume_checkpoint(cfg.get("resume", False), latest.path, done)
         trainer.fit(module, data.train_dataloader(), data.val_dataloader(), ckpt_path=resume)
         fit_s, tested_ckpt = time.perf_counter() - t_fit, "best"
         epochs = int(trainer.current_epoch)
@@ -435,26 +435,38 @@ class _LastCheckpoint(pl.Callback):
     Epoch boundaries only, so a resumed run continues exactly; throttled, because a run that trains from cached
     features does an epoch in a fraction of a second, and writing the whole network (frozen backbone included) every
     epoch would cost more than the training (Lightning >= 2.6's ``save_last`` only follows the best checkpoint).
+    An epoch end that is not written is kept in memory instead (a copy of what the file would hold), and
+    :meth:`save_pending` writes it when the run is interrupted: a stopped run resumes from its last finished epoch, not
+    from the last one that happened to be written (or from the beginning).
     """
 
     def __init__(self, path: Path, every_s: float) -> None:
         self.path, self.every_s, self.saved_at = path, every_s, time.monotonic()
+        self.pending: dict[str, Any] | None = None
 
     def on_train_epoch_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
         if time.monotonic() - self.saved_at >= self.every_s:
             self._save(trainer)
+        else:  # the checkpoint as trainer.save_checkpoint would write it, copied: training goes on changing it
+            self.pending = copy.deepcopy(trainer._checkpoint_connector.dump_checkpoint())
+
+    def save_pending(self, trainer: pl.Trainer) -> None:
+        """Write the last finished epoch's checkpoint, if it was kept in memory rather than written."""
+        if self.pending is not None:
+            trainer.strategy.save_checkpoint(self.pending, self.path)  # rank 0 writes, as save_checkpoint does
+            self.pending = None
 
     def on_fit_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
         self._save(trainer)
 
     def _save(self, trainer: pl.Trainer) -> None:
         trainer.save_checkpoint(self.path)  # written to a temporary file and renamed by Lightning
-        self.saved_at = time.monotonic()
+        self.saved_at, self.pending = time.monotonic(), None
 
 
 class _OnInterrupt(pl.Callback):
-    """On Ctrl-C or SIGTERM: record the run as interrupted (last.ckpt holds the last finished epoch) and say how to
-    resume.
+    """On Ctrl-C or SIGTERM: write last.ckpt at the last finished epoch (``_LastCheckpoint.save_pending``), record the
+    run as interrupted and say how to resume.
 
     A Ctrl-C is never lost. Python raises KeyboardInterrupt wherever the main thread is when SIGINT arrives; inside a
     finalizer CPython discards it, and training went on: seen when the signal came as Lightning closed the file of a
@@ -463,8 +475,8 @@ class _OnInterrupt(pl.Callback):
     started with ``&`` by a script), it stays ignored.
     """
 
-    def __init__(self, out_dir: Path) -> None:
-        self.out_dir = out_dir
+    def __init__(self, out_dir: Path, latest: _LastCheckpoint) -> None:
+        self.out_dir, self.latest = out_dir, latest
         self.pressed = False
 
     def _on_sigint(self, signum: int, frame: Any) -> None:
@@ -490,6 +502,8 @@ class _OnInterrupt(pl.Callback):
         if isinstance(exception, SIGTERMException):
             # A SystemExit re-raised by Lightning, with no code: the process would exit 0 as if it had finished.
             exception.code = 128 + signal.SIGTERM
+        if isinstance(exception, (KeyboardInterrupt, SIGTERMException)):
+            self.latest.save_pending(trainer)
         if isinstance(exception, (KeyboardInterrupt, SIGTERMException)) and trainer.is_global_zero:
             best, resume = module.best_val(), resume_command(self.out_dir)
             write_results(

@@ -6,6 +6,7 @@ Per-epoch metrics reach every tracker through Lightning itself (the module's ``s
 
 from __future__ import annotations
 
+import csv
 import logging
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,7 @@ from typing import Any
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
-from pytorch_lightning.loggers import Logger, MLFlowLogger, WandbLogger
+from pytorch_lightning.loggers import CSVLogger, Logger, MLFlowLogger, WandbLogger
 
 from tlx.errors import ConfigError
 
@@ -25,7 +26,7 @@ DEFAULT_EXPERIMENT = "tlx"
 _CSV = {"csv": {"_target_": "pytorch_lightning.loggers.CSVLogger", "save_dir": None, "name": "logs", "version": ""}}
 
 
-def create_loggers(cfg: DictConfig, out_dir: Path) -> list[Logger]:
+def create_loggers(cfg: DictConfig, out_dir: Path, resume: Path | None = None) -> list[Logger]:
     """One Lightning logger per entry of ``cfg.logger`` (``logger=[tensorboard,mlflow]`` combines them), with the
     resolved config logged as params.
 
@@ -34,9 +35,13 @@ def create_loggers(cfg: DictConfig, out_dir: Path) -> list[Logger]:
     directory's name for a sweep job, so a sweep's jobs land together, else ``tlx``; the run's name (MLflow
     ``run_name``, wandb ``name``) is the run directory's name, which in a sweep spells the job's overrides.
 
+    A resumed run's CSV log keeps the rows of the epochs its checkpoint holds (Lightning's CSVLogger deletes
+    ``metrics.csv`` when it starts, which left the curves of a resumed run starting at the resumed epoch).
+
     Args:
         cfg: the run's config.
         out_dir: the run directory.
+        resume: the checkpoint the run continues from, if any.
     """
     experiment, run = run_names(out_dir)
     params = OmegaConf.to_container(cfg, resolve=True)
@@ -58,10 +63,38 @@ def create_loggers(cfg: DictConfig, out_dir: Path) -> list[Logger]:
                     "install the trackers with: pip install -e '.[track]'"
                 ) from e
             raise
-        logger.log_hyperparams(params)
+        kept = _csv_rows_until(Path(logger.log_dir) / "metrics.csv", resume) if isinstance(logger, CSVLogger) else None
+        logger.log_hyperparams(params)  # a CSVLogger starts here: it deletes an existing metrics.csv
+        if kept:
+            _write_csv_rows(logger, kept)
         log.info("logger=%s: %s", key, _where(logger, conf))
         loggers.append(logger)
     return loggers
+
+
+def _csv_rows_until(path: Path, resume: Path | None) -> list[dict[str, str]]:
+    """The rows of ``metrics.csv`` up to the epoch the checkpoint ``resume`` was written at (later rows are of epochs
+    the resumed run trains again); none without a checkpoint."""
+    if resume is None or not path.is_file():
+        return []
+    import torch
+
+    epoch = int(torch.load(resume, map_location="cpu", weights_only=True, mmap=True)["epoch"])
+    with path.open(newline="") as f:
+        return [r for r in csv.DictReader(f) if r.get("epoch") and float(r["epoch"]) <= epoch]
+
+
+def _write_csv_rows(logger: CSVLogger, rows: list[dict[str, str]]) -> None:
+    """Put ``rows`` back into the CSVLogger's fresh ``metrics.csv``; its columns become the writer's known keys, so the
+    resumed run's rows are appended under the same header (a new key rewrites the file with every row, as Lightning
+    does)."""
+    writer = logger.experiment
+    keys = sorted(set().union(*rows) | set(writer.metrics_keys))
+    with open(writer.metrics_file_path, "w", newline="") as f:
+        out = csv.DictWriter(f, fieldnames=keys)
+        out.writeheader()
+        out.writerows(rows)
+    writer.metrics_keys[:] = keys
 
 
 def finish_tracking(loggers: list[Logger], out_dir: Path) -> None:
