@@ -181,3 +181,55 @@ def test_a_ctrl_c_lost_in_a_finalizer_still_stops_training(tmp_path):
         assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
     finally:
         signal.signal(signal.SIGINT, previous)
+
+
+def test_a_run_dir_is_continued_only_with_its_own_config(tmp_path):
+    """The same hydra.run.dir again: the same config skips the finished run; another config would overwrite the saved
+    config (predict and export then rebuild another network than the checkpoint's), so it ends with one line and
+    leaves the directory as it was, unless resume=false asks to start it over."""
+    from .conftest import TINY, run_main
+
+    run_dir = tmp_path / "run"
+    base = [*TINY, "data=demo", f"cache.dir={tmp_path / 'cache'}", f"hydra.run.dir={run_dir}"]
+    assert run_main(*base).returncode == 0
+    again = run_main(*base, "data.num_workers=1")  # a setting that changes nothing trained: the same run
+    assert again.returncode == 0 and "results.json is complete" in again.stdout + again.stderr
+    saved = {p.name: p.read_bytes() for p in (run_dir / ".hydra").iterdir()}
+    other = run_main(*base, "head=mlp", "data.balance=sampler")
+    err = other.stderr.strip().splitlines()
+    assert other.returncode == 2 and len(err) == 1 and err[0].startswith(f"tlx: error: {run_dir} holds a finished run")
+    assert "data.balance: none -> sampler" in err[0] and "head._target_: tlx.heads.LinearHead -> " in err[0]
+    assert {p.name: p.read_bytes() for p in (run_dir / ".hydra").iterdir()} == saved  # nothing rewritten
+    assert read_results(run_dir)["status"] == "ok"
+    over = run_main(*base, "head=mlp", "resume=false")
+    assert over.returncode == 0 and read_results(run_dir)["head"] != "linear"
+
+
+def test_sigterm_while_extracting_features_is_recorded(tmp_path):
+    """Outside Lightning's loops SIGTERM ended the process at once (exit 143, no word, no results.json); now it is
+    handled as Ctrl-C is there: recorded as interrupted, with the resume command, exit 143."""
+    run_dir, log = tmp_path / "run", tmp_path / "run.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "tlx",
+                "+experiment=small_data",
+                f"cache.dir={tmp_path / 'cache'}",
+                f"hydra.run.dir={run_dir}",
+            ],
+            cwd=ROOT,
+            env={**os.environ, "HYDRA_FULL_ERROR": "0"},
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    deadline = time.monotonic() + 120
+    while proc.poll() is None and time.monotonic() < deadline and "cache miss for val" not in log.read_text():
+        time.sleep(0.01)  # the 300 validation images at 224 px: seconds of extraction
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=60)
+    output = log.read_text()
+    assert proc.returncode == 128 + signal.SIGTERM, output[-3000:]
+    assert read_results(run_dir) == {"status": "interrupted", "resume": resume_command(run_dir)}
+    assert f"interrupted; resume with: {resume_command(run_dir)}" in output and "Traceback" not in output

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import signal
 import sys
 import tempfile
 from functools import partial
@@ -89,6 +90,68 @@ def _require_writable(folder: Path, key: str) -> None:
         sys.exit(2)
 
 
+# Settings that change neither what a run trains nor how it is measured: a run may continue under other values.
+_SAME_RUN_IGNORES = {
+    "resume", "verbose", "skip_done", "trainer.enable_progress_bar", "data.num_workers", "last_checkpoint_every_s",
+    "cache.dir", "cache.lock_timeout_s",
+}  # fmt: skip
+
+
+class SameRun(Callback):
+    """Hydra callback: a ``hydra.run.dir`` that holds a run (finished, interrupted, or killed with a last.ckpt) is
+    continued or skipped only with that run's config. Another config ends with one line before Hydra writes its
+    config there: it would replace the saved config (then ``tlx.predict``/``tlx.export`` rebuild another network than
+    the checkpoint's) and resume a checkpoint of another network (a traceback, and the interrupted run unresumable).
+    ``resume=false`` starts the directory over, as asked."""
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        message = _other_run(Path(str(config.hydra.run.dir)), config)
+        if message:
+            print(f"tlx: error: {message}", file=sys.stderr)
+            sys.exit(2)
+
+
+def _other_run(run_dir: Path, config: DictConfig) -> str | None:
+    """Why ``config`` cannot run in ``run_dir`` (a run of another config is there), or None."""
+    from omegaconf import OmegaConf
+
+    from tlx.results import read_results, resume_command
+
+    saved = run_dir / ".hydra" / "config.yaml"
+    status = (read_results(run_dir) or {}).get("status")
+    last = run_dir / "checkpoints" / "last.ckpt"
+    if str(config.get("resume")).lower() == "false" or not saved.is_file():
+        return None
+    if status not in ("ok", "interrupted", "preempted") and not last.is_file():
+        return None  # nothing to continue (a failed run, or none yet): this config starts it
+    old, new = (_flat(OmegaConf.to_container(c, resolve=False)) for c in (OmegaConf.load(saved), config))
+    differ = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k) and not _ignored(k))
+    if not differ:
+        return None
+    shown = ", ".join(f"{k}: {old.get(k, '(unset)')} -> {new.get(k, '(unset)')}" for k in differ[:3])
+    more = f" and {len(differ) - 3} more" if len(differ) > 3 else ""
+    what = {"ok": "a finished run", None: "a killed run"}.get(status, f"an {status} run")
+    return (
+        f"{run_dir} holds {what} of another config ({shown}{more}); continue it as it was "
+        f"({resume_command(run_dir).removesuffix(' resume=true')}), choose another hydra.run.dir, or start this one "
+        "over with resume=false"
+    )
+
+
+def _flat(node: Any, prefix: str = "") -> dict[str, Any]:
+    """Dotted keys to leaf values (a list is one value)."""
+    if not isinstance(node, dict):
+        return {prefix: node}
+    out: dict[str, Any] = {}
+    for k, v in node.items():
+        out.update(_flat(v, f"{prefix}{k}."))
+    return {k.removesuffix("."): v for k, v in out.items()}
+
+
+def _ignored(key: str) -> bool:
+    return key.split(".")[0] == "hydra" or key in _SAME_RUN_IGNORES
+
+
 def _record_failure(out_dir: Path, error: str) -> None:
     """A single run that stopped on an error says so in its results.json (without one its directory looks merely
     unfinished), unless the directory holds the results of an earlier run there that finished: those are kept."""
@@ -119,25 +182,26 @@ def main(cfg: DictConfig) -> float:
 
         configure_console(bool(cfg.get("verbose")))  # before the imports below, whose warnings it filters
         from tlx.devices import place_job, visible_gpus
-        from tlx.run import train
+        from tlx.run import sigterm_as_interrupt, train
 
-        if multirun:  # parallel sweep jobs (hydra/launcher=local_parallel) spread over the GPUs, job k on GPU k % n
-            place_job(cfg.trainer, hc.job.num, visible_gpus())
-        if cfg.get("auto") is not None:
-            from tlx.auto import run_auto
+        with sigterm_as_interrupt():  # SIGTERM while extracting features: recorded and resumable, as in training
+            if multirun:  # parallel sweep jobs (hydra/launcher=local_parallel) spread over the GPUs, job k on GPU k % n
+                place_job(cfg.trainer, hc.job.num, visible_gpus())
+            if cfg.get("auto") is not None:
+                from tlx.auto import run_auto
 
-            gpu_job = (hc.job.num, visible_gpus()) if multirun else None
-            rerun_of = source_run(hc.runtime.config_sources)
-            compose = partial(
-                _compose_candidate, hc.job.config_name, list(hc.overrides.task), gpu_job=gpu_job, rerun_of=rerun_of
-            )
-            results = run_auto(cfg, out_dir, compose)
-        else:
-            results = train(cfg, out_dir)
-    except KeyboardInterrupt:
-        write_results(out_dir, {"status": "interrupted"})
+                gpu_job = (hc.job.num, visible_gpus()) if multirun else None
+                rerun_of = source_run(hc.runtime.config_sources)
+                compose = partial(
+                    _compose_candidate, hc.job.config_name, list(hc.overrides.task), gpu_job=gpu_job, rerun_of=rerun_of
+                )
+                results = run_auto(cfg, out_dir, compose)
+            else:
+                results = train(cfg, out_dir)
+    except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM (tlx.run.Terminated), outside training
+        write_results(out_dir, {"status": "interrupted", "resume": resume_command(out_dir)})
         log.error("interrupted; resume with: %s", resume_command(out_dir))
-        sys.exit(130)
+        sys.exit(128 + signal.SIGTERM if type(e).__name__ == "Terminated" else 130)
     except Exception as e:
         message = _user_error(e)
         error = message or f"{type(e).__name__}: {e}"

@@ -42,7 +42,7 @@ from omegaconf import DictConfig, OmegaConf
 from tlx.errors import ConfigError
 from tlx.features import find_cut
 from tlx.rerun import load_saved_config, make_rerunnable
-from tlx.results import print_summary, read_results, skipped, write_results
+from tlx.results import print_summary, read_results, resume_command, skipped, write_results
 from tlx.run import Prepared, build_network, prepare, train
 from tlx.run_report import write_run_report
 
@@ -248,9 +248,20 @@ def run_auto(cfg: DictConfig, out_dir: Path, compose: Callable[[str], DictConfig
         results = read_results(run_dir) or {}
         if results.get("status") != "ok":
             log.info("auto: training candidate %s", name)
-            results = train(
-                configs[name], run_dir, prepared, (race,), prefetch if name == PROBE else (), summary=False, html=False
-            )
+            try:
+                results = train(
+                    configs[name],
+                    run_dir,
+                    prepared,
+                    (race,),
+                    prefetch if name == PROBE else (),
+                    summary=False,
+                    html=False,
+                    resume_dir=out_dir,
+                )
+            except (KeyboardInterrupt, SystemExit):  # Ctrl-C or SIGTERM: the search resumes as a whole
+                write_results(out_dir, {"status": "interrupted", "candidate": name, "resume": resume_command(out_dir)})
+                raise
             results["auto_candidate"] = {
                 "stopped": race.stopped,
                 "trailed": race.trailed,

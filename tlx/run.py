@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import inspect
 import logging
@@ -11,6 +12,7 @@ import tempfile
 import threading
 import time
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -145,6 +147,7 @@ def train(
     prefetch: tuple[int | str, ...] = (),
     summary: bool = True,
     html: bool = True,
+    resume_dir: Path | None = None,
 ) -> dict[str, Any]:
     """Train and test one classifier as ``cfg`` says; write ``results.json`` into ``out_dir`` and return it.
 
@@ -157,6 +160,8 @@ def train(
         summary: print the summary table at the end (``tlx.auto`` prints one for the whole search instead).
         html: write ``report.html`` (``tlx.auto`` writes one for the whole search instead; its candidates still write
             their validation predictions and gallery, unless stopped as losers).
+        resume_dir: the run directory whose resume command an interrupted run prints (default ``out_dir``; an auto
+            candidate's is its auto run's, which resumes the whole search).
     """
     start, cpu_start = time.perf_counter(), time.process_time()
     out_dir = Path(out_dir)
@@ -249,7 +254,14 @@ def train(
         cfg.trainer,
         default_root_dir=out_dir,
         enable_progress_bar=bars and not lines,
-        callbacks=[checkpoint, latest, _OnInterrupt(out_dir, latest), *requeue_callbacks, *lines, *callbacks],
+        callbacks=[
+            checkpoint,
+            latest,
+            _OnInterrupt(out_dir, latest, resume_dir),
+            *requeue_callbacks,
+            *lines,
+            *callbacks,
+        ],
         plugins=plugins,
         logger=create_loggers(cfg, out_dir, resume),  # conf/logger/: csv (logs/metrics.csv) by default
     )
@@ -464,6 +476,34 @@ class _LastCheckpoint(pl.Callback):
         self.saved_at, self.pending = time.monotonic(), None
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM outside Lightning's loops (feature extraction, building the model): handled as a Ctrl-C there is, but
+    the process exits 143 (128 + SIGTERM), as it does when the signal comes during training."""
+
+
+_in_lightning = threading.Event()  # set while a Trainer runs (its own SIGTERM handler, which calls ours too, acts)
+
+
+def _raise_terminated(signum: int, frame: Any) -> None:
+    if not _in_lightning.is_set():
+        raise Terminated
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """While the block runs, SIGTERM outside Lightning's loops raises :class:`Terminated`, so the run records itself
+    as interrupted and says how to resume (Python's default action ended the process at once, with no word and no
+    results.json). Only where SIGTERM has its default action, in the main thread: submitit's own handler stays."""
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGTERM) != signal.SIG_DFL:
+        yield
+        return
+    signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
 class _OnInterrupt(pl.Callback):
     """On Ctrl-C or SIGTERM: write last.ckpt at the last finished epoch (``_LastCheckpoint.save_pending``), record the
     run as interrupted and say how to resume.
@@ -475,8 +515,9 @@ class _OnInterrupt(pl.Callback):
     started with ``&`` by a script), it stays ignored.
     """
 
-    def __init__(self, out_dir: Path, latest: _LastCheckpoint) -> None:
+    def __init__(self, out_dir: Path, latest: _LastCheckpoint, resume_dir: Path | None = None) -> None:
         self.out_dir, self.latest = out_dir, latest
+        self.resume_dir = resume_dir or out_dir  # an auto candidate's run resumes with its auto run
         self.pressed = False
 
     def _on_sigint(self, signum: int, frame: Any) -> None:
@@ -484,11 +525,13 @@ class _OnInterrupt(pl.Callback):
         raise KeyboardInterrupt
 
     def setup(self, trainer: pl.Trainer, module: pl.LightningModule, stage: str) -> None:
+        _in_lightning.set()  # SIGTERM is Lightning's now (sigterm_as_interrupt stands aside)
         main = threading.current_thread() is threading.main_thread()
         if main and signal.getsignal(signal.SIGINT) is signal.default_int_handler:
             signal.signal(signal.SIGINT, self._on_sigint)
 
     def teardown(self, trainer: pl.Trainer, module: pl.LightningModule, stage: str) -> None:
+        _in_lightning.clear()
         if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGINT) == self._on_sigint:
             signal.signal(signal.SIGINT, signal.default_int_handler)
 
@@ -505,7 +548,7 @@ class _OnInterrupt(pl.Callback):
         if isinstance(exception, (KeyboardInterrupt, SIGTERMException)):
             self.latest.save_pending(trainer)
         if isinstance(exception, (KeyboardInterrupt, SIGTERMException)) and trainer.is_global_zero:
-            best, resume = module.best_val(), resume_command(self.out_dir)
+            best, resume = module.best_val(), resume_command(self.resume_dir)
             write_results(
                 self.out_dir,
                 {
