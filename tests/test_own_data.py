@@ -76,6 +76,25 @@ def test_predict_reads_a_phone_photo_as_its_upright_copy(tmp_path):
     assert not np.allclose(other[0]["probs"], records[1]["probs"], atol=1e-3)
 
 
+@pytest.mark.parametrize(
+    ("name", "pixels", "expected"),
+    [
+        ("scan.png", np.full((8, 8), 32896, np.uint16), 128),  # 16-bit grey: PIL's own convert clips it to 255
+        ("depth.tif", np.full((8, 8), 0.5, np.float32), 128),  # float in [0, 1]: PIL's own convert gives 0
+        ("counts.tif", np.array([[-1.0, 3.0]], np.float32), None),  # float outside [0, 1]: its own min..max
+        ("eight_bit.png", np.full((8, 8), 77, np.uint8), 77),  # 8-bit: as PIL converts it
+    ],
+)
+def test_deep_and_float_images_are_scaled_to_8_bit_not_clipped(tmp_path, name, pixels, expected):
+    Image.fromarray(pixels).save(tmp_path / name)
+    rgb = np.asarray(FileSamples([tmp_path / name], [0]).load(0))
+    assert rgb.dtype == np.uint8 and rgb.shape == (*pixels.shape, 3)
+    if expected is None:
+        assert rgb[0, 0].tolist() == [0, 0, 0] and rgb[0, 1].tolist() == [255, 255, 255]
+    else:
+        assert (rgb == expected).all(), rgb.mean()
+
+
 # Clutter a synced or notebook-edited folder holds.
 
 

@@ -61,10 +61,11 @@ class FileSamples(Samples):
     """Images stored as files; the fingerprint is a hash of the file's bytes.
 
     Every image is turned upright by its EXIF orientation before any transform (phone photos store the pixels
-    sideways and say so in EXIF), here, in the one place training, feature extraction and prediction decode files.
+    sideways and say so in EXIF), here, in the one place training, feature extraction and prediction decode files;
+    then made 8-bit RGB by :func:`to_rgb` (16-bit and float images scaled, not clipped).
     """
 
-    decoder = "exif_transpose+rgb"
+    decoder = "exif_transpose+rgb+deep_scaled"  # in the cache key: features decoded otherwise must miss
 
     def __init__(self, paths: list[Path], labels: list[int]) -> None:
         super().__init__([str(p) for p in paths], labels)
@@ -79,10 +80,34 @@ class FileSamples(Samples):
                 # Decode JPEG at a reduced scale when the target is much smaller; the requested box is square, so
                 # the scale is the same whichever way the photo turns afterwards.
                 img.draft("RGB", (draft, draft))
-            return ImageOps.exif_transpose(img).convert("RGB")
+            return to_rgb(ImageOps.exif_transpose(img))
 
     def fingerprint(self, i: int) -> str:
         return hashlib.blake2b(self.paths[i].read_bytes(), digest_size=12).hexdigest()
+
+
+# Greyscale modes deeper than 8 bits: 16-bit (scans, microscopy, depth maps), 32-bit integer, 32-bit float.
+_DEEP_MODES = {"I;16", "I;16L", "I;16B", "I;16N", "I", "F"}
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """8-bit RGB of any image PIL opens. ``convert("RGB")`` clips deeper greyscale to 255 (a 16-bit PNG comes out
+    white) and truncates floats (an image in [0, 1] comes out black), so those are scaled into 0-255 first: 16-bit
+    by the type's range (/257, the same for every image of a set); 32-bit integer as 8-bit data when it holds nothing
+    above 255, else as 16-bit, else by its own maximum; float from [0, 1], or from its own minimum-maximum when it
+    holds values outside."""
+    if img.mode not in _DEEP_MODES:
+        return img.convert("RGB")
+    a = np.asarray(img, dtype=np.float64)
+    if img.mode == "F":
+        lo, hi = (0.0, 1.0) if a.size and a.min() >= 0 and a.max() <= 1 else (float(a.min()), float(a.max()))
+    elif img.mode.startswith("I;16"):
+        lo, hi = 0.0, 65535.0
+    else:
+        top = float(a.max()) if a.size else 0.0
+        lo, hi = 0.0, 255.0 if top <= 255 else 65535.0 if top <= 65535 else top
+    scaled = np.rint((a - lo) * (255.0 / max(hi - lo, 1e-12)))
+    return Image.fromarray(np.clip(scaled, 0, 255).astype(np.uint8), "L").convert("RGB")
 
 
 class ArraySamples(Samples):
