@@ -214,6 +214,7 @@ def test_export_matches_the_checkpoint(run_dir, reference, tmp_path):
     pre = meta["preprocessing"]
     assert pre["input_size"] == [3, 32, 32] and pre["mean"] == [0.5] * 3 and pre["std"] == [0.5] * 3
     assert pre["interpolation"] == "bicubic" and pre["crop_pct"] == 0.875 and pre["resize_shorter_side_to"] == 36
+    assert "ImageOps.exif_transpose" in pre["orientation"]  # as tlx.predict reads a phone photo
 
     x, expected = reference(sorted((run_dir.parent / "photos").rglob("*.png"))[:5])  # (5, 3, 32, 32), (5, K)
     with torch.no_grad():

@@ -85,6 +85,8 @@ def preprocessing(data_config: dict[str, Any]) -> dict[str, Any]:
     size = int(data_config["input_size"][-1])
     crop_pct = float(data_config.get("crop_pct", 1.0))
     return {
+        # as tlx reads every image (tlx.data.FileSamples): phone photos store their pixels sideways and say so in EXIF
+        "orientation": "turn the photo upright by its EXIF orientation first (PIL: ImageOps.exif_transpose)",
         "input_size": list(data_config["input_size"]),
         "resize_shorter_side_to": math.floor(size / crop_pct),
         "interpolation": data_config["interpolation"],
@@ -93,7 +95,7 @@ def preprocessing(data_config: dict[str, Any]) -> dict[str, Any]:
         "crop_mode": data_config.get("crop_mode", "center"),
         "mean": list(data_config["mean"]),
         "std": list(data_config["std"]),
-        "color": "RGB, scaled to [0, 1], then (x - mean) / std per channel",
+        "color": "8-bit RGB (16-bit grey /257), scaled to [0, 1], then (x - mean) / std per channel",
         "layout": "NCHW float32",
     }
 
