@@ -75,6 +75,26 @@ def test_train_val_test_layout_and_modes(tmp_path):
     assert data.counts()["bad_images"] == 0
 
 
+@pytest.mark.parametrize("val_name", ["valid", "validation"])
+def test_a_validation_folder_named_as_kaggle_names_it_is_the_val_split(tmp_path, val_name):
+    make_folder(tmp_path / "ds" / "train", n=6)
+    make_folder(tmp_path / "ds" / val_name, n=2)
+    data = FolderData(root=str(tmp_path / "ds"), data_config=CFG, num_workers=0)
+    data.setup()  # it used to be ignored: validation was split out of train/ instead
+    assert {s: len(v) for s, v in data.samples.items()} == {"train": 18, "val": 6}
+    assert all(f"/{val_name}/" in p for p in data.samples["val"].ids)
+    make_folder(tmp_path / "ds" / "val", n=2)
+    with pytest.raises(ConfigError, match=f"has both val/ and {val_name}/; keep one validation folder"):
+        FolderData(root=str(tmp_path / "ds"), data_config=CFG, num_workers=0).setup()
+
+
+def test_a_class_called_train_is_a_class(tmp_path):
+    make_folder(tmp_path / "ds", classes=("bus", "car", "train"), n=5)  # a folder of images, not of class folders
+    data = FolderData(root=str(tmp_path / "ds"), data_config=CFG, num_workers=0, val_fraction=0.4)
+    data.setup()
+    assert data.classes == ["bus", "car", "train"] and len(data.samples["train"]) + len(data.samples["val"]) == 15
+
+
 def test_transforms_come_from_the_backbone():
     b = create_backbone("tf_efficientnet_lite0")
     data = DemoData(data_config=b.data_config, num_workers=0)

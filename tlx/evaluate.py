@@ -98,7 +98,7 @@ def check_classes(names: list[str], classes: list[str], inputs: Path) -> list[in
     if unknown:
         hint = (
             f"point inputs= at one of its split folders, e.g. inputs={Path(inputs) / 'test'}"
-            if set(unknown) <= set(SPLITS)
+            if set(unknown) <= {*SPLITS, "valid", "validation"}
             else "remove them, or rename them to the model's class names"
         )
         raise ConfigError(

@@ -156,15 +156,35 @@ def folder_images(
             in a fraction of a full scan's time).
     """
     root = image_folder(root)
-    if (root / "train").is_dir():
-        folders = {s: _class_dirs(root / s, scan) for s in SPLITS if (root / s).is_dir()}
+    splits = _split_folders(root)
+    if splits:
+        folders = {s: _class_dirs(folder, scan) for s, folder in splits.items()}
         classes = sorted(folders["train"])
-        found = {s: _class_images(root / s, dirs, classes, s, scan, limit) for s, dirs in folders.items()}
+        found = {s: _class_images(splits[s], dirs, classes, s, scan, limit) for s, dirs in folders.items()}
     else:
         dirs = _class_dirs(root, scan)
         classes = sorted(dirs)
         found = {"all": _class_images(root, dirs, classes, "all", scan, limit)}
     return found, classes
+
+
+def _split_folders(root: Path) -> dict[str, Path]:
+    """``{split: folder}`` of a folder laid out as ``train/`` (with class folders in it), ``val/`` (or ``valid/``,
+    ``validation/``, as Kaggle and others name it) and ``test/``; empty for a folder of class folders, also when one
+    class is called ``train`` (a folder of images, not of class folders)."""
+    train = root / "train"
+    if not train.is_dir() or not any(p.is_dir() and not skip_reason(p.name, True) for p in train.iterdir()):
+        return {}
+    out = {"train": train}
+    for split, names in (("val", ("val", "valid", "validation")), ("test", ("test",))):
+        found = [root / n for n in names if (root / n).is_dir()]
+        if len(found) > 1:
+            raise ConfigError(
+                f"{root} has both {found[0].name}/ and {found[1].name}/; keep one validation folder (or merge them)"
+            )
+        if found:
+            out[split] = found[0]
+    return out
 
 
 def _class_dirs(folder: Path, scan: FileScan) -> dict[str, Path]:
