@@ -278,8 +278,10 @@ def test_val_fraction_outside_0_1_is_named_as_such(tmp_path):
         (["trainer.max_epochs=-1"], "trainer.max_epochs must be >= 1 (or -1 with trainer.max_steps > 0), got -1"),
         (["data.test_fraction=-0.1"], "data.test_fraction must be in [0, 1)"),
         (["data.val_fraction=0.5", "data.test_fraction=0.5"], "data.val_fraction + data.test_fraction must be < 1"),
-        (["data.fraction=0"], "data.fraction must be in (0, 1], got 0"),
-        (["data.samples_per_class=0"], "data.samples_per_class must be >= 1, got 0"),
+        (["data.fraction=0"], "data.fraction must be a number in (0, 1] (or null: all), got 0"),
+        (["data.samples_per_class=0"], "data.samples_per_class must be a whole number >= 1 (or null: all), got 0"),
+        (["data.samples_per_class=abc"], "data.samples_per_class must be a whole number >= 1 (or null: all), got abc"),
+        (["data.fraction=half"], "data.fraction must be a number in (0, 1] (or null: all), got half"),
         (["data.balance=oversample"], "data.balance must be none, weighted_loss or sampler, got 'oversample'"),
         (["freeze=last_n", "freeze.n=9"], "freeze.n=9 but the backbone has only 8 stages; use freeze.n<=8"),
         (["head=reinit_last", "head.n=8"], "head.n=8 but the backbone has 8 stages; use 1 <= head.n <= 7"),
@@ -309,6 +311,23 @@ def test_bad_settings_fail_before_any_image_is_decoded(make_cfg, tmp_path, monke
     cfg = make_cfg("data=folder", f"data.root={root}", "data.samples_per_class=null", *overrides)
     with pytest.raises(ConfigError, match=re.escape(expected.replace("BLOCKED", str(tmp_path / "BLOCKED")))):
         train(cfg, tmp_path / "run")
+
+
+def test_a_seed_that_is_no_number_is_one_line(tmp_path):
+    proc, results = _run(tmp_path, "seed=abc")
+    _assert_fails(proc, results, "seed must be a whole number, e.g. seed=0, got abc")
+
+
+def test_one_hidden_width_is_one_hidden_layer():
+    from tlx.backbones import create_backbone
+    from tlx.heads import MLPHead
+
+    backbone = create_backbone("tf_efficientnet_lite0", pretrained=False)
+    head = MLPHead(backbone, 3, hidden=256)  # head.hidden=256 (a TypeError before)
+    assert [m.out_features for m in head.modules() if isinstance(m, torch.nn.Linear)] == [256, 3]
+    for wrong in ("wide", [512, 0], []):
+        with pytest.raises(ConfigError, match=re.escape("head.hidden must be a list of positive widths, e.g. head.")):
+            MLPHead(backbone, 3, hidden=wrong)
 
 
 def test_max_epochs_minus_one_with_max_steps_is_valid(make_cfg, tmp_path):

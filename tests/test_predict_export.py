@@ -143,10 +143,30 @@ def test_predict_cli_says_how_far_it_got_where_no_bar_is_drawn(run_dir, tmp_path
         ("no_checkpoint", "no checkpoint at"),
         ("no_images", "no images in"),
         ("bad_option", "unknown option 'topk'; the options are run_dir=, inputs="),
+        ("device=gpu", "device=gpu: use auto, cpu, cuda or cuda:<index>"),
+        ("num_workers=-3", "num_workers=-3: use auto or a number of processes >= 0"),
+        ("batch_size=0", "batch_size=0: use batch_size >= 1"),
+        ("output=FILE/p.csv", "cannot write output=FILE/p.csv"),
+        ("output=P.CSV", None),  # a suffix in capitals is a CSV too
+        ("checkpoint=FILE", "FILE is not a checkpoint a tlx run wrote (UnpicklingError); use checkpoint=best"),
+        pytest.param(
+            "device=cuda",
+            "device=cuda but no CUDA GPU is available here; use device=cpu",
+            marks=pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is here"),
+        ),
     ],
 )
 def test_predict_errors_are_one_line(run_dir, tmp_path, capsys, case, expected):
     args = {"run_dir": str(run_dir), "inputs": str(run_dir.parent / "photos")}
+    if "=" in case:  # an option's value
+        (tmp_path / "FILE").write_text("not a checkpoint, not a folder")
+        key, value = case.replace("FILE", str(tmp_path / "FILE")).replace("P.CSV", str(tmp_path / "P.CSV")).split("=")
+        args[key] = value
+        if expected is None:
+            main([f"{k}={v}" for k, v in args.items()])
+            assert "24 predictions" in capsys.readouterr().out and (tmp_path / "P.CSV").is_file()
+            return
+        expected = expected.replace("FILE", str(tmp_path / "FILE"))
     if case == "no_run_dir":
         args["run_dir"] = str(tmp_path / "nope")
     elif case == "no_checkpoint":
@@ -157,7 +177,7 @@ def test_predict_errors_are_one_line(run_dir, tmp_path, capsys, case, expected):
     elif case == "no_images":
         (tmp_path / "empty").mkdir()
         args["inputs"] = str(tmp_path / "empty")
-    else:
+    elif case == "bad_option":
         args["topk"] = "2"
     with pytest.raises(SystemExit) as exit_info:
         main([f"{k}={v}" for k, v in args.items()])
@@ -175,13 +195,19 @@ def test_predict_errors_are_one_line(run_dir, tmp_path, capsys, case, expected):
         ("tlx.predict", ["run_dir=NOPE", "inputs=PHOTOS"], "run directory not found"),
         ("tlx.predict", ["run_dirr=NOPE"], "unknown option 'run_dirr'"),
         ("tlx.export", ["run_dir=NOPE"], "run directory not found"),
+        ("tlx.export", ["run_dir=RUN", "out=RUN/files.json/export"], "cannot write out="),
         ("tlx.evaluate", ["run_dir=NOPE", "inputs=NOPE"], "inputs not found"),
         ("tlx.evaluate", ["run_dir=NOPE", "inputs=PHOTOS"], "run directory not found"),
         ("tlx.evaluate", ["run_dir=NOPE", "inputs=PHOTOS/ant/0.png"], "is a file; give a folder"),
     ],
 )
 def test_bad_arguments_end_before_torch_loads(run_dir, tmp_path, module, args, expected):
-    args = [a.replace("NOPE", str(tmp_path / "nope")).replace("PHOTOS", str(run_dir.parent / "photos")) for a in args]
+    args = [
+        a.replace("NOPE", str(tmp_path / "nope"))
+        .replace("PHOTOS", str(run_dir.parent / "photos"))
+        .replace("RUN", str(run_dir))
+        for a in args
+    ]
     proc = run_cli(*args, module=module, env={"PYTHONPROFILEIMPORTTIME": "1"})
     imported = imported_modules(proc)
     assert proc.returncode == 2 and proc.stderr.startswith(f"{module}: error: ") and expected in proc.stderr

@@ -178,6 +178,8 @@ def main(cfg: DictConfig) -> float:
         make_rerunnable(out_dir / hc.output_subdir / "config.yaml")
     try:
         check_source(cfg.data)  # a data.root or data.path that is not there: one line before the heavy imports
+        if not isinstance(cfg.get("seed"), int) or isinstance(cfg.get("seed"), bool):
+            raise ConfigError(f"seed must be a whole number, e.g. seed=0, got {cfg.get('seed')}")
         from tlx.console import configure_console
 
         configure_console(bool(cfg.get("verbose")))  # before the imports below, whose warnings it filters

@@ -12,6 +12,7 @@ image's true and predicted class with the top-3 probabilities, as a run's ``val_
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import time
 from dataclasses import dataclass
@@ -23,7 +24,7 @@ from omegaconf import MISSING
 
 from tlx.errors import ConfigError
 from tlx.jsonfile import write_json_atomic
-from tlx.predict import load_run, parse_args  # light: torch loads with the run (load_run)
+from tlx.predict import check_options, load_run, parse_args, torch_device  # light: torch loads in load_run
 from tlx.results import read_results
 from tlx.sources import SPLITS, FileScan, read_rows
 
@@ -145,6 +146,7 @@ def evaluate(
     """Score the run's model on the labelled images of ``inputs``; write ``evaluation.json``,
     ``eval_predictions.csv``, ``gallery/`` and ``report.html`` into ``out``. Returns the evaluation and ``out``."""
     start = time.perf_counter()
+    check_options(device, num_workers, batch_size)
     scan = FileScan()
     paths, names = labelled_images(inputs, scan)
     run_dir = Path(run_dir).expanduser()
@@ -153,8 +155,7 @@ def evaluate(
     labels = check_classes(names, model.classes, inputs)
     import torch  # loaded by load_run
 
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch_device(device)
 
     from tlx.data import FileSamples
     from tlx.predict import probabilities
@@ -190,6 +191,9 @@ def _out_dir(run_dir: Path, out: Path | None) -> Path:
     out = Path(out).expanduser() if out else run_dir / "eval" / datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
     if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / EVALUATION).is_file())):
         raise ConfigError(f"out={out} exists and is not an earlier evaluation; choose another out= folder")
+    existing = next(p for p in (out, *out.parents) if p.exists())
+    if not existing.is_dir() or not os.access(existing, os.W_OK):  # found now, not after the images are scored
+        raise ConfigError(f"cannot write out={out} ({existing} is not a writable folder); choose another out=")
     return out
 
 

@@ -20,7 +20,7 @@ from omegaconf import MISSING
 
 from tlx.errors import ConfigError
 from tlx.jsonfile import write_json_atomic
-from tlx.predict import TrainedModel, load_run, parse_args  # light: torch loads with the run (load_run)
+from tlx.predict import TrainedModel, load_run, parse_args, writable_file  # light: torch loads in load_run
 
 log = logging.getLogger(__name__)
 
@@ -105,9 +105,10 @@ def export(run_dir: Path, formats: list[str], out: Path | None = None, checkpoin
     unknown = sorted(set(formats) - set(FORMATS))
     if unknown or not formats:
         raise ConfigError(f"unknown export format(s) {unknown or formats}; use formats=[{','.join(FORMATS)}]")
-    model = load_run(run_dir, checkpoint)
     out = Path(out).expanduser() if out else Path(run_dir) / "export"
-    out.mkdir(parents=True, exist_ok=True)
+    if Path(run_dir).is_dir():  # (a missing run dir: load_run's own line)
+        writable_file(out / "meta.json", "out")  # before the model loads, not after
+    model = load_run(run_dir, checkpoint)
     writers = {"torchscript": export_torchscript, "onnx": export_onnx}
     files = {fmt: writers[fmt](model, out / FORMATS[fmt]).name for fmt in formats}
     meta = {

@@ -36,8 +36,11 @@ class MLPHead(nn.Module):
     ) -> None:
         super().__init__()
         _check_common(num_classes, dropout)
-        if not hidden or any(int(h) < 1 for h in hidden):
-            raise ConfigError(f"head.hidden must be a non-empty list of positive widths, got {list(hidden)}")
+        hidden = [hidden] if isinstance(hidden, int) else hidden  # head.hidden=256: one hidden layer, as [256]
+        if isinstance(hidden, str) or not hidden or any(not isinstance(h, int) or h < 1 for h in hidden):
+            raise ConfigError(
+                f"head.hidden must be a list of positive widths, e.g. head.hidden=[512] or [512,256], got {hidden}"
+            )
         self.new_backbone_modules: list[str] = []
         layers: list[nn.Module] = []
         width = backbone.num_features

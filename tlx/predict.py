@@ -10,7 +10,9 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import re
 import sys
+import tempfile
 import textwrap
 from dataclasses import dataclass
 from pathlib import Path
@@ -96,7 +98,15 @@ def load_run(run_dir: Path, checkpoint: str = "best") -> TrainedModel:
 
     cfg = OmegaConf.load(config)
     classes = json.loads(files.read_text())["classes"]
-    loaded = torch.load(ckpt, map_location="cpu", weights_only=True)
+    try:
+        loaded = torch.load(ckpt, map_location="cpu", weights_only=True)
+        if not isinstance(loaded, dict) or "state_dict" not in loaded and "frozen" not in loaded:
+            raise ValueError("no state_dict in it")
+    except Exception as e:  # pickle, zip or torch errors: torch's own advice (weights_only=False) is not the fix
+        raise ConfigError(
+            f"{ckpt} is not a checkpoint a tlx run wrote ({type(e).__name__}); use checkpoint=best, checkpoint=last "
+            "or a .ckpt file from a run's checkpoints/"
+        ) from e
     # Same order as tlx.run (a reinit_last head rebuilds the backbone's tail). A lean checkpoint takes its frozen
     # tensors from the pretrained weights; a full one holds every tensor, so it needs none (the shapes do not depend
     # on them, and load_state_dict below is strict).
@@ -118,6 +128,37 @@ def load_run(run_dir: Path, checkpoint: str = "best") -> TrainedModel:
     log.info("loaded %s (%s, %d classes)", ckpt, backbone.name, len(classes))
     channels_last = bool(cfg.get("channels_last")) and bool(net.chain)  # as tlx.run converts the network
     return TrainedModel(net.eval(), classes, backbone.data_config, ckpt.resolve(), backbone.name, channels_last)
+
+
+def check_options(device: str, num_workers: Any, batch_size: int) -> None:
+    """Options that can only be wrong, checked before anything loads."""
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", str(device)):
+        raise ConfigError(f"device={device}: use auto, cpu, cuda or cuda:<index>")
+    if not (num_workers == "auto" or isinstance(num_workers, int) and num_workers >= 0):
+        raise ConfigError(f"num_workers={num_workers}: use auto or a number of processes >= 0")
+    if batch_size < 1:
+        raise ConfigError(f"batch_size={batch_size}: use batch_size >= 1")
+
+
+def torch_device(device: str) -> str:
+    """``auto``: cuda when there is one, else cpu; a CUDA device that is not there is a one-line error."""
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device={device} but no CUDA GPU is available here; use device=cpu (or auto)")
+    return device
+
+
+def writable_file(path: Path, key: str) -> Path:
+    """``path``, once its folder exists and takes a new file there: found before the work, not after it."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=path.parent).close()
+    except OSError as e:
+        raise ConfigError(f"cannot write {key}={path} ({e.strerror or e}); choose another {key}=") from e
+    return path
 
 
 def find_images(inputs: Path) -> list[Path]:
@@ -219,7 +260,7 @@ def write_predictions(path: Path, records: list[dict[str, Any]], top_k: int, met
     """CSV (``path, label_1, prob_1, ...``) or JSON (``meta`` plus the records), chosen by the file's suffix."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    if path.suffix == ".json":
+    if path.suffix.lower() == ".json":
         write_json_atomic(path, {**meta, "predictions": records})
         return
     tmp = path.with_name(f".{path.name}.tmp")
@@ -285,13 +326,13 @@ def main(argv: list[str] | None = None) -> None:
     logging.getLogger("tlx.progress").setLevel(logging.INFO)  # where no bar is drawn: a line a minute on a long set
     try:
         args = parse_args(sys.argv[1:] if argv is None else argv, _Args, USAGE)
-        if Path(args.output).suffix not in (".csv", ".json"):
+        if Path(args.output).suffix.lower() not in (".csv", ".json"):
             raise ConfigError(f"output={args.output}: use a .csv or .json file name")
+        check_options(args.device, args.num_workers, args.batch_size)
+        writable_file(Path(args.output), "output")
         images = find_images(Path(args.inputs))
         model = load_run(Path(args.run_dir), args.checkpoint)
-        import torch
-
-        device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+        device = torch_device(args.device)
         top_k = default_top_k(model) if args.top_k is None else args.top_k
         records, skipped = predict(model, images, top_k, args.batch_size, args.num_workers, device)
         if not records:

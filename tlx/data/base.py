@@ -167,10 +167,15 @@ def stratified_subset(
 
 
 def _check_subset(per_class: int | None, fraction: float | None) -> None:
-    if per_class is not None and int(per_class) < 1:
-        raise ConfigError(f"data.samples_per_class must be >= 1, got {per_class}")
-    if fraction is not None and not 0.0 < float(fraction) <= 1.0:
-        raise ConfigError(f"data.fraction must be in (0, 1], got {fraction}")
+    if per_class is not None and (not _is_number(per_class, int) or int(per_class) < 1):
+        raise ConfigError(f"data.samples_per_class must be a whole number >= 1 (or null: all), got {per_class}")
+    if fraction is not None and (not _is_number(fraction, float) or not 0.0 < float(fraction) <= 1.0):
+        raise ConfigError(f"data.fraction must be a number in (0, 1] (or null: all), got {fraction}")
+
+
+def _is_number(value: Any, kind: type) -> bool:
+    """Whether ``value`` is a number of ``kind`` as the command line gives one (``4``; ``0.5`` or ``1``)."""
+    return not isinstance(value, bool) and isinstance(value, (int,) if kind is int else (int, float))
 
 
 def check_split_fractions(val_fraction: float, test_fraction: float) -> None:
