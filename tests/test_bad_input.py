@@ -355,6 +355,17 @@ def test_run_dir_cannot_be_written(tmp_path):
     assert "hydra" in imported and not HEAVY & imported  # the profile was read, and has no torch
 
 
+def test_an_experiment_and_a_strategy_together_are_one_line(tmp_path):
+    # both set freeze, head and lr; the experiment, composed last, won without a word (last_n2 trained head_only)
+    proc, results = _run(tmp_path, "+experiment=small_data", "strategy=last_n2")
+    _assert_fails(
+        proc, results, "+experiment=small_data and strategy=last_n2 both set what trains", "strategy=last_n2 alone"
+    )
+    assert (
+        _run(tmp_path, "+experiment=auto", "auto.budget_s=1", "--cfg", "job")[0].returncode == 0
+    )  # auto is a strategy
+
+
 def test_a_head_setting_of_another_head_is_one_line(make_cfg, tmp_path):
     # +experiment=small_data chooses head=linear, strategy=reinit_last sets head.n for its own head
     from tlx.run import train

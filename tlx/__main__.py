@@ -152,6 +152,25 @@ def _ignored(key: str) -> bool:
     return key.split(".")[0] == "hydra" or key in _SAME_RUN_IGNORES
 
 
+CONF = Path(__file__).resolve().parents[1] / "conf"
+
+
+def _check_presets(choices: Any) -> None:
+    """``+experiment=small_data strategy=last_n2``: both presets set what trains (freeze, head, lr), and the
+    experiment, composed last, won without a word (the run trained head_only). One of them must go."""
+    experiment, strategy = choices.get("experiment"), choices.get("strategy")
+    if experiment in (None, "null") or strategy in (None, "null"):
+        return
+    path = CONF / "experiment" / f"{experiment}.yaml"
+    text = path.read_text() if path.is_file() else ""
+    if "override /freeze" in text or "override /head" in text:
+        raise ConfigError(
+            f"+experiment={experiment} and strategy={strategy} both set what trains (freeze, head, lr), and the "
+            f"experiment would win; use strategy={strategy} alone (with any other key, e.g. trainer.max_epochs=30), "
+            f"or +experiment={experiment} alone"
+        )
+
+
 def _record_failure(out_dir: Path, error: str) -> None:
     """A single run that stopped on an error says so in its results.json (without one its directory looks merely
     unfinished), unless the directory holds the results of an earlier run there that finished: those are kept."""
@@ -178,6 +197,7 @@ def main(cfg: DictConfig) -> float:
         make_rerunnable(out_dir / hc.output_subdir / "config.yaml")
     try:
         check_source(cfg.data)  # a data.root or data.path that is not there: one line before the heavy imports
+        _check_presets(hc.runtime.choices)
         if not isinstance(cfg.get("seed"), int) or isinstance(cfg.get("seed"), bool):
             raise ConfigError(f"seed must be a whole number, e.g. seed=0, got {cfg.get('seed')}")
         from tlx.console import configure_console
