@@ -278,3 +278,20 @@ def test_balancing_raises_the_rare_class_recall(make_cfg, tmp_path):
     # measured: none 0.0, weighted_loss 0.90, sampler 0.95 (20 rare test images). The head trains on cached features
     # (the linear probe), which draws its epochs with the sampler's weights: it used to shuffle, and sampler gave 0.0
     assert recall["weighted_loss"] > recall["none"] and recall["sampler"] > recall["none"], recall
+
+
+def test_a_data_root_typed_as_people_type_paths(tmp_path, monkeypatch):
+    """``data.root=~/...`` (the shell leaves a ~ after = alone) and a folder name with non-ASCII letters or brackets
+    were Hydra lexer errors; now they are the folder they name."""
+    from .conftest import TINY, run_main
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    write_images(tmp_path / "Fotos für Oma (2024)", n=5)
+    run_dir = tmp_path / "run"
+    proc = run_main(*TINY, "data=folder", "data.root=~/Fotos für Oma (2024)", f"hydra.run.dir={run_dir}",
+                    f"cache.dir={tmp_path / 'cache'}")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    from omegaconf import OmegaConf
+
+    saved = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
+    assert saved.data.root == str(tmp_path / "Fotos für Oma (2024)")  # expanded: the run reruns from anywhere

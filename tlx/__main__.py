@@ -239,5 +239,34 @@ def main(cfg: DictConfig) -> float:
     return float(results["metrics"].get(cfg.metric) or math.nan)
 
 
+def path_friendly(argv: list[str]) -> list[str]:
+    """The command line with paths as users type them made parseable by Hydra, whose grammar takes neither ``~``
+    (the shell expands it only at the start of a word, not after ``data.root=``) nor non-ASCII letters or brackets
+    unquoted: ``data.root=~/photos`` and ``data.root=/data/Fotos für Oma`` failed with a lexer error. An argument
+    Hydra cannot parse whose value is a path (it holds a ``/``) gets ``~`` expanded and the value quoted; every
+    other argument is left as it is, and Hydra's own error still comes for anything else it cannot parse."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parser = OverridesParser.create()
+    out = []
+    for arg in argv:
+        key, eq, value = arg.partition("=")
+        if eq and "/" in value and not value.startswith(("'", '"', "[", "{")) and not _parses(parser, arg):
+            value = str(Path(value).expanduser()) if value.startswith("~") else value
+            quoted = f"{key}='{value.replace(chr(92), chr(92) * 2).replace(chr(39), chr(92) + chr(39))}'"
+            arg = quoted if _parses(parser, quoted) else arg
+        out.append(arg)
+    return out
+
+
+def _parses(parser: Any, arg: str) -> bool:
+    try:
+        parser.parse_override(arg)
+        return True
+    except Exception:  # Hydra's grammar errors (HydraException, lexer errors)
+        return False
+
+
 if __name__ == "__main__":
+    sys.argv[1:] = path_friendly(sys.argv[1:])
     main()
