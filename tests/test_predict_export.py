@@ -82,6 +82,8 @@ def test_predict_cli_writes_top_k_csv_and_skips_bad_files(run_dir, reference, tm
     inputs = shutil.copytree(run_dir.parent / "photos", tmp_path / "inputs")
     (inputs / "bee" / "broken.jpg").write_bytes(b"not a jpeg")
     (inputs / "notes.txt").write_text("not an image, not even looked at")
+    shutil.copytree(inputs / "ant", inputs / "__MACOSX" / "ant")  # clutter, left out as training leaves it out
+    shutil.copy(inputs / "ant" / "0.png", inputs / "ant" / "0-checkpoint.png")
     proc = run_cli(  # a new interpreter: what it prints, warnings included
         f"run_dir={run_dir}",
         f"inputs={inputs}",

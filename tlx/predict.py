@@ -24,7 +24,7 @@ from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 from tlx.errors import ConfigError
 from tlx.jsonfile import write_json_atomic
 from tlx.results import read_results, resume_command
-from tlx.sources import IMAGE_SUFFIXES
+from tlx.sources import IMAGE_SUFFIXES, FileScan
 
 # torch, timm and Lightning (about 5 s to import) load in the functions that use them, after the checks of the
 # arguments and files: a mistyped option or run directory ends in about a second.
@@ -162,19 +162,15 @@ def writable_file(path: Path, key: str) -> Path:
 
 
 def find_images(inputs: Path) -> list[Path]:
-    """The image file ``inputs``, or every image file below the folder ``inputs`` (sorted, hidden files skipped)."""
+    """The image file ``inputs``, or every image file below the folder ``inputs`` (sorted), without what training
+    leaves out: hidden files, OS metadata such as ``__MACOSX/``, Jupyter checkpoint copies (``tlx.sources.FileScan``).
+    """
     inputs = Path(inputs).expanduser()
     if inputs.is_file():
         return [inputs]
     if not inputs.is_dir():
         raise ConfigError(f"inputs not found: {inputs}; set inputs=<an image file or a folder of images>")
-    images = sorted(
-        p
-        for p in inputs.rglob("*")
-        if p.is_file()
-        and p.suffix.lower() in IMAGE_SUFFIXES
-        and not any(part.startswith(".") for part in p.relative_to(inputs).parts)
-    )
+    images = sorted(FileScan().images(inputs))
     if not images:
         raise ConfigError(
             f"no images in {inputs} (looked for {', '.join(sorted(IMAGE_SUFFIXES))}); set "
