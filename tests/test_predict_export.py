@@ -143,6 +143,7 @@ def test_predict_cli_says_how_far_it_got_where_no_bar_is_drawn(run_dir, tmp_path
     [
         ("no_run_dir", "run directory not found"),
         ("no_checkpoint", "no checkpoint at"),
+        ("failed_run", "failed before it trained (data root not found: /nope; set data.root=...); it has no model"),
         ("no_images", "no images in"),
         ("bad_option", "unknown option 'topk'; the options are run_dir=, inputs="),
         ("device=gpu", "device=gpu: use auto, cpu, cuda or cuda:<index>"),
@@ -171,11 +172,14 @@ def test_predict_errors_are_one_line(run_dir, tmp_path, capsys, case, expected):
         expected = expected.replace("FILE", str(tmp_path / "FILE"))
     if case == "no_run_dir":
         args["run_dir"] = str(tmp_path / "nope")
-    elif case == "no_checkpoint":
+    elif case in ("no_checkpoint", "failed_run"):
         (tmp_path / "run" / ".hydra").mkdir(parents=True)
         for name in (".hydra/config.yaml", "files.json"):
             shutil.copy(run_dir / name, tmp_path / "run" / name)
         args["run_dir"] = str(tmp_path / "run")
+        if case == "failed_run":
+            error = "data root not found: /nope; set data.root=..."
+            (tmp_path / "run" / "results.json").write_text(json.dumps({"status": "failed", "error": error}))
     elif case == "no_images":
         (tmp_path / "empty").mkdir()
         args["inputs"] = str(tmp_path / "empty")
