@@ -122,6 +122,9 @@ def test_weights_with_another_hash_are_refused_in_one_line(run, tmp_path, capsys
     # Resuming reads last.ckpt through Lightning: the same check, the same one line from the command line. (A head
     # on cached features is fitted by the probe, which has no epochs to resume: the Lightning loop is asked for.)
     _tamper(copy / "checkpoints" / "last.ckpt")
+    saved = OmegaConf.load(copy / ".hydra" / "config.yaml")
+    saved.probe.enabled = False  # as a run that the Lightning loop trained: the same config resumes in its directory
+    OmegaConf.save(saved, copy / ".hydra" / "config.yaml")
     proc = run_main(*overrides, f"hydra.run.dir={copy}", "resume=true", "skip_done=false", "probe.enabled=false")
     assert proc.returncode == 2, proc.stderr[-3000:]
     last = proc.stderr.strip().splitlines()[-1]

@@ -234,6 +234,8 @@ def run_auto(cfg: DictConfig, out_dir: Path, compose: Callable[[str], DictConfig
         )
         if why_not:
             tried.append(row | {"status": "skipped", "why": why_not})
+            if name not in unfit:  # (those were named with their error above)
+                log.info("auto: %s skipped: %s", name, why_not)
             continue
         run_dir = out_dir / CANDIDATES_DIR / name
         race = _Race(

@@ -460,7 +460,7 @@ class _LastCheckpoint(pl.Callback):
         if time.monotonic() - self.saved_at >= self.every_s:
             self._save(trainer)
         else:  # the checkpoint as trainer.save_checkpoint would write it, copied: training goes on changing it
-            self.pending = copy.deepcopy(trainer._checkpoint_connector.dump_checkpoint())
+            self.pending = _cpu_copy(trainer._checkpoint_connector.dump_checkpoint())
 
     def save_pending(self, trainer: pl.Trainer) -> None:
         """Write the last finished epoch's checkpoint, if it was kept in memory rather than written."""
@@ -502,6 +502,20 @@ def sigterm_as_interrupt() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+def _cpu_copy(obj: Any) -> Any:
+    """A copy of a checkpoint dict whose tensors are copied to the CPU (a copy on the GPU would double the memory of
+    the weights and optimizer state there)."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().to("cpu", copy=True)
+    if isinstance(obj, dict):
+        return type(obj)((k, _cpu_copy(v)) for k, v in obj.items())
+    if isinstance(obj, tuple) and hasattr(obj, "_fields"):  # a named tuple
+        return type(obj)(*(_cpu_copy(v) for v in obj))
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_cpu_copy(v) for v in obj)
+    return copy.deepcopy(obj)
 
 
 class _OnInterrupt(pl.Callback):
