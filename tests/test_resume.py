@@ -60,17 +60,22 @@ def _ctrl_c_as_at_a_terminal() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
-def _start(run_dir: Path, photos: Path, *extra: str) -> subprocess.Popen:
-    """``python -m tlx`` in the background (``extra``: more overrides), its output in ``<run_dir>.log``."""
+def _launch(run_dir: Path, *overrides: str) -> subprocess.Popen:
+    """``python -m tlx <overrides>`` into ``run_dir`` in the background, its output in ``<run_dir>.log``."""
     with open(run_dir.parent / f"{run_dir.name}.log", "w") as log:  # the child keeps its own copy of the handle
         return subprocess.Popen(
-            [sys.executable, "-m", "tlx", *RUN, *extra, f"data.root={photos}", f"hydra.run.dir={run_dir}"],
+            [sys.executable, "-m", "tlx", *overrides, f"hydra.run.dir={run_dir}"],
             cwd=ROOT,
             env={**os.environ, "HYDRA_FULL_ERROR": "0"},
             stdout=log,
             stderr=subprocess.STDOUT,
             preexec_fn=_ctrl_c_as_at_a_terminal,
         )
+
+
+def _start(run_dir: Path, photos: Path, *extra: str) -> subprocess.Popen:
+    """The RUN above (``extra``: more overrides) in the background."""
+    return _launch(run_dir, *RUN, *extra, f"data.root={photos}")
 
 
 def _signal_after_epoch(proc: subprocess.Popen, run_dir: Path, sig: signal.Signals, epoch: int = 1) -> int:
@@ -209,21 +214,7 @@ def test_sigterm_while_extracting_features_is_recorded(tmp_path):
     """Outside Lightning's loops SIGTERM ended the process at once (exit 143, no word, no results.json); now it is
     handled as Ctrl-C is there: recorded as interrupted, with the resume command, exit 143."""
     run_dir, log = tmp_path / "run", tmp_path / "run.log"
-    with open(log, "w") as out:
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "tlx",
-                "+experiment=small_data",
-                f"cache.dir={tmp_path / 'cache'}",
-                f"hydra.run.dir={run_dir}",
-            ],
-            cwd=ROOT,
-            env={**os.environ, "HYDRA_FULL_ERROR": "0"},
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
+    proc = _launch(run_dir, "+experiment=small_data", f"cache.dir={tmp_path / 'cache'}")
     deadline = time.monotonic() + 120
     while proc.poll() is None and time.monotonic() < deadline and "cache miss for val" not in log.read_text():
         time.sleep(0.01)  # the 300 validation images at 224 px: seconds of extraction
