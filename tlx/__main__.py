@@ -21,10 +21,11 @@ from omegaconf.errors import MissingMandatoryValue
 
 # Light imports only up to here: Hydra parses the command line before torch, timm and Lightning load, so a mistyped
 # key or choice ends in one line within about a second.
-from tlx.errors import ConfigError
+from tlx.errors import ConfigError, Terminated
 from tlx.rerun import make_rerunnable, saved_candidate, source_run
 
 log = logging.getLogger("tlx")
+CONF = Path(__file__).resolve().parents[1] / "conf"
 
 
 def _user_error(e: BaseException) -> str | None:
@@ -152,16 +153,13 @@ def _ignored(key: str) -> bool:
     return key.split(".")[0] == "hydra" or key in _SAME_RUN_IGNORES
 
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
-
-
 def _check_presets(choices: Any) -> None:
     """``+experiment=small_data strategy=last_n2``: both presets set what trains (freeze, head, lr), and the
     experiment, composed last, won without a word (the run trained head_only). One of them must go."""
     experiment, strategy = choices.get("experiment"), choices.get("strategy")
     if experiment in (None, "null") or strategy in (None, "null"):
         return
-    path = CONF / "experiment" / f"{experiment}.yaml"
+    path = CONF / "experiment" / f"{experiment}.yaml"  # (a text search: the file's defaults list is all that counts)
     text = path.read_text() if path.is_file() else ""
     if "override /freeze" in text or "override /head" in text:
         raise ConfigError(
@@ -220,10 +218,10 @@ def main(cfg: DictConfig) -> float:
                 results = run_auto(cfg, out_dir, compose)
             else:
                 results = train(cfg, out_dir)
-    except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM (tlx.run.Terminated), outside training
+    except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM (Terminated), outside training
         write_results(out_dir, {"status": "interrupted", "resume": resume_command(out_dir)})
         log.error("interrupted; resume with: %s", resume_command(out_dir))
-        sys.exit(128 + signal.SIGTERM if type(e).__name__ == "Terminated" else 130)
+        sys.exit(128 + signal.SIGTERM if isinstance(e, Terminated) else 130)
     except Exception as e:
         message = _user_error(e)
         error = message or f"{type(e).__name__}: {e}"

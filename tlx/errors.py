@@ -1,4 +1,5 @@
-"""The error type for what a user can fix: a configuration or input error whose message names the fix.
+"""The error type for what a user can fix (a configuration or input error whose message names the fix), and the
+interrupt a SIGTERM raises outside training.
 
 Its own tiny module, imported by everything that raises it and by the command line before Hydra parses the
 command, so that a mistyped override ends in one line without first importing torch, timm and Lightning.
@@ -9,3 +10,9 @@ from __future__ import annotations
 
 class ConfigError(ValueError):
     """A user-facing configuration or input error; the message names the fix."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM outside Lightning's loops (feature extraction, building the model; ``tlx.run.sigterm_as_interrupt``):
+    handled as a Ctrl-C there is, but the process exits 143 (128 + SIGTERM), as it does when the signal comes during
+    training."""

@@ -80,10 +80,10 @@ def load_run(run_dir: Path, checkpoint: str = "best") -> TrainedModel:
         )
     if checkpoint in ("best", "last"):
         ckpt = run_dir / "checkpoints" / f"{checkpoint}.ckpt"
-        failed = read_results(run_dir) or {}
-        if not ckpt.is_file() and failed.get("status") == "failed":
+        recorded = read_results(run_dir) or {}
+        if not ckpt.is_file() and recorded.get("status") == "failed":
             raise ConfigError(
-                f"the run in {run_dir} failed before it trained ({failed.get('error')}); it has no model: fix that "
+                f"the run in {run_dir} failed before it trained ({recorded.get('error')}); it has no model: fix that "
                 "and train it again"
             )
         if not ckpt.is_file():

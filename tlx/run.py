@@ -31,7 +31,7 @@ from tlx.cluster import requeue_setup
 from tlx.console import TrainingLines, draws_bars
 from tlx.data import ImageData
 from tlx.devices import torch_device
-from tlx.errors import ConfigError
+from tlx.errors import ConfigError, Terminated
 from tlx.features import find_cut, use_cached_features
 from tlx.freeze import Freeze
 from tlx.heads import LinearHead, Network
@@ -474,11 +474,6 @@ class _LastCheckpoint(pl.Callback):
     def _save(self, trainer: pl.Trainer) -> None:
         trainer.save_checkpoint(self.path)  # written to a temporary file and renamed by Lightning
         self.saved_at, self.pending = time.monotonic(), None
-
-
-class Terminated(KeyboardInterrupt):
-    """SIGTERM outside Lightning's loops (feature extraction, building the model): handled as a Ctrl-C there is, but
-    the process exits 143 (128 + SIGTERM), as it does when the signal comes during training."""
 
 
 _in_lightning = threading.Event()  # set while a Trainer runs (its own SIGTERM handler, which calls ours too, acts)
