@@ -289,10 +289,8 @@ def test_evaluate_reproduces_the_runs_own_scores(run_dir, tmp_path):
     assert len(list((out / "gallery").iterdir())) == min(wrong, 24)
     page = (out / "report.html").read_text()
     assert all(f'id="{s}"' in page for s in ("summary", "confusion", "per-class", "gallery"))
-    assert (
-        re.search(rf"│ accuracy +│ {ev['metrics']['acc']:.4f} ", proc.stdout)
-        and str(out / "report.html") in proc.stdout
-    )
+    assert re.search(rf"│ accuracy +│ {ev['metrics']['acc']:.4f} ", proc.stdout)
+    assert str(out / "report.html") in proc.stdout and "test/acc (on val) " in proc.stdout  # the run had no test split
     (out / "report.html").unlink()
     assert run_main(str(out), module="tlx.report").returncode == 0 and (out / "report.html").is_file()  # rebuilt
 
@@ -326,6 +324,7 @@ def test_evaluate_a_label_file_takes_its_test_rows_and_a_subset_of_classes(run_d
         ("split_folders", "has images of 'test', 'train', which the model has no class for"),
         ("no_test_rows", "has a split column but no test rows"),
         ("users_folder", "exists and is not an earlier evaluation; choose another out= folder"),
+        ("loose_images", "holds images but no class folders; put them in one subfolder per class, named as the"),
     ],
 )
 def test_evaluate_errors_are_one_line(run_dir, tmp_path, capsys, case, expected):
@@ -338,6 +337,8 @@ def test_evaluate_errors_are_one_line(run_dir, tmp_path, capsys, case, expected)
     elif case == "split_folders":
         _val_folder(run_dir, inputs / "train")
         _val_folder(run_dir, inputs / "test")
+    elif case == "loose_images":
+        inputs = shutil.copytree(run_dir.parent / "photos" / "ant", inputs)
     elif case == "no_test_rows":
         inputs = tmp_path / "labels.csv"
         inputs.write_text(f"path,label,split\n{run_dir.parent / 'photos' / 'ant' / '0.png'},ant,train\n")

@@ -206,8 +206,12 @@ def test_a_run_dir_is_continued_only_with_its_own_config(tmp_path):
     assert "data.balance: none -> sampler" in err[0] and "head._target_: tlx.heads.LinearHead -> " in err[0]
     assert {p.name: p.read_bytes() for p in (run_dir / ".hydra").iterdir()} == saved  # nothing rewritten
     assert read_results(run_dir)["status"] == "ok"
-    over = run_main(*base, "head=mlp", "resume=false")
-    assert over.returncode == 0 and read_results(run_dir)["head"] != "linear"
+    over = run_main(*base, "head=mlp", "resume=false")  # trained again (not skipped as finished), as an MLP
+    assert over.returncode == 0 and "results.json is complete" not in over.stdout + over.stderr
+    from tlx.heads import MLPHead
+    from tlx.predict import load_run
+
+    assert isinstance(load_run(run_dir).net.head, MLPHead)  # the saved config and the checkpoint agree
 
 
 def test_sigterm_while_extracting_features_is_recorded(tmp_path):

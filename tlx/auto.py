@@ -198,7 +198,7 @@ def run_auto(cfg: DictConfig, out_dir: Path, compose: Callable[[str], DictConfig
     start, cpu_start = time.perf_counter(), time.process_time()
     out_dir = Path(out_dir)
     done = read_results(out_dir)
-    if skipped(done, bool(cfg.get("skip_done")), out_dir):  # as a finished fixed run is
+    if skipped(done, cfg, out_dir):  # as a finished fixed run is
         return done
     settings: Auto = instantiate(cfg.auto)
     configs = {name: _candidate_config(out_dir, name, compose) for name in [PROBE, *settings_names(settings)]}
@@ -247,7 +247,8 @@ def run_auto(cfg: DictConfig, out_dir: Path, compose: Callable[[str], DictConfig
             deadline,
             cand.gap_from,
         )
-        results = read_results(run_dir) or {}
+        # a finished candidate is not trained again (a resumed search), unless resume=false starts the search over
+        results = {} if str(cfg.get("resume")).lower() == "false" else read_results(run_dir) or {}
         if results.get("status") != "ok":
             log.info("auto: training candidate %s", name)
             try:

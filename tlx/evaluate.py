@@ -152,6 +152,11 @@ def evaluate(
     run_dir = Path(run_dir).expanduser()
     out = _out_dir(run_dir, out)
     model = load_run(run_dir, checkpoint)
+    if not names and scan.skipped.get("not_in_a_class_folder"):
+        raise ConfigError(
+            f"{inputs} holds images but no class folders; put them in one subfolder per class, named as the model's "
+            f"classes ({', '.join(model.classes)}), or label them with a .csv (tlx.predict takes unlabelled images)"
+        )
     labels = check_classes(names, model.classes, inputs)
     import torch  # loaded by load_run
 
@@ -162,6 +167,7 @@ def evaluate(
     from tlx.run_report import write_predictions_table
 
     probs, samples, skipped = probabilities(model, FileSamples(paths, labels), batch_size, num_workers, device)
+    run = read_results(run_dir) or {}
     evaluation = {
         "status": "ok",
         "run_dir": str(run_dir.resolve()),
@@ -171,7 +177,8 @@ def evaluate(
         "classes": model.classes,
         "images": len(samples),
         **scores(probs, torch.tensor(samples.labels), len(model.classes)),
-        "run_metrics": {k: v for k, v in ((read_results(run_dir) or {}).get("metrics") or {}).items() if "/" in k},
+        "run_metrics": {k: v for k, v in (run.get("metrics") or {}).items() if "/" in k},
+        "run_test_split": run.get("test_split", "test"),  # val: the run had no test split, its test/* are on val
         "skipped": {"unreadable": skipped, **dict(scan.skipped)},
     }
     left_out = scan.summary(inputs)
@@ -218,13 +225,15 @@ def write_evaluation_report(out: Path) -> Path:
 
 def _summary_rows(ev: dict[str, Any]) -> list[list[str]]:
     m, run = ev["metrics"], ev["run_metrics"]
+    shown = [k for k in ("val/acc", "test/acc") if k in run]
+    on_val = " (on val)" if ev.get("run_test_split") == "val" else ""
     skipped = sum(len(v) if isinstance(v, list) else v for v in ev["skipped"].values())
     rows = [
         ["accuracy", f"{m['acc']:.4f}"],
         ["balanced accuracy", f"{m['bal_acc']:.4f} (mean per-class accuracy)"],
         ["macro F1", f"{m['f1']:.4f}"],
         ["images", f"{ev['images']} of {sum(n > 0 for n in ev['per_class']['images'])} classes"],
-        ["the run's own scores", ", ".join(f"{k} {run[k]:.4f}" for k in ("val/acc", "test/acc") if k in run) or "-"],
+        ["the run's own scores", ", ".join(f"{k}{on_val * k.startswith('test')} {run[k]:.4f}" for k in shown) or "-"],
         ["model", f"{ev['backbone']}, {ev['checkpoint']}"],
         ["time", f"{ev['seconds']:.1f} s"],
     ]

@@ -33,9 +33,10 @@ def read_results(run_dir: Path) -> dict[str, Any] | None:
         return None
 
 
-def skipped(done: dict[str, Any] | None, skip_done: bool, run_dir: Path) -> bool:
-    """Whether a run is skipped because ``skip_done`` is set and its results (``done``) say it finished ok (a re-run
-    sweep); logs it."""
+def skipped(done: dict[str, Any] | None, cfg: Any, run_dir: Path) -> bool:
+    """Whether a run is skipped because its results (``done``) say it finished ok (a re-run sweep) and ``cfg`` sets
+    ``skip_done`` without ``resume=false`` (which starts the directory over); logs it."""
+    skip_done = bool(cfg.get("skip_done")) and str(cfg.get("resume")).lower() != "false"
     if skip_done and done and done.get("status") == "ok":
         log.info("skipping %s: results.json is complete", run_dir)
         return True

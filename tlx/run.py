@@ -167,7 +167,7 @@ def train(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     done = read_results(out_dir)
-    if skipped(done, bool(cfg.get("skip_done")), out_dir):
+    if skipped(done, cfg, out_dir):
         return done
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     torch.set_num_threads(cfg.threads) if cfg.get("threads") else None
@@ -236,7 +236,11 @@ def train(
         module.cut = find_cut(net)
     module.train()  # Lightning keeps each module's mode at fit start: new layers train, frozen ones stay in eval
 
-    checkpoint = ModelCheckpoint(dirpath=out_dir / "checkpoints", filename="best", monitor="val/acc", mode="max")
+    # best.ckpt is this run's, also where an earlier run left one (resume=false, a failed run tried again): Lightning
+    # would write best-v1.ckpt beside it, and predict, export and the summary would read the earlier run's model
+    checkpoint = ModelCheckpoint(
+        dirpath=out_dir / "checkpoints", filename="best", monitor="val/acc", mode="max", enable_version_counter=False
+    )
     latest = _LastCheckpoint(out_dir / "checkpoints" / "last.ckpt", float(cfg.get("last_checkpoint_every_s", 0)))
     requeue_callbacks, plugins = requeue_setup(latest.path, out_dir)  # SLURM jobs: last.ckpt, then requeue
     use_probe = probe.enabled and module.cut == "pooled" and isinstance(head, LinearHead) and not lp_ft
