@@ -102,8 +102,10 @@ def test_unreachable_sources_are_errors_never_random(tmp_path, monkeypatch):
 
     # As on a machine without network: the real hub code path runs and fails (offline mode fails fast).
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
-    with pytest.raises(ConfigError, match="could not fetch pretrained weights"):
+    with pytest.raises(ConfigError, match="could not fetch pretrained weights") as refused:
         create_backbone("resnet18", weights="hub")
+    # the fix it names works for this model: bundled weights exist only for the EfficientNet-Lites
+    assert "use a backbone with bundled weights (tf_efficientnet_lite0, " in str(refused.value)
 
 
 def test_without_a_way_to_the_hub_the_local_cache_answers_at_once(tmp_path, monkeypatch, caplog):

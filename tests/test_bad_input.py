@@ -52,6 +52,16 @@ def _folder(tmp_path: Path, n: int = 5) -> Path:
     return write_images(tmp_path / "photos", n=n)
 
 
+def test_a_file_for_a_folder_and_a_folder_for_a_file_are_named_as_such(tmp_path):
+    from tlx.sources import image_folder, label_file
+
+    (tmp_path / "labels.csv").write_text("path,label\n")
+    with pytest.raises(ConfigError, match=r"data root is a file, not a folder: .*\(a label file goes in data=csv"):
+        image_folder(tmp_path / "labels.csv")
+    with pytest.raises(ConfigError, match=r"label file is a folder, not a file: .*\(a folder of class folders goes in"):
+        label_file(tmp_path)
+
+
 @pytest.mark.parametrize("source", ["folder", "csv"])
 def test_data_source_missing_ends_before_the_heavy_imports(tmp_path, source):
     key, expected = ("root", "data root not found") if source == "folder" else ("path", "label file not found")

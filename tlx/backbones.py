@@ -347,9 +347,14 @@ def _from_hub(name: str, kwargs: dict) -> nn.Module:
             why += ", and they are not in the local Hugging Face cache"
         else:
             why = f"{type(e).__name__}: {str(e)[:200]}"
+        bundled = (
+            "backbone.weights=bundled"
+            if name.split(".")[0] in BUNDLED
+            else f"a backbone with bundled weights ({', '.join(BUNDLED)}, backbone.weights=bundled)"
+        )  # bundled: only those; suggesting it for resnet18 only led to another error
         raise ConfigError(
             f"could not fetch pretrained weights for '{name}' from the hub ({why}); go online, or set "
-            "backbone.weights=<local .safetensors/.pth file> or backbone.weights=bundled"
+            f"backbone.weights=<local .safetensors/.pth file>, or use {bundled}"
         ) from e
     finally:
         hf.HF_HUB_OFFLINE = offline

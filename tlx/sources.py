@@ -25,7 +25,9 @@ def image_folder(root: Any) -> Path:
     """``root`` as a path; a ConfigError unless it is a folder."""
     path = Path(str(root)).expanduser()
     if not path.is_dir():
-        raise ConfigError(f"data root not found: {path}; set data.root=<folder with one subfolder per class>")
+        what = "is a file, not a folder" if path.is_file() else "not found"
+        hint = " (a label file goes in data=csv data.path=...)" if path.suffix.lower() == ".csv" else ""
+        raise ConfigError(f"data root {what}: {path}; set data.root=<folder with one subfolder per class>{hint}")
     return path
 
 
@@ -33,7 +35,9 @@ def label_file(path: Any) -> Path:
     """``path`` as a path; a ConfigError unless it is a file."""
     path = Path(str(path)).expanduser()
     if not path.is_file():
-        raise ConfigError(f"label file not found: {path}; set data.path=<a .csv with path,label[,split] rows>")
+        what = "is a folder, not a file" if path.is_dir() else "not found"
+        hint = " (a folder of class folders goes in data=folder data.root=...)" if path.is_dir() else ""
+        raise ConfigError(f"label file {what}: {path}; set data.path=<a .csv with path,label[,split] rows>{hint}")
     return path
 
 
