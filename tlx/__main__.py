@@ -6,7 +6,6 @@ import logging
 import math
 import signal
 import sys
-import tempfile
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ from omegaconf.errors import MissingMandatoryValue
 # Light imports only up to here: Hydra parses the command line before torch, timm and Lightning load, so a mistyped
 # key or choice ends in one line within about a second.
 from tlx.errors import ConfigError, Terminated
+from tlx.jsonfile import probe_writable
 from tlx.rerun import make_rerunnable, saved_candidate, source_run
 
 log = logging.getLogger("tlx")
@@ -83,8 +83,7 @@ class WritableOutput(Callback):
 
 def _require_writable(folder: Path, key: str) -> None:
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        tempfile.TemporaryFile(dir=folder).close()
+        probe_writable(folder)
     except OSError as e:
         print(f"tlx: error: cannot write the output directory {folder} ({e.strerror or e}); set {key}=<writable "
               "folder>", file=sys.stderr)  # fmt: skip
@@ -116,12 +115,12 @@ def _other_run(run_dir: Path, config: DictConfig) -> str | None:
     """Why ``config`` cannot run in ``run_dir`` (a run of another config is there), or None."""
     from omegaconf import OmegaConf
 
-    from tlx.results import read_results, resume_command
+    from tlx.results import read_results, resume_command, starts_over
 
     saved = run_dir / ".hydra" / "config.yaml"
     status = (read_results(run_dir) or {}).get("status")
     last = run_dir / "checkpoints" / "last.ckpt"
-    if str(config.get("resume")).lower() == "false" or not saved.is_file():
+    if starts_over(config) or not saved.is_file():
         return None
     if status not in ("ok", "interrupted", "preempted") and not last.is_file():
         return None  # nothing to continue (a failed run, or none yet): this config starts it

@@ -42,7 +42,7 @@ from omegaconf import DictConfig, OmegaConf
 from tlx.errors import ConfigError
 from tlx.features import find_cut
 from tlx.rerun import load_saved_config, make_rerunnable
-from tlx.results import print_summary, read_results, resume_command, skipped, write_results
+from tlx.results import print_summary, read_results, resume_command, skipped, starts_over, write_results
 from tlx.run import Prepared, build_network, prepare, train
 from tlx.run_report import write_run_report
 
@@ -248,7 +248,7 @@ def run_auto(cfg: DictConfig, out_dir: Path, compose: Callable[[str], DictConfig
             cand.gap_from,
         )
         # a finished candidate is not trained again (a resumed search), unless resume=false starts the search over
-        results = {} if str(cfg.get("resume")).lower() == "false" else read_results(run_dir) or {}
+        results = {} if starts_over(cfg) else read_results(run_dir) or {}
         if results.get("status") != "ok":
             log.info("auto: training candidate %s", name)
             try:

@@ -11,8 +11,8 @@ image's true and predicted class with the top-3 probabilities, as a run's ``val_
 
 from __future__ import annotations
 
+import json
 import logging
-import os
 import sys
 import time
 from dataclasses import dataclass
@@ -23,9 +23,9 @@ from typing import Any
 from omegaconf import MISSING
 
 from tlx.errors import ConfigError
-from tlx.jsonfile import write_json_atomic
+from tlx.jsonfile import probe_writable, write_json_atomic
 from tlx.predict import check_options, load_run, parse_args, torch_device  # light: torch loads in load_run
-from tlx.results import read_results
+from tlx.results import print_table, read_results, summary_table
 from tlx.sources import SPLITS, FileScan, read_rows
 
 log = logging.getLogger("tlx.evaluate")  # not __main__ under python -m
@@ -83,9 +83,8 @@ def labelled_images(inputs: Path, scan: FileScan) -> tuple[list[Path], list[str]
             f"inputs={inputs} is a file; give a folder with one subfolder of images per class, or a .csv with "
             "path,label columns (tlx.predict takes single images)"
         )
-    folder = inputs
     paths, names = [], []
-    for class_dir in scan.subfolders(folder):
+    for class_dir in scan.subfolders(inputs):
         found = scan.images(class_dir)
         paths += found
         names += [class_dir.name] * len(found)
@@ -198,16 +197,16 @@ def _out_dir(run_dir: Path, out: Path | None) -> Path:
     out = Path(out).expanduser() if out else run_dir / "eval" / datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
     if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / EVALUATION).is_file())):
         raise ConfigError(f"out={out} exists and is not an earlier evaluation; choose another out= folder")
-    existing = next(p for p in (out, *out.parents) if p.exists())
-    if not existing.is_dir() or not os.access(existing, os.W_OK):  # found now, not after the images are scored
-        raise ConfigError(f"cannot write out={out} ({existing} is not a writable folder); choose another out=")
+    existing = next(p for p in (out, *out.parents) if p.exists())  # out itself is made only once there are scores
+    try:
+        probe_writable(existing)  # found now, not after the images are scored
+    except OSError as e:
+        raise ConfigError(f"cannot write out={out} ({existing} is not a writable folder); choose another out=") from e
     return out
 
 
 def write_evaluation_report(out: Path) -> Path:
     """``report.html`` in ``out``, built from ``evaluation.json``, ``eval_predictions.csv`` and ``gallery/``."""
-    import json
-
     from tlx.page import page, section, table, write_page
     from tlx.run_report import REPORT, confusion_html, gallery_html, per_class_html
 
@@ -244,14 +243,10 @@ def _summary_rows(ev: dict[str, Any]) -> list[list[str]]:
 
 def print_evaluation(ev: dict[str, Any], out: Path) -> None:
     """The summary rows and each class's accuracy (the 10 worst of more than 20 classes), as a table."""
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(title=f"tlx.evaluate: {ev['backbone']} on {Path(ev['inputs']).name}", show_header=False)
-    table.add_column(style="bold")
-    table.add_column(overflow="fold")
-    for key, value in _summary_rows(ev)[:-2]:
-        table.add_row(key, value)
+    table = summary_table(f"tlx.evaluate: {ev['backbone']} on {Path(ev['inputs']).name}")
+    for key, value in _summary_rows(ev):
+        if key not in ("model", "time"):  # on the page; the console shows the scores
+            table.add_row(key, value)
     pc = ev["per_class"]
     present = [c for c, n in enumerate(pc["images"]) if n > 0]
     shown = present if len(present) <= 20 else sorted(present, key=lambda c: pc["per_class_acc"][c])[:10]
@@ -263,10 +258,7 @@ def print_evaluation(ev: dict[str, Any], out: Path) -> None:
     if len(shown) < len(present):
         table.add_row("", f"(the 10 worst of {len(present)} classes; all in report.html)")
     table.add_row("report", str(out / "report.html"))
-    console = Console()
-    if not console.is_terminal:  # a log file has no width: rich's 80 columns would fold the rows
-        console = Console(width=1000)
-    console.print(table)
+    print_table(table)
 
 
 def main(argv: list[str] | None = None) -> None:

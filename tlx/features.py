@@ -21,7 +21,6 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -32,6 +31,7 @@ import torch
 from tlx.data import ImageData
 from tlx.errors import ConfigError
 from tlx.heads import Network
+from tlx.jsonfile import probe_writable
 from tlx.progress import progress
 
 log = logging.getLogger(__name__)
@@ -104,8 +104,7 @@ class FeatureCache:
     def check_writable(self) -> None:
         """Fail now, naming the fix, if entries could not be written (rather than after the extraction)."""
         try:
-            self.root.mkdir(parents=True, exist_ok=True)
-            tempfile.TemporaryFile(dir=self.root).close()
+            probe_writable(self.root)
         except OSError as e:
             raise self._unwritable(e) from e
 

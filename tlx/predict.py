@@ -12,7 +12,6 @@ import json
 import logging
 import re
 import sys
-import tempfile
 import textwrap
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +21,7 @@ from omegaconf import MISSING, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
 from tlx.errors import ConfigError
-from tlx.jsonfile import write_json_atomic
+from tlx.jsonfile import probe_writable, write_json_atomic
 from tlx.results import read_results, resume_command
 from tlx.sources import IMAGE_SUFFIXES, FileScan
 
@@ -160,8 +159,7 @@ def torch_device(device: str) -> str:
 def writable_file(path: Path, key: str) -> Path:
     """``path``, once its folder exists and takes a new file there: found before the work, not after it."""
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tempfile.TemporaryFile(dir=path.parent).close()
+        probe_writable(path.parent)
     except OSError as e:
         raise ConfigError(f"cannot write {key}={path} ({e.strerror or e}); choose another {key}=") from e
     return path

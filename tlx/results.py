@@ -33,11 +33,15 @@ def read_results(run_dir: Path) -> dict[str, Any] | None:
         return None
 
 
+def starts_over(cfg: Any) -> bool:
+    """``resume=false``: the run starts its directory over, whatever an earlier run left there (finished or not)."""
+    return str(cfg.get("resume")).lower() == "false"
+
+
 def skipped(done: dict[str, Any] | None, cfg: Any, run_dir: Path) -> bool:
     """Whether a run is skipped because its results (``done``) say it finished ok (a re-run sweep) and ``cfg`` sets
     ``skip_done`` without ``resume=false`` (which starts the directory over); logs it."""
-    skip_done = bool(cfg.get("skip_done")) and str(cfg.get("resume")).lower() != "false"
-    if skip_done and done and done.get("status") == "ok":
+    if cfg.get("skip_done") and not starts_over(cfg) and done and done.get("status") == "ok":
         log.info("skipping %s: results.json is complete", run_dir)
         return True
     return False
@@ -83,9 +87,7 @@ def what_trains(results: dict[str, Any]) -> str:
 
 def print_summary(results: dict[str, Any], run_dir: Path) -> None:
     """A short table of what was trained and how well, printed at the end of every run."""
-    table = Table(title=f"tlx: {results['backbone']} / {what_trains(results)}", show_header=False)
-    table.add_column(style="bold")
-    table.add_column(overflow="fold")  # a long run dir wraps at a narrow terminal instead of losing its end
+    table = summary_table(f"tlx: {results['backbone']} / {what_trains(results)}")
     m = results["metrics"]
     for key in ("val/acc", "val/f1", "test/acc", "test/f1"):
         if m.get(key) is not None:
@@ -115,6 +117,19 @@ def print_summary(results: dict[str, Any], run_dir: Path) -> None:
         time_row = f"{t['total_s']:.1f}s (extract {t['extract_s']:.1f}s, fit {t['fit_s']:.1f}s)"
     table.add_row("time", time_row)
     table.add_row("run dir", str(run_dir))
+    print_table(table)
+
+
+def summary_table(title: str) -> Table:
+    """A two-column table of names (bold) and values, as tlx's commands end with one."""
+    table = Table(title=title, show_header=False)
+    table.add_column(style="bold")
+    table.add_column(overflow="fold")  # a long run dir wraps at a narrow terminal instead of losing its end
+    return table
+
+
+def print_table(table: Table) -> None:
+    """Print ``table`` on stdout, as wide as its rows where stdout is a log file or a pipe."""
     console = Console(stderr=False)
     if not console.is_terminal:  # a log file or a pipe has no width: rich's 80 columns would fold the rows
         console = Console(stderr=False, width=1000)  # a table is only as wide as its rows need

@@ -8,7 +8,6 @@ import inspect
 import logging
 import shutil
 import signal
-import tempfile
 import threading
 import time
 import warnings
@@ -35,6 +34,7 @@ from tlx.errors import ConfigError, Terminated
 from tlx.features import find_cut, use_cached_features
 from tlx.freeze import Freeze
 from tlx.heads import LinearHead, Network
+from tlx.jsonfile import probe_writable
 from tlx.module import TransferModule
 from tlx.probe import Probe, fit_probe
 from tlx.progress import PROGRESS_EVERY_S
@@ -436,7 +436,7 @@ def _check_before_data(cfg: DictConfig, stages: int, out_dir: Path) -> None:
             "drop probe.enabled=false, or fine-tune without the probe stage (strategy=last_n2 or strategy=full)"
         )
     try:
-        tempfile.TemporaryFile(dir=out_dir).close()
+        probe_writable(out_dir)
     except OSError as e:
         raise ConfigError(f"cannot write the run directory {out_dir} ({e.strerror or e}); set hydra.run.dir") from e
     cache = instantiate(cfg.cache)
