@@ -254,6 +254,7 @@ def train(
     # Progress: bars at a terminal; lines where stdout is a file or a pipe (a bar there is one wrapped last frame)
     bars = bool(cfg.trainer.get("enable_progress_bar", True))
     lines = [TrainingLines(PROGRESS_EVERY_S, _sweep_job())] if bars and not draws_bars() else []
+    on_interrupt = _OnInterrupt(out_dir, latest, resume_dir)
     trainer = instantiate(
         cfg.trainer,
         default_root_dir=out_dir,
@@ -261,7 +262,7 @@ def train(
         callbacks=[
             checkpoint,
             latest,
-            _OnInterrupt(out_dir, latest, resume_dir),
+            on_interrupt,
             *requeue_callbacks,
             *lines,
             *callbacks,
@@ -275,7 +276,8 @@ def train(
         stage = _probe_stage(module, data, probe, cache_info, probe_epochs)
         stages.append(stage)
         module.log_to_loggers = False  # the metrics of the chosen epoch are already among the probe's epochs
-        trainer.validate(module, data.val_dataloader(), verbose=False)
+        with on_interrupt.exit_status():
+            trainer.validate(module, data.val_dataloader(), verbose=False)
         module.log_to_loggers = True
         history = stage.pop("history")
         for logger in trainer.loggers:  # the chosen candidate's epochs, as a fitted run logs its own
@@ -289,7 +291,8 @@ def train(
         module.val_history[-1]["epoch"] = stage["best_epoch"]
         epochs = len(history)
     else:
-        trainer.fit(module, data.train_dataloader(), data.val_dataloader(), ckpt_path=resume)
+        with on_interrupt.exit_status():
+            trainer.fit(module, data.train_dataloader(), data.val_dataloader(), ckpt_path=resume)
         fit_s, tested_ckpt = time.perf_counter() - t_fit, "best"
         epochs = int(trainer.current_epoch)
         best_path = Path(checkpoint.best_model_path) if checkpoint.best_model_path else None
@@ -303,7 +306,8 @@ def train(
         )
     t_test = time.perf_counter()
     lost = any(getattr(c, "lost", False) for c in callbacks)  # an auto candidate that cannot win: no test pass
-    tested = {} if lost else trainer.test(module, data.test_dataloader(), ckpt_path=tested_ckpt, verbose=False)[0]
+    with on_interrupt.exit_status():
+        tested = {} if lost else trainer.test(module, data.test_dataloader(), ckpt_path=tested_ckpt, verbose=False)[0]
     test_s = time.perf_counter() - t_test
 
     best = module.best_val()  # validation metrics of the epoch whose checkpoint is tested
@@ -531,7 +535,18 @@ class _OnInterrupt(pl.Callback):
     def __init__(self, out_dir: Path, latest: _LastCheckpoint, resume_dir: Path | None = None) -> None:
         self.out_dir, self.latest = out_dir, latest
         self.resume_dir = resume_dir or out_dir  # an auto candidate's run resumes with its auto run
-        self.pressed = False
+        self.pressed = self.ctrl_c = False
+
+    @contextlib.contextmanager
+    def exit_status(self) -> Iterator[None]:
+        """Around a Lightning call: a Ctrl-C exits 130 (128 + SIGINT), as it does outside training and as shells
+        expect. Lightning ends the process with ``sys.exit(1)`` after a KeyboardInterrupt, the status of a failure."""
+        try:
+            yield
+        except SystemExit as e:
+            if self.ctrl_c and e.code == 1:
+                raise SystemExit(128 + signal.SIGINT) from None
+            raise
 
     def _on_sigint(self, signum: int, frame: Any) -> None:
         self.pressed = True
@@ -559,6 +574,7 @@ class _OnInterrupt(pl.Callback):
             # A SystemExit re-raised by Lightning, with no code: the process would exit 0 as if it had finished.
             exception.code = 128 + signal.SIGTERM
         if isinstance(exception, (KeyboardInterrupt, SIGTERMException)):
+            self.ctrl_c = isinstance(exception, KeyboardInterrupt)
             self.latest.save_pending(trainer)
         if isinstance(exception, (KeyboardInterrupt, SIGTERMException)) and trainer.is_global_zero:
             best, resume = module.best_val(), resume_command(self.resume_dir)
