@@ -11,6 +11,7 @@ import pytest
 import pytorch_lightning as pl
 import torch
 
+from tlx.auto import _versus
 from tlx.predict import load_run
 from tlx.probe import Probe, fit_probe
 from tlx.run import train
@@ -140,7 +141,8 @@ def test_auto_tries_candidates_and_keeps_the_best(auto_runs):
     # how many validation images the margin over the runner-up is
     runner_up = max((c for c in trained if c["strategy"] != auto["winner"]), key=lambda c: c["val/acc"])
     images = round((tried[auto["winner"]]["val/acc"] - runner_up["val/acc"]) * first["data"]["val"])
-    assert f"over {runner_up['strategy']}: {images} of {first['data']['val']} validation images" in auto["reason"]
+    margin = f"over {runner_up['strategy']}: {images} of {first['data']['val']} validation images"
+    assert (margin if images else f"tied with {runner_up['strategy']}") in auto["reason"]
     assert (tmp / "a" / "checkpoints" / "best.ckpt").is_file()
     # the run is named by what it trained: the console summary's and report.html's titles read "auto: <winner>"
     winner = json.loads((tmp / "a" / auto["winner_dir"] / "results.json").read_text())
@@ -149,6 +151,19 @@ def test_auto_tries_candidates_and_keeps_the_best(auto_runs):
     assert f"tlx run: {first['backbone']} / auto: {winner['strategy']}" in report
     # its time is the whole search's, with the winner's own share named as such
     assert f"{first['timing']['total_s']:.1f} s for the search; the winner&#x27;s own run in it: " in report
+
+
+def test_reason_names_a_tie_and_a_partial_score():
+    """A tie is said as one (the first of equals wins), not as "+0.0 points ... 0 of 300 validation images"."""
+    best = {"strategy": "reinit_last", "val/acc": 0.9}
+    tie = _versus(best, {"strategy": "last_n2", "val/acc": 0.9, "status": "finished"}, 300)
+    assert tie == " (tied with last_n2, which was tried after it)"
+    stopped = {"strategy": "full", "val/acc": 0.85, "status": "stopped", "progress": 0.25}
+    assert (
+        _versus(best, stopped, 300)
+        == " (+5.0 points over full: 15 of 300 validation images, stopped at 25% of its steps)"
+    )
+    assert _versus(best, None, 300) == ""
 
 
 def test_a_candidate_is_the_same_run_as_its_strategy_alone(auto_runs):

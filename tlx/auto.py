@@ -365,16 +365,7 @@ def _finish(
     probe = next(t for t in tried if t["strategy"] == PROBE)
     others = [t for t in tried if t is not best and t.get("val/acc") is not None and t["strategy"] != best["strategy"]]
     runner_up = max(others, key=lambda t: t["val/acc"], default=None)
-    versus = ""
-    if runner_up:
-        margin = best["val/acc"] - runner_up["val/acc"]
-        versus = f" ({margin * 100:+.1f} points over {runner_up['strategy']}"
-        n_val = best["results"].get("data", {}).get("val")
-        if n_val:  # how many images decided it: on small validation sets a point is one or two images
-            versus += f": {round(margin * n_val)} of {n_val} validation images"
-        if runner_up["status"] == "stopped" and runner_up.get("progress") is not None:
-            versus += f", stopped at {runner_up['progress']:.0%} of its steps"  # a partial score, not its final one
-        versus += ")"
+    versus = _versus(best, runner_up, best["results"].get("data", {}).get("val"))
     reason = (
         f"{best['strategy']} won with val/acc {best['val/acc']:.4f}{versus} at {per_class:.0f} training images per "
         f"class; {sum(t['status'] != 'skipped' for t in tried)} of {len(tried)} candidates trained"
@@ -405,3 +396,19 @@ def _finish(
     log.info("auto: %s", reason)
     print_summary(results, out_dir)
     return results
+
+
+def _versus(best: dict[str, Any], runner_up: dict[str, Any] | None, n_val: int | None) -> str:
+    """How the winner beat the runner-up, for the reason line: the margin, and on how many validation images."""
+    if runner_up is None:
+        return ""
+    margin = best["val/acc"] - runner_up["val/acc"]
+    if margin == 0:  # the first of equals wins: candidates are tried from the cheapest
+        versus = f" (tied with {runner_up['strategy']}, which was tried after it"
+    else:
+        versus = f" ({margin * 100:+.1f} points over {runner_up['strategy']}"
+        if n_val:  # how many images decided it: on small validation sets a point is one or two images
+            versus += f": {round(margin * n_val)} of {n_val} validation images"
+    if runner_up["status"] == "stopped" and runner_up.get("progress") is not None:
+        versus += f", stopped at {runner_up['progress']:.0%} of its steps"  # a partial score, not its final one
+    return versus + ")"
