@@ -3,6 +3,7 @@ that looks like success. Unreadable images and non-image files are skipped with 
 
 from __future__ import annotations
 
+import logging
 import re
 from pathlib import Path
 
@@ -326,6 +327,26 @@ def test_bad_settings_fail_before_any_image_is_decoded(make_cfg, tmp_path, monke
 def test_a_seed_that_is_no_number_is_one_line(tmp_path):
     proc, results = _run(tmp_path, "seed=abc")
     _assert_fails(proc, results, "seed must be a whole number, e.g. seed=0, got abc")
+
+
+@pytest.mark.parametrize("size", ["0", "abc"])
+def test_an_image_size_that_is_no_size_is_one_line(tmp_path, size):
+    proc, results = _run(tmp_path, f"backbone.image_size={size}")
+    _assert_fails(
+        proc, results, "backbone.image_size must be a whole number of pixels, e.g. 224, or null", f"got {size}"
+    )
+
+
+def test_an_image_smaller_than_the_backbones_downsampling_is_warned_about(caplog):
+    """10 px through a 32x-downsampling network trained to chance on the demo without a word (val/acc 0.33)."""
+    from tlx.backbones import create_backbone
+
+    with caplog.at_level(logging.WARNING, logger="tlx.backbones"):
+        create_backbone("tf_efficientnet_lite0", pretrained=False, image_size=32)
+        assert not caplog.records  # 32 px: one pixel at the last stage, as the sweeps run
+        create_backbone("tf_efficientnet_lite0", pretrained=False, image_size=10)
+    assert "backbone.image_size=10 is smaller than tf_efficientnet_lite0's downsampling (32x)" in caplog.text
+    assert "use 32 or more (its pretraining size is 224)" in caplog.text
 
 
 def test_one_hidden_width_is_one_hidden_layer():

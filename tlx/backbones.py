@@ -142,6 +142,11 @@ def create_backbone(
         image_size: train/eval at this square size instead of the pretraining size.
     """
     _check_name(name)
+    if image_size is not None and (isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1):
+        raise ConfigError(
+            f"backbone.image_size must be a whole number of pixels, e.g. 224, or null for the backbone's own size; "
+            f"got {image_size}"
+        )
     # Only the rates that are set: not every architecture takes them (DenseNet has no drop_path_rate).
     kwargs = {k: v for k, v in (("drop_rate", drop_rate), ("drop_path_rate", drop_path_rate)) if v}
     if not pretrained:
@@ -162,15 +167,22 @@ def create_backbone(
     data_config = timm.data.resolve_model_data_config(model)
     native = tuple(data_config["input_size"][-2:])
     if image_size:
-        _set_input_size(model, name, int(image_size), native)
-        data_config["input_size"] = (3, int(image_size), int(image_size))
+        _set_input_size(model, name, image_size, native)
+        data_config["input_size"] = (3, image_size, image_size)
+        stride = max((f.get("reduction", 1) for f in getattr(model, "feature_info", None) or []), default=1)
+        if image_size < stride:  # the last stages see under one pixel: they ran, but what they compute is near noise
+            log.warning(
+                "backbone.image_size=%d is smaller than %s's downsampling (%dx): its last stages see less than one "
+                "pixel, so its features carry little; use %d or more (its pretraining size is %d)",
+                image_size, name, stride, stride, native[0],
+            )  # fmt: skip
 
     def random_twin() -> nn.Module:
         twin = _create(name, kwargs)
         twin.reset_classifier(0)
         twin.eval()  # as the model: the size check's forward pass runs on one image
         if image_size:
-            _set_input_size(twin, name, int(image_size), native)
+            _set_input_size(twin, name, image_size, native)
         return twin
 
     backbone = Backbone(
