@@ -108,6 +108,9 @@ def _resume_and_compare(run_dir: Path, uninterrupted: dict) -> None:
         assert resumed["metrics"][key] == pytest.approx(value, abs=1e-6), key
     assert resumed["best_epoch"] == uninterrupted["best_epoch"] and resumed["epochs"] == uninterrupted["epochs"]
     assert resumed["per_class"] == uninterrupted["per_class"]
+    # its times are the resumed part's, and the summary says so
+    assert resumed["timing"]["resumed"] and not uninterrupted["timing"]["resumed"]
+    assert "since the resume" in proc.stdout
     # The whole history: the epochs before the resume are kept (Lightning's CSVLogger deleted them), none twice.
     with open(run_dir / "logs" / "metrics.csv", newline="") as f:
         validated = [int(float(r["epoch"])) for r in csv.DictReader(f) if r.get("val/acc")]

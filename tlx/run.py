@@ -330,6 +330,7 @@ def train(
             "extract_s": round(extract_s, 3),
             "fit_s": round(fit_s, 3),
             "test_s": round(test_s, 3),
+            "resumed": resume is not None,  # then the times are this part's: the interrupted part's were not kept
         },
         "stages": stages,
         "data": data.counts(),
