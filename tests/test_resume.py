@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import os
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -111,19 +112,27 @@ def _resume_and_compare(run_dir: Path, uninterrupted: dict) -> None:
     # its times are the resumed part's, and the summary says so
     assert resumed["timing"]["resumed"] and not uninterrupted["timing"]["resumed"]
     assert "since the resume" in proc.stdout
+    assert "dirpath has changed" not in proc.stdout + proc.stderr
     # The whole history: the epochs before the resume are kept (Lightning's CSVLogger deleted them), none twice.
     with open(run_dir / "logs" / "metrics.csv", newline="") as f:
         validated = [int(float(r["epoch"])) for r in csv.DictReader(f) if r.get("val/acc")]
     assert validated == list(range(EPOCHS))
 
 
-def test_killed_run_resumes_to_the_same_result(photos, uninterrupted, tmp_path):
+@pytest.mark.parametrize("moved", [False, True], ids=["in-place", "moved"])
+def test_killed_run_resumes_to_the_same_result(photos, uninterrupted, tmp_path, moved):
     run_dir = tmp_path / "run"
     proc = _start(run_dir, photos)
     held = _signal_after_epoch(proc, run_dir, signal.SIGKILL)
     assert proc.returncode == -signal.SIGKILL
     assert 1 <= held < EPOCHS - 1 and read_results(run_dir) is None  # killed mid-training, nothing written
+    if moved:  # to another folder (another disk, a renamed sweep): the checkpoint's state names the old paths
+        run_dir = Path(shutil.move(run_dir, tmp_path / "elsewhere" / "run"))
     _resume_and_compare(run_dir, uninterrupted)
+    # best.ckpt is still the best epoch's (Lightning forgot the best score of a moved directory, and the first epoch
+    # after the resume replaced it, so the run tested other weights than its val metrics are of)
+    best = torch.load(run_dir / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=False)
+    assert best["epoch"] == uninterrupted["best_epoch"]
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])

@@ -238,7 +238,7 @@ def train(
 
     # best.ckpt is this run's, also where an earlier run left one (resume=false, a failed run tried again): Lightning
     # would write best-v1.ckpt beside it, and predict, export and the summary would read the earlier run's model
-    checkpoint = ModelCheckpoint(
+    checkpoint = _BestCheckpoint(
         dirpath=out_dir / "checkpoints", filename="best", monitor="val/acc", mode="max", enable_version_counter=False
     )
     latest = _LastCheckpoint(out_dir / "checkpoints" / "last.ckpt", float(cfg.get("last_checkpoint_every_s", 0)))
@@ -520,6 +520,33 @@ def _cpu_copy(obj: Any) -> Any:
     if isinstance(obj, (list, tuple)):
         return type(obj)(_cpu_copy(v) for v in obj)
     return copy.deepcopy(obj)
+
+
+class _BestCheckpoint(ModelCheckpoint):
+    """Lightning's ModelCheckpoint (``best.ckpt``, the best val/acc so far) that resumes in a moved run directory.
+
+    Its state holds absolute paths; when the directory was moved or copied (another disk, a sweep directory renamed),
+    Lightning dropped the best score on resume ("The dirpath has changed"), so the first epoch after it replaced
+    ``best.ckpt`` whatever its score, and the run tested that epoch's weights under the best epoch's val metrics. The
+    paths are rebased onto the new directory instead.
+    """
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        old = state_dict.get("dirpath")
+        if old and self.dirpath and str(old) != str(self.dirpath):
+
+            def rebase(path: Any) -> Any:
+                if path and Path(path).is_relative_to(old):
+                    return str(Path(self.dirpath) / Path(path).relative_to(old))
+                return path
+
+            state_dict = {
+                **state_dict,
+                "dirpath": self.dirpath,
+                **{k: rebase(state_dict.get(k)) for k in ("best_model_path", "kth_best_model_path", "last_model_path")},
+                "best_k_models": {rebase(k): v for k, v in (state_dict.get("best_k_models") or {}).items()},
+            }
+        super().load_state_dict(state_dict)
 
 
 class _OnInterrupt(pl.Callback):
