@@ -73,3 +73,12 @@ def test_search_persists_continues_and_reports(tmp_path: Path) -> None:
     (sweep / "report.md").unlink()
     report_main([str(sweep)])  # by hand: python -m tlx.report <sweep dir> finds the study in it
     assert (sweep / "report.md").read_text() == md
+
+    # The same search on other images would continue this study: TPE would learn from, and "Best" name, trials on
+    # the first images. One line, before any trial; the study is left as it was.
+    other = run_cli(*args, f"data.root={write_images(tmp_path / 'other', n=6)}", "hydra.sweeper.n_trials=1")
+    err = other.stderr.strip().splitlines()
+    assert other.returncode == 2 and len(err) == 1, other.stderr[-3000:]
+    assert err[0].startswith(f"tlx: error: 3 of the 3 runs of the search in {sweep} are of another config: ")
+    assert "data.root: " in err[0] and err[0].endswith("for a search of this config choose another hydra.sweep.dir")
+    assert len(optuna.load_study(study_name="small_data_optuna", storage=storage).trials) == 3

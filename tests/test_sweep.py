@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from tests.conftest import run_cli, run_main
+from tests.conftest import ROOT, run_cli, run_main
 
 # TINY without its data size: the sweep chooses that.
 SWEEP_TINY = [
@@ -71,6 +71,18 @@ def test_sweep_reports_failures_and_resumes(tmp_path: Path) -> None:
     assert (second.stdout + second.stderr).count("results.json is complete") == 2
     for p, (status, mtime) in before.items():
         assert (p.stat().st_mtime_ns == mtime) == (status == "ok"), p.parent.name
+
+    # The same sweep on other data (data.root is not in the job folders' names): its 2 finished jobs would land in
+    # these folders, be skipped as finished and reported with the other data's results, their saved configs replaced.
+    # One line, before any job runs; nothing in the sweep changes.
+    saved = {p: p.read_bytes() for p in sweep.rglob("*") if p.is_file()}
+    other = run_main(*args, f"data.root={ROOT / 'tlx' / 'demo'}")
+    err = other.stderr.strip().splitlines()
+    assert other.returncode == 2 and len(err) == 1, other.stderr[-3000:]
+    assert err[0].startswith("tlx: error: 2 of this sweep's 4 jobs would run in directories of another sweep: ")
+    assert "holds a finished run of another config (data.root: None -> " in err[0]
+    assert err[0].endswith("choose another hydra.sweep.dir, or run these jobs over with resume=false")
+    assert {p: p.read_bytes() for p in sweep.rglob("*") if p.is_file()} == saved
 
 
 def test_local_parallel_launcher_runs_jobs_in_processes(tmp_path: Path) -> None:

@@ -15,7 +15,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
 # Light imports only up to here: Hydra parses the command line before torch, timm and Lightning load, so a mistyped
@@ -105,17 +105,28 @@ class SameRun(Callback):
     ``resume=false`` starts the directory over, as asked."""
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
-        message = _other_run(Path(str(config.hydra.run.dir)), config)
+        run_dir = Path(str(config.hydra.run.dir))
+        message = _other_run(run_dir, config)
+        if message:
+            from tlx.results import resume_command
+
+            same = resume_command(run_dir).removesuffix(" resume=true")
+            print(f"tlx: error: {message}; continue it as it was ({same}), choose another hydra.run.dir, or start "
+                  "this one over with resume=false", file=sys.stderr)  # fmt: skip
+            sys.exit(2)
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        message = _other_sweep(config)
         if message:
             print(f"tlx: error: {message}", file=sys.stderr)
             sys.exit(2)
 
 
-def _other_run(run_dir: Path, config: DictConfig) -> str | None:
-    """Why ``config`` cannot run in ``run_dir`` (a run of another config is there), or None."""
-    from omegaconf import OmegaConf
+def _other_run(run_dir: Path, config: DictConfig, searched: tuple[str, ...] = ()) -> str | None:
+    """Why ``config`` cannot run in ``run_dir`` (a run of another config is there), or None. ``searched``: keys (and
+    groups) a search sets per run, not compared."""
 
-    from tlx.results import read_results, resume_command, starts_over
+    from tlx.results import read_results, starts_over
 
     saved = run_dir / ".hydra" / "config.yaml"
     status = (read_results(run_dir) or {}).get("status")
@@ -125,16 +136,59 @@ def _other_run(run_dir: Path, config: DictConfig) -> str | None:
     if status not in ("ok", "interrupted", "preempted") and not last.is_file():
         return None  # nothing to continue (a failed run, or none yet): this config starts it
     old, new = (_flat(OmegaConf.to_container(c, resolve=False)) for c in (OmegaConf.load(saved), config))
-    differ = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k) and not _ignored(k))
+    differ = sorted(
+        k
+        for k in old.keys() | new.keys()
+        if old.get(k) != new.get(k) and not _ignored(k) and not any(k == s or k.startswith(f"{s}.") for s in searched)
+    )
     if not differ:
         return None
     shown = ", ".join(f"{k}: {old.get(k, '(unset)')} -> {new.get(k, '(unset)')}" for k in differ[:3])
     more = f" and {len(differ) - 3} more" if len(differ) > 3 else ""
     what = {"ok": "a finished run", None: "a killed run"}.get(status, f"an {status} run")
+    return f"{run_dir} holds {what} of another config ({shown}{more})"
+
+
+def _other_sweep(config: DictConfig) -> str | None:
+    """Why the sweep of ``config`` cannot run in its ``hydra.sweep.dir`` (jobs it would run there hold runs of another
+    config: a finished one would be skipped and reported as this sweep's, its saved config replaced), or None.
+
+    The jobs are the sweeper's own (its ``params`` and the command line's sweeps, as Hydra's basic sweeper splits
+    them), each composed as Hydra composes it before launching; a sweep with another sweeper (Optuna's trials are
+    chosen as it goes) is compared on the settings it does not search."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    sweep_dir = Path(str(config.hydra.sweep.dir))
+    if not sweep_dir.is_dir():
+        return None
+    loader = GlobalHydra.instance().config_loader()
+    searched = OmegaConf.select(config, "hydra.sweeper.params") or {}
+    if not str(OmegaConf.select(config, "hydra.sweeper._target_") or "").endswith("BasicSweeper"):
+        runs = sorted(d for d in sweep_dir.iterdir() if (d / ".hydra" / "config.yaml").is_file())
+        others = [m for d in runs if (m := _other_run(d, config, tuple(searched)))]
+        if not others:
+            return None
+        return (  # e.g. Optuna's study in the sweep dir would go on from trials on other data
+            f"{len(others)} of the {len(runs)} runs of the search in {sweep_dir} are of another config: {others[0]}; "
+            "for a search of this config choose another hydra.sweep.dir"
+        )
+    params = [f"{k}={v}" for k, v in searched.items()]
+    parsed = OverridesParser.create(config_loader=loader).parse_overrides([*params, *config.hydra.overrides.task])
+    jobs = [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
+    others = []
+    for job in jobs:
+        job_cfg = loader.load_sweep_config(config, job)
+        job_dir = sweep_dir / str(job_cfg.hydra.sweep.subdir)
+        message = _other_run(job_dir, job_cfg) if job_dir.is_dir() else None
+        if message:
+            others.append(message)
+    if not others:
+        return None
     return (
-        f"{run_dir} holds {what} of another config ({shown}{more}); continue it as it was "
-        f"({resume_command(run_dir).removesuffix(' resume=true')}), choose another hydra.run.dir, or start this one "
-        "over with resume=false"
+        f"{len(others)} of this sweep's {len(jobs)} jobs would run in directories of another sweep: {others[0]}; for a "
+        "sweep of this config choose another hydra.sweep.dir, or run these jobs over with resume=false"
     )
 
 
