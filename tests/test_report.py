@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import csv
 import json
+import shutil
 import statistics
 import subprocess
 import sys
@@ -110,6 +111,28 @@ def test_report_other_metric_and_cli(sweep: Path) -> None:
     main([str(sweep), "--metric", "val/acc"])
     rows = list(csv.DictReader((sweep / "report.csv").open()))
     assert float(rows[0]["mean"]) == pytest.approx(0.72) and rows[0]["metric"] == "val/acc"
+
+
+def test_cli_refuses_what_it_cannot_report_and_keeps_the_report(sweep: Path, tmp_path: Path, capsys) -> None:
+    """A mistyped --metric rewrote a good report as "every job failed"; an empty folder got a report of 0 jobs; a
+    folder of several sweeps got one report of all their jobs. Each is one line, exit 2, nothing written."""
+    main([str(sweep)])
+    before = {p.name: p.read_bytes() for p in sweep.glob("report.*")}
+    (tmp_path / "empty").mkdir()
+    for sweep_copy in ("a", "b"):
+        shutil.copytree(sweep, tmp_path / "two" / sweep_copy)
+        (tmp_path / "two" / sweep_copy / "multirun.yaml").write_text("hydra: {}\n")
+    for argv, expected in (
+        ([str(sweep), "--metric", "test/accc"], "no finished job has the metric test/accc; theirs: test/acc, val/acc"),
+        ([str(tmp_path / "empty")], f"no run, evaluation or sweep job in {tmp_path / 'empty'}"),
+        ([str(tmp_path / "two")], f"{tmp_path / 'two'} holds 2 sweeps; give one of them: {tmp_path / 'two' / 'a'}, "),
+    ):
+        with pytest.raises(SystemExit) as exit_:
+            main(argv)
+        assert exit_.value.code == 2
+        assert capsys.readouterr().err.startswith(f"tlx.report: error: {expected}")
+    assert {p.name: p.read_bytes() for p in sweep.glob("report.*")} == before
+    assert not list((tmp_path / "empty").iterdir()) and not list((tmp_path / "two").glob("report.*"))
 
 
 def test_callback_never_fails_the_sweep(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:

@@ -667,7 +667,32 @@ def main(argv: list[str] | None = None) -> None:
     elif (args.dir / OPTUNA_DB).is_file():
         write_trials_report(args.dir, f"sqlite:///{args.dir / OPTUNA_DB}")
     else:
-        write_report(args.dir, args.metric)
+        try:
+            jobs = sweep_jobs(args.dir, args.metric)
+        except ConfigError as e:  # nothing is written: a report already there stays as it was
+            parser.exit(2, f"tlx.report: error: {e}\n")
+        write_report(args.dir, args.metric, jobs)
+
+
+def sweep_jobs(sweep_dir: Path, metric: str) -> list[Job]:
+    """The jobs of the one sweep in ``sweep_dir`` (:func:`collect_jobs`), or a ConfigError when there is none, when
+    the folder holds several sweeps (their jobs would be reported as one), or when no finished job has ``metric`` (a
+    mistyped ``--metric`` turned a good report into "every job failed")."""
+    sweeps = sorted(p.parent for p in sweep_dir.rglob("multirun.yaml"))
+    if len(sweeps) > 1 and sweep_dir not in sweeps:
+        shown = ", ".join(str(d) for d in sweeps[:3]) + (f" and {len(sweeps) - 3} more" if len(sweeps) > 3 else "")
+        raise ConfigError(f"{sweep_dir} holds {len(sweeps)} sweeps; give one of them: {shown}")
+    jobs = collect_jobs(sweep_dir, metric)
+    if not jobs:
+        raise ConfigError(
+            f"no run, evaluation or sweep job in {sweep_dir} (none has a results.json or .hydra/config.yaml); give a "
+            "run directory, an evaluation directory or a sweep directory (hydra.sweep.dir)"
+        )
+    lacking = [j for j in jobs if j.error == f"no {metric} in results.json"]
+    if lacking and not any(j.status == "ok" for j in jobs):
+        names = sorted((read_results(sweep_dir / lacking[0].path) or {}).get("metrics", {}))
+        raise ConfigError(f"no finished job has the metric {metric}; theirs: {', '.join(names)}")
+    return jobs
 
 
 if __name__ == "__main__":
