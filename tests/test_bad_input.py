@@ -288,6 +288,9 @@ def test_val_fraction_outside_0_1_is_named_as_such(tmp_path):
     [
         (["trainer.max_epochs=-1"], "trainer.max_epochs must be >= 1 (or -1 with trainer.max_steps > 0), got -1"),
         (["data.test_fraction=-0.1"], "data.test_fraction must be in [0, 1)"),
+        (["trainer.max_epochs=two"], "trainer.max_epochs must be a whole number, e.g. trainer.max_epochs=2, got two"),
+        (["freeze=last_n", "freeze.n=two"], "freeze.n must be a whole number, e.g. freeze.n=2, got two"),
+        (["head=reinit_last", "head.n=1.5"], "head.n must be a whole number, e.g. head.n=2, got 1.5"),
         (["data.val_fraction=0.5", "data.test_fraction=0.5"], "data.val_fraction + data.test_fraction must be < 1"),
         (["data.fraction=0"], "data.fraction must be a number in (0, 1] (or null: all), got 0"),
         (["data.samples_per_class=0"], "data.samples_per_class must be a whole number >= 1 (or null: all), got 0"),

@@ -420,6 +420,10 @@ def _check_before_data(cfg: DictConfig, stages: int, out_dir: Path) -> None:
     The data, freeze, head and cache constructors check their own ranges; this checks what needs more than one
     setting: the trainer's length, freeze.n and head.n against the backbone's ``stages``, writable folders.
     """
+    for key in ("trainer.max_epochs", "trainer.max_steps", "freeze.n", "head.n"):  # int() below: a traceback
+        value = OmegaConf.select(cfg, key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+            raise ConfigError(f"{key} must be a whole number, e.g. {key}=2, got {value}")
     epochs, steps = cfg.trainer.get("max_epochs"), cfg.trainer.get("max_steps")
     if epochs is not None and int(epochs) < 1 and not (int(epochs) == -1 and steps is not None and int(steps) > 0):
         raise ConfigError(
