@@ -72,6 +72,20 @@ def test_sweep_reports_failures_and_resumes(tmp_path: Path) -> None:
     for p, (status, mtime) in before.items():
         assert (p.stat().st_mtime_ns == mtime) == (status == "ok"), p.parent.name
 
+    # The bad strategy dropped from the command: its failed jobs' folders stay in the fixed sweep dir and in the
+    # report, but do not fail this command, which ran only good jobs.
+    fixed = run_main(*[a.replace("strategy=head_only,impossible", "strategy=head_only") for a in args])
+    assert fixed.returncode == 0, fixed.stderr[-3000:]
+    assert "report.md also lists 2 unfinished job(s) of earlier commands in " in fixed.stdout + fixed.stderr
+
+    # A sweep dir named by the time is new for each command: the line says which one to run again into.
+    kept = [a for a in args if not a.startswith(("hydra.sweep.dir=", "data.samples_per_class=", "strategy="))]
+    timed = run_main(*kept, f"hydra.sweep.dir={tmp_path}/timed_${{now:%H-%M-%S-%f}}", "strategy=impossible")
+    (timed_dir,) = tmp_path.glob("timed_*")
+    assert timed.returncode == 1 and timed.stderr.strip().splitlines()[-1].endswith(
+        f"fix that and run the same command again with hydra.sweep.dir={timed_dir}: it re-runs only those"
+    )
+
     # The same sweep on other data (data.root is not in the job folders' names): its 2 finished jobs would land in
     # these folders, be skipped as finished and reported with the other data's results, their saved configs replaced.
     # One line, before any job runs; nothing in the sweep changes.

@@ -153,37 +153,25 @@ def _other_sweep(config: DictConfig) -> str | None:
     """Why the sweep of ``config`` cannot run in its ``hydra.sweep.dir`` (jobs it would run there hold runs of another
     config: a finished one would be skipped and reported as this sweep's, its saved config replaced), or None.
 
-    The jobs are the sweeper's own (its ``params`` and the command line's sweeps, as Hydra's basic sweeper splits
-    them), each composed as Hydra composes it before launching; a sweep with another sweeper (Optuna's trials are
-    chosen as it goes) is compared on the settings it does not search."""
-    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
-    from hydra.core.global_hydra import GlobalHydra
-    from hydra.core.override_parser.overrides_parser import OverridesParser
+    The jobs are composed as Hydra's basic sweeper composes them (:func:`tlx.sweeps.job_configs`); a search whose
+    runs are chosen as it goes (Optuna) is compared on the settings it does not search."""
+    from tlx.sweeps import job_configs, job_dir
 
     sweep_dir = Path(str(config.hydra.sweep.dir))
     if not sweep_dir.is_dir():
         return None
-    loader = GlobalHydra.instance().config_loader()
-    searched = OmegaConf.select(config, "hydra.sweeper.params") or {}
-    if not str(OmegaConf.select(config, "hydra.sweeper._target_") or "").endswith("BasicSweeper"):
+    jobs = job_configs(config)
+    if jobs is None:
+        searched = tuple(OmegaConf.select(config, "hydra.sweeper.params") or {})
         runs = sorted(d for d in sweep_dir.iterdir() if (d / ".hydra" / "config.yaml").is_file())
-        others = [m for d in runs if (m := _other_run(d, config, tuple(searched)))]
+        others = [m for d in runs if (m := _other_run(d, config, searched))]
         if not others:
             return None
         return (  # e.g. Optuna's study in the sweep dir would go on from trials on other data
             f"{len(others)} of the {len(runs)} runs of the search in {sweep_dir} are of another config: {others[0]}; "
             "for a search of this config choose another hydra.sweep.dir"
         )
-    params = [f"{k}={v}" for k, v in searched.items()]
-    parsed = OverridesParser.create(config_loader=loader).parse_overrides([*params, *config.hydra.overrides.task])
-    jobs = [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
-    others = []
-    for job in jobs:
-        job_cfg = loader.load_sweep_config(config, job)
-        job_dir = sweep_dir / str(job_cfg.hydra.sweep.subdir)
-        message = _other_run(job_dir, job_cfg) if job_dir.is_dir() else None
-        if message:
-            others.append(message)
+    others = [m for job in jobs if job_dir(config, job).is_dir() and (m := _other_run(job_dir(config, job), job))]
     if not others:
         return None
     return (

@@ -259,10 +259,27 @@ class SweepReport(Callback):
             write_report(sweep_dir, self.metric, jobs)
         except Exception:  # the jobs' results are already on disk; a broken report must not turn the sweep red
             log.exception("could not write the sweep report; retry with: python -m tlx.report %s", sweep_dir)
-        failed = sum(j.status != "ok" for j in jobs)
+        from tlx.sweeps import job_configs, job_dir
+
+        # This command's jobs: a fixed sweep dir also holds the folders of earlier commands' jobs (a job that failed
+        # on a value since corrected), which the report lists but which do not fail this command.
+        known = job_configs(config)
+        mine = None if known is None else {job_dir(config, job) for job in known}
+        ran = [j for j in jobs if mine is None or sweep_dir / j.path in mine]
+        earlier = [j for j in jobs if j not in ran and j.status != "ok"]
+        if earlier:
+            log.warning(
+                "report.md also lists %d unfinished job(s) of earlier commands in %s (%s); delete their folders to "
+                "leave them out", len(earlier), sweep_dir, ", ".join(j.path for j in earlier[:3]),
+            )  # fmt: skip
+        failed = sum(j.status != "ok" for j in ran)
         if failed:
-            print(f"tlx: error: {failed} of {len(jobs)} sweep jobs did not finish (report.md in {sweep_dir} says "
-                  "why); fix that and run the same command again: it re-runs only those", file=sys.stderr)  # fmt: skip
+            # A sweep dir named by the time is new for every command: the same command alone would run all again.
+            again = "the same command again"
+            if "${now:" in str(OmegaConf.to_container(config.hydra.sweep, resolve=False).get("dir")):
+                again += f" with hydra.sweep.dir={sweep_dir}"
+            print(f"tlx: error: {failed} of {len(ran)} sweep jobs did not finish (report.md in {sweep_dir} says "
+                  f"why); fix that and run {again}: it re-runs only those", file=sys.stderr)  # fmt: skip
             raise SystemExit(1)  # not an Exception: Hydra's callback runner lets it end the process
 
 
