@@ -135,6 +135,15 @@ def test_cli_refuses_what_it_cannot_report_and_keeps_the_report(sweep: Path, tmp
     assert not list((tmp_path / "empty").iterdir()) and not list((tmp_path / "two").glob("report.*"))
 
 
+def test_an_interrupted_job_is_listed_as_resumable_not_as_an_unexplained_failure(tmp_path: Path) -> None:
+    root = tmp_path / "multirun"
+    _job(root, 10, "head_only", 0, _ok(0.7, 12_810, 10))
+    _job(root, 10, "last_n(2)", 0, {"status": "interrupted", "resume": "python -m tlx ... resume=true"})
+    md = write_report(root)["md"].read_text()
+    assert "(interrupted): stopped before the end; the sweep's command again resumes it from its last.ckpt" in md
+    assert "no error recorded" not in md
+
+
 def test_callback_never_fails_the_sweep(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     cfg = OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path / "missing" / "dir")}}})
     SweepReport().on_multirun_end(cfg)  # the directory does not exist: the report fails, the callback logs it

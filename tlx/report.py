@@ -168,6 +168,8 @@ def collect_jobs(sweep_dir: Path, metric: str = "test/acc") -> list[Job]:
         results = read_results(d)
         if results is not None:
             job.status, job.error = results.get("status", "unknown"), results.get("error")
+            if job.status in ("interrupted", "preempted") and not job.error:
+                job.error = "stopped before the end; the sweep's command again resumes it from its last.ckpt"
         if job.status == "ok":
             job.value = results.get("metrics", {}).get(metric)
             job.trainable = results.get("params", {}).get("trainable")
