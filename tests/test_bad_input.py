@@ -73,6 +73,15 @@ def test_data_source_missing_ends_before_the_heavy_imports(tmp_path, source):
     assert "tlx.sources" in imported and not HEAVY & imported
 
 
+def test_a_relative_data_root_that_is_not_found_names_where_it_was_looked_for(tmp_path, monkeypatch):
+    """A run rerun from its saved config in another folder looks for its relative data.root there."""
+    from tlx.sources import image_folder
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError, match=re.escape(f"data root not found: photos/cats (relative to {tmp_path});")):
+        image_folder("photos/cats")
+
+
 @pytest.mark.parametrize("layout", ["empty_class", "clutter_only_class", "extra_val_class", "no_class_folders"])
 def test_a_folder_that_cannot_be_a_dataset_ends_before_the_heavy_imports(tmp_path, layout):
     """The class-folder checks need only a walk of the folders (at most one image per class), so they run before

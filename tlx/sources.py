@@ -27,7 +27,9 @@ def image_folder(root: Any) -> Path:
     if not path.is_dir():
         what = "is a file, not a folder" if path.is_file() else "not found"
         hint = " (a label file goes in data=csv data.path=...)" if path.suffix.lower() == ".csv" else ""
-        raise ConfigError(f"data root {what}: {path}; set data.root=<folder with one subfolder per class>{hint}")
+        raise ConfigError(
+            f"data root {what}: {_shown(path)}; set data.root=<folder with one subfolder per class>{hint}"
+        )
     return path
 
 
@@ -37,8 +39,16 @@ def label_file(path: Any) -> Path:
     if not path.is_file():
         what = "is a folder, not a file" if path.is_dir() else "not found"
         hint = " (a folder of class folders goes in data=folder data.root=...)" if path.is_dir() else ""
-        raise ConfigError(f"label file {what}: {path}; set data.path=<a .csv with path,label[,split] rows>{hint}")
+        raise ConfigError(
+            f"label file {what}: {_shown(path)}; set data.path=<a .csv with path,label[,split] rows>{hint}"
+        )
     return path
+
+
+def _shown(path: Path) -> str:
+    """``path`` for an error line: a relative one with the folder it was looked for in (a run rerun from its saved
+    config in another folder looks for its relative data there)."""
+    return str(path) if path.is_absolute() else f"{path} (relative to {Path.cwd()})"
 
 
 # Names synced, zipped, edited and browsed folders collect that are never classes or images (lower case).
