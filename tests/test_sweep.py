@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import ROOT, run_cli, run_main
 
 # TINY without its data size: the sweep chooses that.
@@ -150,3 +152,32 @@ def test_ddp_on_cpu_writes_results_once(tmp_path: Path) -> None:
     assert done.stdout.count("run dir") == 1  # the summary of rank 0 only
     output = done.stdout + done.stderr
     assert [output.count(f"epoch {e}/2: train/loss") for e in (1, 2)] == [1, 1], output[-3000:]  # rank 0's lines only
+
+
+def test_ctrl_c_while_a_sweep_waits_for_slurm_jobs_names_the_jobs_that_go_on(monkeypatch, capsys) -> None:
+    """Ctrl-C in the process that waits for a SLURM sweep stops the waiting, not the jobs: it was a KeyboardInterrupt
+    traceback from submitit, and the same command run again at once trained the running jobs a second time."""
+    import sys
+
+    from submitit.slurm import slurm
+
+    import tlx.__main__ as cli
+
+    watcher = slurm.SlurmInfoWatcher(delay_s=600)
+    for job in ("7", "7_1", "7_0", "7_2"):  # an array of 3 (submitit registers the array too)
+        watcher.register_job(job)
+    watcher._finished.add("7_2")  # this one ended before the Ctrl-C
+    monkeypatch.setattr(slurm.SlurmJob, "watcher", watcher)
+
+    def waiting_for_jobs() -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "main", waiting_for_jobs)
+    monkeypatch.setattr(sys, "argv", ["tlx", "-m", "hydra/launcher=slurm"])
+    with pytest.raises(SystemExit) as stop:
+        cli._main()
+    assert stop.value.code == 130
+    assert capsys.readouterr().err == (
+        "tlx: interrupted; its 2 SLURM job(s) 7_0, 7_1 go on: 'scancel 7_0 7_1' stops them, and the same command again "
+        "once they have ended reports them (while they run, it would train them a second time)\n"
+    )

@@ -306,6 +306,24 @@ def _parses(parser: Any, arg: str) -> bool:
         return False
 
 
-if __name__ == "__main__":
+def _main() -> None:
+    """``python -m tlx``: a Ctrl-C while a sweep waits for its SLURM jobs is one line naming the jobs that go on (a
+    run or an in-process sweep job records its own interruption and exits 130 itself)."""
     sys.argv[1:] = path_friendly(sys.argv[1:])
-    main()
+    try:
+        main()
+    except KeyboardInterrupt:
+        from tlx.squeue import left_running
+
+        jobs = left_running()
+        running = ""
+        if jobs:
+            running = (f"; its {len(jobs)} SLURM job(s) {', '.join(jobs)} go on: 'scancel {' '.join(jobs)}' stops "
+                       "them, and the same command again once they have ended reports them (while they run, it would "
+                       "train them a second time)")  # fmt: skip
+        print(f"tlx: interrupted{running}", file=sys.stderr)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    _main()

@@ -84,3 +84,17 @@ def _make_watcher(base: type) -> type:
             return info
 
     return SqueueFallbackWatcher
+
+
+def left_running() -> list[str]:
+    """The SLURM jobs this process submitted and has not seen end (none where it submitted none): a Ctrl-C while a
+    sweep waits for its jobs stops the waiting, not the jobs."""
+    import sys
+
+    slurm = sys.modules.get("submitit.slurm.slurm")
+    watcher = getattr(getattr(slurm, "SlurmJob", None), "watcher", None)
+    if watcher is None:
+        return []
+    left = set(watcher._registered) - set(watcher._finished)
+    tasks = {j for j in left if not any(k.startswith(f"{j}_") for k in left)}  # an array's tasks, not the array too
+    return sorted(tasks, key=lambda j: (len(j), j))
