@@ -16,7 +16,7 @@ from tlx.predict import load_run
 from tlx.probe import Probe, fit_probe
 from tlx.run import train
 
-from .conftest import TINY, run_cli, run_main, write_images
+from .conftest import CONF, TINY, run_cli, run_main, write_images
 
 AUTO_RUN = [*TINY, "data=folder", "data.val_fraction=0.25", "+experiment=auto", "data.samples_per_class=null"]
 
@@ -153,6 +153,19 @@ def test_auto_tries_candidates_and_keeps_the_best(auto_runs):
     assert f"{first['timing']['total_s']:.1f} s for the search; the winner&#x27;s own run in it: " in report
 
 
+def test_the_searchs_own_settings_stay_out_of_its_candidates():
+    """auto.budget_s=60 on the command line failed every auto run ("Key 'auto' is not in struct"): each candidate is
+    composed from the run's overrides, and a candidate has no auto section."""
+    from hydra import initialize_config_dir
+
+    from tlx.__main__ import _compose_candidate
+
+    overrides = ["+experiment=auto", "auto.budget_s=60", "++auto.gap=0.05", "trainer.max_epochs=3"]
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = _compose_candidate("config", overrides, "reinit_last")
+    assert "auto" not in cfg and cfg.trainer.max_epochs == 3 and cfg.head._target_.endswith("ReinitLastHead")
+
+
 def test_reason_names_a_tie_and_a_partial_score():
     """A tie is said as one (the first of equals wins), not as "+0.0 points ... 0 of 300 validation images"."""
     best = {"strategy": "reinit_last", "val/acc": 0.9}
@@ -210,6 +223,23 @@ def test_resumed_auto_does_not_redo_finished_candidates(auto_runs):
     resumed = json.loads((run / "results.json").read_text())
     assert all((run / d / "results.json").is_file() for d in trained)
     assert resumed["auto"]["winner"] == first["auto"]["winner"]
+
+
+def test_resume_false_starts_the_search_over_with_this_commands_settings(auto_runs):
+    """resume=false on a finished auto run reused its candidates (their saved configs and finished results): the run's
+    config then said 1 epoch and its candidates had trained 2."""
+    tmp, data, first, _ = auto_runs
+    run = tmp / "over"
+    shutil.copytree(tmp / "a", run)
+    trained = [
+        c["dir"] for c in first["auto"]["candidates"] if c["status"] == "finished" and c["strategy"] != "head_only"
+    ]
+    assert trained and all(json.loads((run / d / "results.json").read_text())["epochs"] == 2 for d in trained)
+    again = _auto(tmp, "over", data, "trainer.max_epochs=1", "resume=false", run=run_main)
+    assert again["epochs"] == 1 or again["auto"]["winner"] == "head_only"
+    for d in trained:
+        assert json.loads((run / d / "results.json").read_text())["epochs"] == 1, d
+        assert "max_epochs: 1" in (run / d / ".hydra" / "config.yaml").read_text()
 
 
 def test_auto_reruns_from_its_saved_config(auto_runs):
@@ -296,6 +326,10 @@ def test_race_stops_a_candidate_that_trails_the_leader_at_the_same_step():
     no_gap = _Race(0.65, leader, check_fraction=0.25, slack=0.1, gap=None, deadline=None)
     assert "could not reach 0.6500" in _race_step(no_gap, 50, 0.47)
     assert no_gap.lost and not no_gap.trailed  # lost, but not by trailing: the deeper candidates are still tried
+    # past the budget: a training candidate stops; the probe, validated once at step 0 when it has finished, is not
+    # recorded as stopped (it was: "budget spent at 0%" on a fully fitted probe)
+    assert _race_step(_Race(-1.0, [], 0.25, 0.15, 0.03, deadline=0.0), 100, 0.5) == "budget spent at 50%"
+    assert _race_step(_Race(-1.0, [], 0.25, 0.15, 0.03, deadline=0.0), 0, 0.5) is None
 
 
 def test_a_candidate_that_trails_the_leader_skips_the_deeper_ones():

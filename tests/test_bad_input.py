@@ -407,6 +407,10 @@ def test_an_experiment_and_a_strategy_together_are_one_line(tmp_path):
     assert (
         _run(tmp_path, "+experiment=auto", "auto.budget_s=1", "--cfg", "job")[0].returncode == 0
     )  # auto is a strategy
+    # the command line's strategy replaced the experiment's auto: it trained plain last_n2, with no search
+    for order in (("+experiment=auto", "strategy=last_n2"), ("strategy=last_n2", "+experiment=auto")):
+        proc, results = _run(tmp_path, *order)
+        _assert_fails(proc, results, "+experiment=auto is strategy=auto, and strategy=last_n2 replaced it")
 
 
 def test_a_head_setting_of_another_head_is_one_line(make_cfg, tmp_path):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 import signal
 import sys
 from functools import partial
@@ -53,12 +54,14 @@ def _compose_candidate(
     gpu_job: tuple[int, int] | None = None,
     rerun_of: Path | None = None,
 ) -> DictConfig:
-    """The config of an auto candidate: this run's own overrides, with ``strategy=<candidate>`` instead of auto.
+    """The config of an auto candidate: this run's own overrides but the search's (``auto.*``), with
+    ``strategy=<candidate>`` instead of auto.
 
     ``gpu_job``: (job number, visible GPUs) of a sweep job, which is pinned to a GPU as the auto job itself was.
     ``rerun_of``: the run whose saved config this run reruns; its saved candidate config is the base instead.
     """
-    kept = [o for o in overrides if not o.lstrip("+~").startswith("strategy=")]
+    # The search's own settings (auto.budget_s=..., +auto.x=...) are not the candidate's: it has no auto section
+    kept = [o for o in overrides if not o.lstrip("+~").startswith(("strategy=", "auto.", "auto="))]
     if rerun_of is not None:
         cfg = saved_candidate(rerun_of, strategy, kept)
     else:
@@ -202,6 +205,12 @@ def _check_presets(choices: Any) -> None:
         return
     path = CONF / "experiment" / f"{experiment}.yaml"  # (a text search: the file's defaults list is all that counts)
     text = path.read_text() if path.is_file() else ""
+    chosen = re.search(r"override /strategy:\s*(\w+)", text)
+    if chosen and chosen.group(1) != strategy:  # the command line's strategy won: +experiment=auto ran no search
+        raise ConfigError(
+            f"+experiment={experiment} is strategy={chosen.group(1)}, and strategy={strategy} replaced it; use "
+            f"strategy={strategy} alone, or +experiment={experiment} alone"
+        )
     if "override /freeze" in text or "override /head" in text:
         raise ConfigError(
             f"+experiment={experiment} and strategy={strategy} both set what trains (freeze, head, lr), and the "

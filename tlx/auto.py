@@ -166,7 +166,7 @@ class _Race(pl.Callback):
         best = max(h["val/acc"] for h in module.val_history)
         # the leader's best validation accuracy by the same step
         lead = max((acc for s, acc in self.leader_curve if s <= step), default=None)
-        if self.deadline is not None and time.monotonic() > self.deadline:
+        if self.deadline is not None and time.monotonic() > self.deadline and step:  # (a probe at step 0 is done)
             self.stopped = f"budget spent at {self.progress:.0%}"
         elif self.progress >= self.check_fraction and self.progress < 1:
             gap_applies = self.gap is not None and lead is not None and self.progress >= self.gap_from
@@ -201,6 +201,11 @@ def run_auto(cfg: DictConfig, out_dir: Path, compose: Callable[[str], DictConfig
     if skipped(done, cfg, out_dir):  # as a finished fixed run is
         return done
     settings: Auto = instantiate(cfg.auto)
+    if starts_over(cfg) and (out_dir / CANDIDATES_DIR).is_dir():
+        # resume=false: the search starts over, from candidates composed anew from this command (their saved configs
+        # and finished results were reused: the run's config said one thing and its candidates had trained another)
+        log.info("auto: resume=false: the candidates of the earlier search in %s are replaced", out_dir)
+        shutil.rmtree(out_dir / CANDIDATES_DIR)
     configs = {name: _candidate_config(out_dir, name, compose) for name in [PROBE, *settings_names(settings)]}
     # seeded as a fixed run is before it builds anything: a randomly initialised backbone (pretrained=false) is then
     # the same as the one its strategy run alone would build
