@@ -3,6 +3,7 @@ that looks like success. Unreadable images and non-image files are skipped with 
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 from pathlib import Path
@@ -334,6 +335,14 @@ def test_bad_settings_fail_before_any_image_is_decoded(make_cfg, tmp_path, monke
     cfg = make_cfg("data=folder", f"data.root={root}", "data.samples_per_class=null", *overrides)
     with pytest.raises(ConfigError, match=re.escape(expected.replace("BLOCKED", str(tmp_path / "BLOCKED")))):
         train(cfg, tmp_path / "run")
+
+
+def test_a_run_that_diverged_fails_instead_of_finishing_ok(tmp_path):
+    # optim.lr=1e30 turns the weights infinite and the loss NaN in the first steps: the run finished "ok" with NaN
+    # predictions, and results.json held a bare NaN, which strict JSON parsers reject
+    proc, results = _run(tmp_path, "strategy=reinit_last", "optim.lr=1e30", "trainer.max_epochs=2")
+    _assert_fails(proc, results, "training diverged: val/loss is nan", "lower optim.lr (now 1e+30)")
+    json.loads((tmp_path / "run" / "results.json").read_text(), parse_constant=pytest.fail)  # no NaN anywhere
 
 
 def test_a_seed_that_is_no_number_is_one_line(tmp_path):

@@ -148,7 +148,7 @@ def _other_run(run_dir: Path, config: DictConfig, searched: tuple[str, ...] = ()
         return None
     shown = ", ".join(f"{k}: {old.get(k, '(unset)')} -> {new.get(k, '(unset)')}" for k in differ[:3])
     more = f" and {len(differ) - 3} more" if len(differ) > 3 else ""
-    what = {"ok": "a finished run", None: "a killed run"}.get(status, f"an {status} run")
+    what = {"ok": "a finished run", None: "a killed run", "failed": "a failed run"}.get(status, f"an {status} run")
     return f"{run_dir} holds {what} of another config ({shown}{more})"
 
 

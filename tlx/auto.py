@@ -39,7 +39,7 @@ import pytorch_lightning as pl
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from tlx.errors import ConfigError
+from tlx.errors import ConfigError, Diverged
 from tlx.features import find_cut
 from tlx.rerun import load_saved_config, make_rerunnable
 from tlx.results import print_summary, read_results, resume_command, skipped, starts_over, write_results
@@ -270,6 +270,11 @@ def run_auto(cfg: DictConfig, out_dir: Path, compose: Callable[[str], DictConfig
             except (KeyboardInterrupt, SystemExit):  # Ctrl-C or SIGTERM: the search resumes as a whole
                 write_results(out_dir, {"status": "interrupted", "candidate": name, "resume": resume_command(out_dir)})
                 raise
+            except Diverged as e:  # a candidate whose training blew up cannot win; the others still can
+                write_results(run_dir, {"status": "failed", "error": str(e)})
+                tried.append(row | {"status": "failed", "why": str(e)})
+                log.warning("auto: %s failed: %s", name, e)
+                continue
             results["auto_candidate"] = {
                 "stopped": race.stopped,
                 "trailed": race.trailed,

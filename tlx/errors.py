@@ -12,6 +12,11 @@ class ConfigError(ValueError):
     """A user-facing configuration or input error; the message names the fix."""
 
 
+class Diverged(ConfigError):
+    """Training ended with a model whose validation loss is not a number (too high a learning rate, 16-bit overflow):
+    a run fails with it; an auto search drops the candidate and goes on."""
+
+
 class Terminated(KeyboardInterrupt):
     """SIGTERM outside Lightning's loops (feature extraction, building the model; ``tlx.run.sigterm_as_interrupt``):
     handled as a Ctrl-C there is, but the process exits 143 (128 + SIGTERM), as it does when the signal comes during

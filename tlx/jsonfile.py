@@ -7,6 +7,7 @@ Its own tiny module: ``tlx.results`` and ``tlx.report`` use it without importing
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -20,8 +21,19 @@ def probe_writable(folder: Path) -> None:
 
 
 def write_json_atomic(path: Path, obj: Any) -> None:
-    """Write JSON to a temporary file beside ``path``, then rename: readers never see half a file."""
+    """Write JSON to a temporary file beside ``path``, then rename: readers never see half a file. A NaN or infinite
+    number is written as null (Python writes a bare NaN, which JSON does not have: strict parsers reject the file)."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=str))
+    tmp.write_text(json.dumps(_finite(obj), indent=2, default=str, allow_nan=False))
     os.replace(tmp, path)
+
+
+def _finite(obj: Any) -> Any:
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj

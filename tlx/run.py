@@ -6,6 +6,7 @@ import contextlib
 import copy
 import inspect
 import logging
+import math
 import shutil
 import signal
 import threading
@@ -30,7 +31,7 @@ from tlx.cluster import requeue_setup
 from tlx.console import TrainingLines, draws_bars
 from tlx.data import ImageData
 from tlx.devices import torch_device
-from tlx.errors import ConfigError, Terminated
+from tlx.errors import ConfigError, Diverged, Terminated
 from tlx.features import find_cut, use_cached_features
 from tlx.freeze import Freeze
 from tlx.heads import LinearHead, Network
@@ -293,6 +294,7 @@ def train(
     else:
         with on_interrupt.exit_status():
             trainer.fit(module, data.train_dataloader(), data.val_dataloader(), ckpt_path=resume)
+        _check_finite(module.best_val(), cfg)
         fit_s, tested_ckpt = time.perf_counter() - t_fit, "best"
         epochs = int(trainer.current_epoch)
         best_path = Path(checkpoint.best_model_path) if checkpoint.best_model_path else None
@@ -412,6 +414,19 @@ def _probe_stage(
         **fitted.summary(),
         "history": fitted.history,
     }
+
+
+def _check_finite(best: dict[str, Any], cfg: DictConfig) -> None:
+    """A run whose best epoch has a NaN validation loss trained nothing usable (its predictions are NaN, its val/acc
+    whatever argmax of NaN gives); it used to finish as "ok"."""
+    loss = best.get("val/loss")
+    if loss is None or math.isfinite(loss):
+        return
+    precision = str(cfg.trainer.get("precision", "32-true"))
+    fix = f"lower optim.lr (now {OmegaConf.select(cfg, 'optim.lr')})"
+    if not precision.startswith(("32", "64")):
+        fix += f" or train in 32-bit (trainer.precision=32-true; now {precision})"
+    raise Diverged(f"training diverged: val/loss is {loss} at its best val/acc epoch, its predictions NaN; {fix}")
 
 
 def _check_before_data(cfg: DictConfig, stages: int, out_dir: Path) -> None:

@@ -239,8 +239,7 @@ def _auto_html(auto: dict[str, Any]) -> str:
         [
             c["strategy"] + (" (winner)" if c["strategy"] == auto["winner"] else ""),
             c["status"],
-            _fmt(c.get("val/acc", "")),
-            _fmt(c.get("test/acc", "")),
+            *("" if c.get(k) is None else _fmt(c[k]) for k in ("val/acc", "test/acc")),  # (a stopped one: no test)
             f"{c['seconds']:.1f}" if c.get("seconds") is not None else "",
             c.get("why", ""),
         ]
