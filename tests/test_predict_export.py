@@ -145,6 +145,7 @@ def test_predict_cli_says_how_far_it_got_where_no_bar_is_drawn(run_dir, tmp_path
         ("no_checkpoint", "no checkpoint at"),
         ("failed_run", "failed before it trained (data root not found: /nope; set data.root=...); it has no model"),
         ("no_images", "no images in"),
+        ("weights_gone", "cannot rebuild its backbone: weights file not found: "),  # a traceback before
         ("bad_option", "unknown option 'topk'; the options are run_dir=, inputs="),
         ("device=gpu", "device=gpu: use auto, cpu, cuda or cuda:<index>"),
         ("num_workers=-3", "num_workers=-3: use auto or a number of processes >= 0"),
@@ -180,6 +181,12 @@ def test_predict_errors_are_one_line(run_dir, tmp_path, capsys, case, expected):
         if case == "failed_run":
             error = "data root not found: /nope; set data.root=..."
             (tmp_path / "run" / "results.json").write_text(json.dumps({"status": "failed", "error": error}))
+    elif case == "weights_gone":  # trained with backbone.weights=<a local file>, which has since moved
+        shutil.copytree(run_dir, tmp_path / "run")
+        saved = tmp_path / "run" / ".hydra" / "config.yaml"
+        assert "  weights: bundled\n" in saved.read_text()
+        saved.write_text(saved.read_text().replace("  weights: bundled\n", f"  weights: {tmp_path / 'gone.pth'}\n"))
+        args["run_dir"] = str(tmp_path / "run")
     elif case == "no_images":
         (tmp_path / "empty").mkdir()
         args["inputs"] = str(tmp_path / "empty")

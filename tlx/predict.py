@@ -115,7 +115,15 @@ def load_run(run_dir: Path, checkpoint: str = "best") -> TrainedModel:
     # Same order as tlx.run (a reinit_last head rebuilds the backbone's tail). A lean checkpoint takes its frozen
     # tensors from the pretrained weights; a full one holds every tensor, so it needs none (the shapes do not depend
     # on them, and load_state_dict below is strict).
-    backbone = instantiate(cfg.backbone) if is_lean(loaded) else instantiate(cfg.backbone, pretrained=False)
+    try:
+        backbone = instantiate(cfg.backbone) if is_lean(loaded) else instantiate(cfg.backbone, pretrained=False)
+    except Exception as e:  # Hydra wraps the ConfigError of weights that are gone: its fix names the training option
+        if not isinstance(e.__cause__, ConfigError):
+            raise
+        raise ConfigError(
+            f"{run_dir} cannot rebuild its backbone: {str(e.__cause__).split(';')[0]}; its checkpoint leaves out "
+            "the frozen weights, which come from there: put them back, or train the run again"
+        ) from e
     head = instantiate(cfg.head)(backbone=backbone, num_classes=len(classes))
     net = Network(backbone, head)
     loaded.setdefault("state_dict", {})
