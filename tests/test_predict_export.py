@@ -209,6 +209,7 @@ def test_predict_errors_are_one_line(run_dir, tmp_path, capsys, case, expected):
         ("tlx.predict", ["run_dirr=NOPE"], "unknown option 'run_dirr'"),
         ("tlx.export", ["run_dir=NOPE"], "run directory not found"),
         ("tlx.export", ["run_dir=RUN", "out=RUN/files.json/export"], "cannot write out="),
+        ("tlx.export", ["run_dir=RUN", "out=PHOTOS"], "holds other files and no earlier export"),  # were replaced
         ("tlx.evaluate", ["run_dir=NOPE", "inputs=NOPE"], "inputs not found"),
         ("tlx.evaluate", ["run_dir=NOPE", "inputs=PHOTOS"], "run directory not found"),
         ("tlx.evaluate", ["run_dir=NOPE", "inputs=PHOTOS/ant/0.png"], "is a file; give a folder"),
@@ -254,6 +255,8 @@ def test_export_matches_the_checkpoint(run_dir, reference, tmp_path):
     assert pre["input_size"] == [3, 32, 32] and pre["mean"] == [0.5] * 3 and pre["std"] == [0.5] * 3
     assert pre["interpolation"] == "bicubic" and pre["crop_pct"] == 0.875 and pre["resize_shorter_side_to"] == 36
     assert "ImageOps.exif_transpose" in pre["orientation"]  # as tlx.predict reads a phone photo
+    again = run_main(f"run_dir={run_dir}", f"out={tmp_path / 'export'}", "formats=[onnx]", module="tlx.export")
+    assert again.returncode == 0, again.stderr[-3000:]  # an earlier export's folder is written again
 
     x, expected = reference(sorted((run_dir.parent / "photos").rglob("*.png"))[:5])  # (5, 3, 32, 32), (5, K)
     with torch.no_grad():

@@ -8,6 +8,7 @@ transform does. Softmax of the logits gives the probabilities ``tlx.predict`` wr
 from __future__ import annotations
 
 import importlib.util
+import json
 import logging
 import math
 import sys
@@ -100,12 +101,24 @@ def preprocessing(data_config: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _earlier_export(folder: Path) -> bool:
+    """Whether ``folder`` holds what this command writes: a meta.json of tlx.export's."""
+    try:
+        meta = json.loads((folder / "meta.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(meta, dict) and {"files", "preprocessing", "classes"} <= meta.keys()
+
+
 def export(run_dir: Path, formats: list[str], out: Path | None = None, checkpoint: str = "best") -> dict[str, Any]:
     """Export the run's network in ``formats`` into ``out`` (default ``<run_dir>/export``); returns meta.json."""
     unknown = sorted(set(formats) - set(FORMATS))
     if unknown or not formats:
         raise ConfigError(f"unknown export format(s) {unknown or formats}; use formats=[{','.join(FORMATS)}]")
     out = Path(out).expanduser() if out else Path(run_dir) / "export"
+    # A folder that holds anything but an earlier export (its meta.json) is the user's: its files are not replaced
+    if out.is_dir() and any(out.iterdir()) and not _earlier_export(out):
+        raise ConfigError(f"out={out} holds other files and no earlier export; choose another out= folder")
     if Path(run_dir).is_dir():  # (a missing run dir: load_run's own line)
         writable_file(out / "meta.json", "out")  # before the model loads, not after
     model = load_run(run_dir, checkpoint)
