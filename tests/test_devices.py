@@ -88,3 +88,33 @@ def test_auto_candidates_of_a_sweep_job_stay_on_its_gpu():
     assert (pinned.trainer.accelerator, list(pinned.trainer.devices)) == ("gpu", [1])
     assert (alone.trainer.accelerator, alone.trainer.devices) == ("auto", 1)
     assert pinned.head._target_.endswith("ReinitLastHead")
+
+
+@pytest.mark.parametrize("trainer", [[], ["trainer=ddp"]], ids=["devices=2", "trainer=ddp"])
+def test_two_processes_count_every_validation_and_test_image_once(tmp_path, trainer) -> None:
+    """On 2 devices (CPU processes here, GPUs alike) Lightning's DistributedSampler repeated a sample to give both
+    processes as many: with 9 validation images the confusion matrix counted 10 and val/acc was off. trainer=ddp
+    (sync_batchnorm, for GPUs) crashed every process on the CPU with a traceback; it is turned off there."""
+    import json
+
+    from tests.conftest import TINY, run_cli, write_images
+
+    photos = write_images(tmp_path / "photos", n=15)  # 3 x 15: 9 validation and 9 test images at 0.2 / 0.2
+    proc = run_cli(
+        *TINY,
+        *trainer,
+        "data=folder",
+        f"data.root={photos}",
+        "data.samples_per_class=null",
+        "data.test_fraction=0.2",
+        "strategy=reinit_last",
+        "trainer.accelerator=cpu",
+        "trainer.devices=2",
+        f"cache.dir={tmp_path / 'cache'}",
+        f"hydra.run.dir={tmp_path / 'run'}",
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert (results["data"]["val"], results["data"]["test"]) == (9, 9)
+    for split in ("val", "test"):
+        assert sum(map(sum, results["per_class"][split]["confusion"])) == 9, split

@@ -144,7 +144,15 @@ class TransferModule(pl.LightningModule):
         self.metrics[f"{stage}_"].update(logits, y)
         if f"{stage}_" in self.details:
             self.details[f"{stage}_"].update(logits, y)
-        shown = {"on_step": False, "on_epoch": True, "batch_size": len(y), "logger": self.log_to_loggers}
+        # sync_dist: on several devices the epoch's loss is all processes' (each had its own share of the images);
+        # reduced once, at the epoch's end, so processes with one batch fewer (EvalSampler) do not wait on each other
+        shown = {
+            "on_step": False,
+            "on_epoch": True,
+            "batch_size": len(y),
+            "logger": self.log_to_loggers,
+            "sync_dist": True,
+        }
         self.log(f"{stage}/loss", loss, prog_bar=stage != "test", **shown)
         if stage == "val":
             self.val_loss.update(loss.detach(), weight=len(y))

@@ -256,8 +256,12 @@ def train(
     bars = bool(cfg.trainer.get("enable_progress_bar", True))
     lines = [TrainingLines(PROGRESS_EVERY_S, _sweep_job())] if bars and not draws_bars() else []
     on_interrupt = _OnInterrupt(out_dir, latest, resume_dir)
+    cpu_sync = bool(cfg.trainer.get("sync_batchnorm")) and device.type == "cpu"
+    if cpu_sync:  # (trainer=ddp sets it, for GPUs: every process crashed with a traceback on the CPU)
+        log.info("trainer.sync_batchnorm is off on the CPU: PyTorch's SyncBatchNorm runs on GPUs only")
     trainer = instantiate(
         cfg.trainer,
+        **({"sync_batchnorm": False} if cpu_sync else {}),
         default_root_dir=out_dir,
         enable_progress_bar=bars and not lines,
         callbacks=[
