@@ -350,6 +350,22 @@ def test_a_seed_that_is_no_number_is_one_line(tmp_path):
     _assert_fails(proc, results, "seed must be a whole number, e.g. seed=0, got abc")
 
 
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        ("backbone.weights=none", "'hub' or 'bundled'; for random weights: backbone.pretrained=false"),
+        pytest.param(
+            "trainer.accelerator=gpu",
+            "trainer.accelerator=gpu but no CUDA GPU is visible here; use trainer.accelerator=auto or cpu",
+            marks=pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is here"),
+        ),
+    ],
+)
+def test_a_setting_that_cannot_be_met_here_is_one_line_naming_the_fix(tmp_path, override, expected):
+    proc, results = _run(tmp_path, override)
+    _assert_fails(proc, results, expected)
+
+
 @pytest.mark.parametrize("size", ["0", "abc"])
 def test_an_image_size_that_is_no_size_is_one_line(tmp_path, size):
     proc, results = _run(tmp_path, f"backbone.image_size={size}")

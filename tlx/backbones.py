@@ -443,6 +443,7 @@ def _load_file(model: nn.Module, weights: str) -> Path:
         raise ConfigError(
             f"weights file not found: {path}; set backbone.weights to an existing .safetensors/.pth/.bin file, "
             "or to 'hub' or 'bundled'"
+            + ("; for random weights: backbone.pretrained=false" if path.suffix == "" else "")
         )
     if path.suffix not in _WEIGHT_SUFFIXES:
         raise ConfigError(f"unsupported weights file type '{path.suffix}' ({path}); use one of {_WEIGHT_SUFFIXES}")

@@ -439,6 +439,11 @@ def _check_before_data(cfg: DictConfig, stages: int, out_dir: Path) -> None:
     The data, freeze, head and cache constructors check their own ranges; this checks what needs more than one
     setting: the trainer's length, freeze.n and head.n against the backbone's ``stages``, writable folders.
     """
+    accelerator = str(cfg.trainer.get("accelerator", "auto")).lower()
+    if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():  # (Lightning's error came after extraction)
+        raise ConfigError(
+            f"trainer.accelerator={accelerator} but no CUDA GPU is visible here; use trainer.accelerator=auto or cpu"
+        )
     for key in ("trainer.max_epochs", "trainer.max_steps", "freeze.n", "head.n"):  # int() below: a traceback
         value = OmegaConf.select(cfg, key)
         if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
