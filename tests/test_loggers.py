@@ -149,6 +149,30 @@ def test_single_run_mlflow_defaults_and_csv_stays(make_cfg, tmp_path: Path) -> N
     assert (tmp_path / "my_run" / "logs" / "metrics.csv").read_text().count("\n") > EPOCHS
 
 
+def test_a_resumed_run_goes_on_in_its_mlflow_run(make_cfg, tmp_path: Path) -> None:
+    """A run interrupted and resumed is one MLflow run (it was two of the same name: the first FAILED with the
+    epochs before the interruption, the second with the rest)."""
+    from mlflow.tracking import MlflowClient
+
+    from tlx.results import read_results, write_results
+    from tlx.run import train
+
+    db = tmp_path / "store" / "mlflow.db"
+    data = write_images(tmp_path / "images", n=10)
+    base = [*SMALL, f"data.root={data}", "logger=mlflow", f"logger.mlflow.tracking_uri=sqlite:///{db}"]
+    base += ["probe.enabled=false", "last_checkpoint_every_s=0"]  # epochs in the Lightning loop, last.ckpt each
+    train(make_cfg(*base), tmp_path / "run")
+    # as a run interrupted after its last epoch's checkpoint leaves it
+    write_results(tmp_path / "run", {"status": "interrupted", "resume": "..."})
+    assert read_results(tmp_path / "run")["status"] == "interrupted"
+    resumed = train(make_cfg(*base, "resume=true"), tmp_path / "run")
+    client = MlflowClient(f"sqlite:///{db}")
+    (run,) = client.search_runs([client.get_experiment_by_name("tlx").experiment_id])
+    assert run.info.status == "FINISHED" and run.data.params["resume"] == "auto"  # the first attempt's params
+    assert run.data.metrics["test/acc"] == pytest.approx(resumed["metrics"]["test/acc"])
+    assert len(client.get_metric_history(run.info.run_id, "val/acc")) >= EPOCHS
+
+
 def test_missing_tracker_package_names_the_extra(make_cfg, tmp_path: Path, monkeypatch) -> None:
     import pytorch_lightning.loggers.mlflow as pl_mlflow
 

@@ -22,6 +22,7 @@ log = logging.getLogger(__name__)
 
 RUN_ARTIFACTS = ("results.json", "report.html")  # logged after the run, those the run dir has
 DEFAULT_EXPERIMENT = "tlx"
+MLFLOW_RUN = "logs/mlflow_run_id"  # the MLflow run of a run directory, for a resumed run to go on with
 # conf/logger/csv.yaml, for configs saved before conf/logger/ existed (resuming an older run)
 _CSV = {"csv": {"_target_": "pytorch_lightning.loggers.CSVLogger", "save_dir": None, "name": "logs", "version": ""}}
 
@@ -52,8 +53,12 @@ def create_loggers(cfg: DictConfig, out_dir: Path, resume: Path | None = None) -
         if "WandbLogger" in str(conf.get("_target_")):
             fill["name"] = run  # CSV and TensorBoard use `name` for a folder, and set it
         overrides = {k: v for k, v in fill.items() if k in conf and conf[k] is None}
+        continued = None  # a resumed run's MLflow run: the same one goes on (a second run held the rest of its epochs)
         if "MLFlowLogger" in str(conf.get("_target_")):
             overrides.update(_mlflow_local_store(conf))
+            continued = _earlier_mlflow_run(out_dir, resume) if conf.get("run_id") is None else None
+            if continued:
+                overrides["run_id"] = continued
         try:
             logger = instantiate(conf, **overrides)
         except InstantiationException as e:
@@ -64,9 +69,13 @@ def create_loggers(cfg: DictConfig, out_dir: Path, resume: Path | None = None) -
                 ) from e
             raise
         kept = _csv_rows_until(Path(logger.log_dir) / "metrics.csv", resume) if isinstance(logger, CSVLogger) else None
-        logger.log_hyperparams(params)  # a CSVLogger starts here: it deletes an existing metrics.csv
+        if not continued:  # (MLflow's params cannot change, and a resumed run's resume= did)
+            logger.log_hyperparams(params)  # a CSVLogger starts here: it deletes an existing metrics.csv
         if kept:
             _write_csv_rows(logger, kept)
+        if isinstance(logger, MLFlowLogger):
+            (out_dir / MLFLOW_RUN).parent.mkdir(parents=True, exist_ok=True)
+            (out_dir / MLFLOW_RUN).write_text(str(logger.run_id))
         log.info("logger=%s: %s", key, _where(logger, conf))
         loggers.append(logger)
     return loggers
@@ -127,6 +136,14 @@ def run_names(out_dir: Path) -> tuple[str, str]:
     mode = OmegaConf.select(OmegaConf.load(hydra_yaml), "hydra.mode") if hydra_yaml.is_file() else None
     experiment = out_dir.parent.name if str(mode) == "MULTIRUN" else DEFAULT_EXPERIMENT
     return experiment, out_dir.name
+
+
+def _earlier_mlflow_run(out_dir: Path, resume: Path | None) -> str | None:
+    """The MLflow run an interrupted attempt of this run logged to, when this one resumes it."""
+    path = Path(out_dir) / MLFLOW_RUN
+    if resume is None or not path.is_file():
+        return None
+    return path.read_text().strip() or None
 
 
 def _mlflow_local_store(conf: DictConfig) -> dict[str, Any]:
