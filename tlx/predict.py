@@ -72,6 +72,13 @@ def load_run(run_dir: Path, checkpoint: str = "best") -> TrainedModel:
     if winner and checkpoint in ("best", "last"):  # an auto run's model is its winning candidate's
         run_dir = run_dir / winner
     config, files = run_dir / ".hydra" / "config.yaml", run_dir / "files.json"
+    recorded = read_results(run_dir) or {}
+    failed = recorded.get("status") == "failed" and not (run_dir / "checkpoints" / f"{checkpoint}.ckpt").is_file()
+    if failed and checkpoint in ("best", "last"):  # (one that failed at its settings has no files.json either)
+        raise ConfigError(
+            f"the run in {run_dir} failed before it trained ({recorded.get('error')}); it has no model: fix that "
+            "and train it again"
+        )
     if not config.is_file() or not files.is_file():
         raise ConfigError(
             f"{run_dir} is not a tlx run directory (it needs .hydra/config.yaml and files.json); "
@@ -79,12 +86,6 @@ def load_run(run_dir: Path, checkpoint: str = "best") -> TrainedModel:
         )
     if checkpoint in ("best", "last"):
         ckpt = run_dir / "checkpoints" / f"{checkpoint}.ckpt"
-        recorded = read_results(run_dir) or {}
-        if not ckpt.is_file() and recorded.get("status") == "failed":
-            raise ConfigError(
-                f"the run in {run_dir} failed before it trained ({recorded.get('error')}); it has no model: fix that "
-                "and train it again"
-            )
         if not ckpt.is_file():
             raise ConfigError(
                 f"no checkpoint at {ckpt}: the run has not finished an epoch; finish it with: {resume_command(run_dir)}"
