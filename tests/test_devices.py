@@ -118,3 +118,29 @@ def test_two_processes_count_every_validation_and_test_image_once(tmp_path, trai
     assert (results["data"]["val"], results["data"]["test"]) == (9, 9)
     for split in ("val", "test"):
         assert sum(map(sum, results["per_class"][split]["confusion"])) == 9, split
+
+
+def test_an_auto_search_on_two_processes_speaks_and_writes_once(tmp_path) -> None:
+    """Each process of a multi-device run runs the whole command: both printed every auto line and the summary, and
+    both wrote results.json, best.ckpt and the report."""
+    import json
+
+    from tests.conftest import TINY, run_cli, write_images
+
+    photos = write_images(tmp_path / "photos", n=15)
+    proc = run_cli(
+        *TINY,
+        "+experiment=auto",
+        "data=folder",
+        f"data.root={photos}",
+        "trainer.accelerator=cpu",
+        "trainer.devices=2",
+        f"cache.dir={tmp_path / 'cache'}",
+        f"hydra.run.dir={tmp_path / 'run'}",
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    console = proc.stdout + proc.stderr
+    assert console.count("auto: training candidate head_only") == 1 and console.count(" won with val/acc ") == 2
+    assert console.count("tlx: tf_efficientnet_lite0 / auto: ") == 1  # the summary's title, once
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert results["status"] == "ok" and results["auto"]["winner"]

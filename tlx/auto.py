@@ -39,6 +39,7 @@ import pytorch_lightning as pl
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from tlx.console import other_process
 from tlx.errors import ConfigError, Diverged
 from tlx.features import find_cut
 from tlx.rerun import load_saved_config, make_rerunnable
@@ -201,7 +202,7 @@ def run_auto(cfg: DictConfig, out_dir: Path, compose: Callable[[str], DictConfig
     if skipped(done, cfg, out_dir):  # as a finished fixed run is
         return done
     settings: Auto = instantiate(cfg.auto)
-    if starts_over(cfg) and (out_dir / CANDIDATES_DIR).is_dir():
+    if starts_over(cfg) and (out_dir / CANDIDATES_DIR).is_dir() and not other_process():
         # resume=false: the search starts over, from candidates composed anew from this command (their saved configs
         # and finished results were reused: the run's config said one thing and its candidates had trained another)
         log.info("auto: resume=false: the candidates of the earlier search in %s are replaced", out_dir)
@@ -268,10 +269,14 @@ def run_auto(cfg: DictConfig, out_dir: Path, compose: Callable[[str], DictConfig
                     resume_dir=out_dir,
                 )
             except (KeyboardInterrupt, SystemExit):  # Ctrl-C or SIGTERM: the search resumes as a whole
-                write_results(out_dir, {"status": "interrupted", "candidate": name, "resume": resume_command(out_dir)})
+                if not other_process():
+                    write_results(
+                        out_dir, {"status": "interrupted", "candidate": name, "resume": resume_command(out_dir)}
+                    )
                 raise
             except Diverged as e:  # a candidate whose training blew up cannot win; the others still can
-                write_results(run_dir, {"status": "failed", "error": str(e)})
+                if not other_process():
+                    write_results(run_dir, {"status": "failed", "error": str(e)})
                 tried.append(row | {"status": "failed", "why": str(e)})
                 log.warning("auto: %s failed: %s", name, e)
                 continue
@@ -281,7 +286,8 @@ def run_auto(cfg: DictConfig, out_dir: Path, compose: Callable[[str], DictConfig
                 "progress": round(race.progress, 3),
                 "curve": race.curve,
             }
-            write_results(run_dir, results)
+            if not other_process():
+                write_results(run_dir, results)
         stop = results.get("auto_candidate", {})
         entry = row | {
             "status": "stopped" if stop.get("stopped") else "finished",
@@ -363,15 +369,6 @@ def _finish(
     out_dir: Path, best: dict[str, Any], tried: list[dict[str, Any]], per_class: float, seconds: float, cpu_s: float
 ) -> dict[str, Any]:
     """The winner becomes the run's model: its checkpoint, file lists and results, plus the auto section."""
-    winner_dir = out_dir / best["dir"]
-    (out_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(winner_dir / best["results"]["checkpoint"], out_dir / "checkpoints" / "best.ckpt")
-    for name in ("files.json", "val_predictions.csv"):  # what the run report is built from
-        if (winner_dir / name).is_file():
-            shutil.copyfile(winner_dir / name, out_dir / name)
-    for name in ("logs", "gallery"):
-        if (winner_dir / name).is_dir():
-            shutil.copytree(winner_dir / name, out_dir / name, dirs_exist_ok=True)
     probe = next(t for t in tried if t["strategy"] == PROBE)
     others = [t for t in tried if t is not best and t.get("val/acc") is not None and t["strategy"] != best["strategy"]]
     runner_up = max(others, key=lambda t: t["val/acc"], default=None)
@@ -398,6 +395,17 @@ def _finish(
         "probe_val_acc": probe.get("val/acc"),
         "candidates": [{k: v for k, v in t.items() if k not in ("results", "curve")} for t in tried],
     }
+    if other_process():  # a multi-device run: every process searched, the first one writes
+        return results
+    winner_dir = out_dir / best["dir"]
+    (out_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(winner_dir / best["results"]["checkpoint"], out_dir / "checkpoints" / "best.ckpt")
+    for name in ("files.json", "val_predictions.csv"):  # what the run report is built from
+        if (winner_dir / name).is_file():
+            shutil.copyfile(winner_dir / name, out_dir / name)
+    for name in ("logs", "gallery"):
+        if (winner_dir / name).is_dir():
+            shutil.copytree(winner_dir / name, out_dir / name, dirs_exist_ok=True)
     write_results(out_dir, results)
     try:
         write_run_report(out_dir)

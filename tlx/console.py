@@ -25,6 +25,7 @@ run's ``tlx.log`` as well. Feature extraction, whose bar is tqdm's, also says ho
 from __future__ import annotations
 
 import logging
+import os
 import time
 import warnings
 from typing import Any
@@ -49,13 +50,18 @@ HIDDEN_WARNINGS: tuple[type[Warning], ...] = (
 HIDDEN_MESSAGES = (
     r"Experiment logs directory .* exists and is not empty",
     r"Checkpoint directory .* exists and is not empty",
+    # DDP with a channels-last network (tlx converts CNNs): a performance hint per process, not an error
+    r"Grad strides do not match bucket view strides",
 )
 LIBRARY_LOGGERS = ("pytorch_lightning", "lightning_fabric", "lightning")
 
 
 def configure_console(verbose: bool) -> None:
     """Hide library deprecation notices, advice and info lines unless ``verbose``; with ``verbose`` change nothing
-    (the libraries' own defaults: everything they print is shown)."""
+    (the libraries' own defaults: everything they print is shown). In the other processes of a multi-device run (each
+    runs the whole command) tlx's own info lines are hidden too: one process speaks, as Lightning's own do."""
+    if other_process():
+        logging.getLogger("tlx").setLevel(logging.WARNING)
     if verbose:
         return
     for category in HIDDEN_WARNINGS:
@@ -124,3 +130,8 @@ class TrainingLines(Callback):
         now = time.monotonic()
         log.info("%s%s%s: %s (%.1fs)", self.job, where, within, values, now - self.start)
         self.last = now
+
+
+def other_process() -> bool:
+    """Whether this is a process other than the first of a multi-device run (Lightning's launcher sets their rank)."""
+    return any(os.environ.get(k, "0") != "0" for k in ("RANK", "LOCAL_RANK", "NODE_RANK"))
