@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import time
 import warnings
 from typing import Any
@@ -53,7 +54,10 @@ HIDDEN_MESSAGES = (
     # DDP with a channels-last network (tlx converts CNNs): a performance hint per process, not an error
     r"Grad strides do not match bucket view strides",
 )
-LIBRARY_LOGGERS = ("pytorch_lightning", "lightning_fabric", "lightning")
+# alembic: MLflow's database setup (MLflow's own loggers: MLFLOW_LOGGING_LEVEL below)
+LIBRARY_LOGGERS = ("pytorch_lightning", "lightning_fabric", "lightning", "alembic")
+# Library log records that are no news: a new experiment is what a first tracked run makes
+HIDDEN_RECORDS = {"pytorch_lightning.loggers.mlflow": r"Experiment with name .* not found\. Creating it\."}
 
 
 def configure_console(verbose: bool) -> None:
@@ -71,6 +75,9 @@ def configure_console(verbose: bool) -> None:
     for name in LIBRARY_LOGGERS:
         # Children (e.g. pytorch_lightning.utilities.rank_zero) have no level of their own and inherit this one.
         logging.getLogger(name).setLevel(logging.WARNING)
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # MLflow sets its loggers' level when imported
+    for name, pattern in HIDDEN_RECORDS.items():
+        logging.getLogger(name).addFilter(lambda record, p=re.compile(pattern): not p.match(record.getMessage()))
 
 
 def draws_bars() -> bool:
