@@ -1,6 +1,9 @@
-"""One job per GPU: the round-robin assignment, pinning a job's trainer, and the launcher configs composing."""
+"""One job per GPU: the round-robin assignment, pinning a job's trainer, the launcher configs composing. One run on
+2 processes (CPU, gloo): every eval image counted once, one process speaks and writes."""
 
 from __future__ import annotations
+
+import subprocess
 
 import pytest
 import torch
@@ -90,31 +93,35 @@ def test_auto_candidates_of_a_sweep_job_stay_on_its_gpu():
     assert pinned.head._target_.endswith("ReinitLastHead")
 
 
-@pytest.mark.parametrize("trainer", [[], ["trainer=ddp"]], ids=["devices=2", "trainer=ddp"])
-def test_two_processes_count_every_validation_and_test_image_once(tmp_path, trainer) -> None:
-    """On 2 devices (CPU processes here, GPUs alike) Lightning's DistributedSampler repeated a sample to give both
-    processes as many: with 9 validation images the confusion matrix counted 10 and val/acc was off. trainer=ddp
-    (sync_batchnorm, for GPUs) crashed every process on the CPU with a traceback; it is turned off there."""
+def _two_processes(tmp_path, *overrides: str) -> tuple[subprocess.CompletedProcess, dict]:
+    """``python -m tlx`` on 2 CPU processes (gloo) over 3 x 15 images, 9 of them validation; its results.json."""
     import json
 
     from tests.conftest import TINY, run_cli, write_images
 
-    photos = write_images(tmp_path / "photos", n=15)  # 3 x 15: 9 validation and 9 test images at 0.2 / 0.2
+    photos = write_images(tmp_path / "photos", n=15)
     proc = run_cli(
         *TINY,
-        *trainer,
+        *overrides,
         "data=folder",
         f"data.root={photos}",
-        "data.samples_per_class=null",
-        "data.test_fraction=0.2",
-        "strategy=reinit_last",
         "trainer.accelerator=cpu",
         "trainer.devices=2",
         f"cache.dir={tmp_path / 'cache'}",
         f"hydra.run.dir={tmp_path / 'run'}",
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    return proc, json.loads((tmp_path / "run" / "results.json").read_text())
+
+
+@pytest.mark.parametrize("trainer", [[], ["trainer=ddp"]], ids=["devices=2", "trainer=ddp"])
+def test_two_processes_count_every_validation_and_test_image_once(tmp_path, trainer) -> None:
+    """On 2 devices (CPU processes here, GPUs alike) Lightning's DistributedSampler repeated a sample to give both
+    processes as many: with 9 validation images the confusion matrix counted 10 and val/acc was off. trainer=ddp
+    (sync_batchnorm, for GPUs) crashed every process on the CPU with a traceback; it is turned off there."""
+    _, results = _two_processes(
+        tmp_path, *trainer, "data.samples_per_class=null", "data.test_fraction=0.2", "strategy=reinit_last"
+    )
     assert (results["data"]["val"], results["data"]["test"]) == (9, 9)
     for split in ("val", "test"):
         assert sum(map(sum, results["per_class"][split]["confusion"])) == 9, split
@@ -123,24 +130,8 @@ def test_two_processes_count_every_validation_and_test_image_once(tmp_path, trai
 def test_an_auto_search_on_two_processes_speaks_and_writes_once(tmp_path) -> None:
     """Each process of a multi-device run runs the whole command: both printed every auto line and the summary, and
     both wrote results.json, best.ckpt and the report."""
-    import json
-
-    from tests.conftest import TINY, run_cli, write_images
-
-    photos = write_images(tmp_path / "photos", n=15)
-    proc = run_cli(
-        *TINY,
-        "+experiment=auto",
-        "data=folder",
-        f"data.root={photos}",
-        "trainer.accelerator=cpu",
-        "trainer.devices=2",
-        f"cache.dir={tmp_path / 'cache'}",
-        f"hydra.run.dir={tmp_path / 'run'}",
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc, results = _two_processes(tmp_path, "+experiment=auto")
     console = proc.stdout + proc.stderr
     assert console.count("auto: training candidate head_only") == 1 and console.count(" won with val/acc ") == 2
     assert console.count("tlx: tf_efficientnet_lite0 / auto: ") == 1  # the summary's title, once
-    results = json.loads((tmp_path / "run" / "results.json").read_text())
     assert results["status"] == "ok" and results["auto"]["winner"]
