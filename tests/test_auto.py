@@ -242,6 +242,21 @@ def test_resume_false_starts_the_search_over_with_this_commands_settings(auto_ru
         assert "max_epochs: 1" in (run / d / ".hydra" / "config.yaml").read_text()
 
 
+def test_resume_false_reruns_from_the_saved_config_without_losing_the_run(auto_runs):
+    """The same from the run's saved config: its candidates are composed from their saved configs, which resume=false
+    deleted first (the run was left with results pointing at candidates that were gone; every later rerun failed)."""
+    tmp, _, first, _ = auto_runs
+    run = tmp / "over_saved"
+    shutil.copytree(tmp / "a", run)
+    done = run_main(
+        "--config-path", str(run / ".hydra"), "--config-name", "config", f"hydra.run.dir={run}", "resume=false"
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    again = json.loads((run / "results.json").read_text())
+    assert again["status"] == "ok" and (run / again["auto"]["winner_dir"] / "checkpoints").is_dir()
+    assert [c["strategy"] for c in again["auto"]["candidates"]] == [c["strategy"] for c in first["auto"]["candidates"]]
+
+
 def test_auto_reruns_from_its_saved_config(auto_runs):
     """The README's rerun command on an auto run: its candidates come from the run's saved candidate configs (the
     saved config has no conf/ groups to compose them from; it once failed with "Key 'strategy' is not in struct")."""

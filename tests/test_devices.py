@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import subprocess
+from pathlib import Path
 
 import pytest
 import torch
@@ -125,6 +126,18 @@ def test_two_processes_count_every_validation_and_test_image_once(tmp_path, trai
     assert (results["data"]["val"], results["data"]["test"]) == (9, 9)
     for split in ("val", "test"):
         assert sum(map(sum, results["per_class"][split]["confusion"])) == 9, split
+    # val_predictions.csv (the report's gallery) is every val image's row, each on its own image: it agrees with the
+    # confusion matrix (with the eval loaders sharded, it once held the first process's 5 rows on the wrong files)
+    import csv
+
+    with open(tmp_path / "run" / "val_predictions.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    classes = results["data"]["classes"]
+    counted = [[0] * len(classes) for _ in classes]
+    for r in rows:
+        assert Path(r["id"]).parent.name == r["true"]
+        counted[classes.index(r["true"])][classes.index(r["predicted"])] += 1
+    assert len(rows) == 9 and counted == results["per_class"]["val"]["confusion"]
 
 
 def test_an_auto_search_on_two_processes_speaks_and_writes_once(tmp_path) -> None:

@@ -8,6 +8,8 @@ import csv
 import json
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import run_cli, write_images
 from tlx.report import main as report_main
 
@@ -73,6 +75,9 @@ def test_search_persists_continues_and_reports(tmp_path: Path) -> None:
     (sweep / "report.md").unlink()
     report_main([str(sweep)])  # by hand: python -m tlx.report <sweep dir> finds the study in it
     assert (sweep / "report.md").read_text() == md
+    with pytest.raises(SystemExit) as refused:  # a search is ranked by its objective: --metric was ignored silently
+        report_main([str(sweep), "--metric", "test/accc"])
+    assert refused.value.code == 2 and (sweep / "report.md").read_text() == md
 
     # The same search on other images would continue this study: TPE would learn from, and "Best" name, trials on
     # the first images. One line, before any trial; the study is left as it was.

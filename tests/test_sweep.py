@@ -99,6 +99,12 @@ def test_sweep_reports_failures_and_resumes(tmp_path: Path) -> None:
     assert "holds a finished run of another config (data.root: None -> " in err[0]
     assert err[0].endswith("choose another hydra.sweep.dir, or run these jobs over with resume=false")
     assert {p: p.read_bytes() for p in sweep.rglob("*") if p.is_file()} == saved
+    # resume=false runs those jobs over, in the same folders (resume is no part of their names)
+    folders = sorted(p.name for p in sweep.iterdir() if p.is_dir())
+    over = run_main(*args, f"data.root={ROOT / 'tlx' / 'demo'}", "resume=false")
+    assert over.returncode == 1, over.stderr[-3000:]  # (the impossible jobs failed again)
+    assert sorted(p.name for p in sweep.iterdir() if p.is_dir()) == folders
+    assert sum(f"root: {ROOT / 'tlx' / 'demo'}" in p.read_text() for p in sweep.glob("*/.hydra/config.yaml")) == 4
 
 
 def test_local_parallel_launcher_runs_jobs_in_processes(tmp_path: Path) -> None:

@@ -319,6 +319,8 @@ def _main() -> None:
     """``python -m tlx``: a Ctrl-C while a sweep waits for its SLURM jobs is one line naming the jobs that go on (a
     run or an in-process sweep job records its own interruption and exits 130 itself)."""
     sys.argv[1:] = path_friendly(sys.argv[1:])
+    # Before Hydra runs the sweeper: alembic's "setup plugin ..." lines when Optuna (or MLflow) opens its database
+    logging.getLogger("alembic").setLevel(logging.WARNING)
     try:
         main()
     except KeyboardInterrupt:

@@ -202,12 +202,16 @@ def run_auto(cfg: DictConfig, out_dir: Path, compose: Callable[[str], DictConfig
     if skipped(done, cfg, out_dir):  # as a finished fixed run is
         return done
     settings: Auto = instantiate(cfg.auto)
+    names = [PROBE, *settings_names(settings)]
+    fresh: dict[str, DictConfig] = {}
     if starts_over(cfg) and (out_dir / CANDIDATES_DIR).is_dir() and not other_process():
         # resume=false: the search starts over, from candidates composed anew from this command (their saved configs
-        # and finished results were reused: the run's config said one thing and its candidates had trained another)
+        # and finished results were reused: the run's config said one thing and its candidates had trained another).
+        # All are composed before anything is removed: a rerun from the saved config composes from the saved ones.
+        fresh = {name: compose(name) for name in names}
         log.info("auto: resume=false: the candidates of the earlier search in %s are replaced", out_dir)
         shutil.rmtree(out_dir / CANDIDATES_DIR)
-    configs = {name: _candidate_config(out_dir, name, compose) for name in [PROBE, *settings_names(settings)]}
+    configs = {name: _candidate_config(out_dir, name, compose, fresh.get(name)) for name in names}
     # seeded as a fixed run is before it builds anything: a randomly initialised backbone (pretrained=false) is then
     # the same as the one its strategy run alone would build
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
@@ -231,7 +235,7 @@ def run_auto(cfg: DictConfig, out_dir: Path, compose: Callable[[str], DictConfig
     tried: list[dict[str, Any]] = []
     best: dict[str, Any] | None = None
     trailed: str | None = None  # the candidate that ended the search by trailing the leader (prune_deeper)
-    for name in [PROBE, *settings_names(settings)]:
+    for name in names:
         cand = next((c for c in settings.candidates if c.strategy == name), Candidate(name))
         row: dict[str, Any] = {"strategy": name, "dir": f"{CANDIDATES_DIR}/{name}"}
         spent = deadline is not None and time.monotonic() > deadline and best is not None
@@ -352,11 +356,14 @@ def settings_names(settings: Auto) -> list[str]:
     return [c.strategy for c in settings.candidates]
 
 
-def _candidate_config(out_dir: Path, name: str, compose: Callable[[str], DictConfig]) -> DictConfig:
-    """The candidate's saved config, or a newly composed one, saved into its run directory (reproducible alone)."""
+def _candidate_config(
+    out_dir: Path, name: str, compose: Callable[[str], DictConfig], fresh: DictConfig | None = None
+) -> DictConfig:
+    """The candidate's saved config, or a newly composed one (``fresh``, if composed already), saved into its run
+    directory (reproducible alone)."""
     path = out_dir / CANDIDATES_DIR / name / ".hydra" / "config.yaml"
-    if not path.is_file():
-        cfg = compose(name)
+    if fresh is not None or not path.is_file():
+        cfg = compose(name) if fresh is None else fresh
         if OmegaConf.select(cfg, "auto") is not None:
             raise ConfigError(f"strategy={name} composes another auto run; auto.candidates must name fixed strategies")
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -53,6 +53,8 @@ HIDDEN_MESSAGES = (
     r"Checkpoint directory .* exists and is not empty",
     # DDP with a channels-last network (tlx converts CNNs): a performance hint per process, not an error
     r"Grad strides do not match bucket view strides",
+    # torchmetrics, on a diverged run's NaN loss: the run then fails with a line that says what happened
+    r"Encountered nan values in tensor",
 )
 # alembic: MLflow's database setup (MLflow's own loggers: MLFLOW_LOGGING_LEVEL below)
 LIBRARY_LOGGERS = ("pytorch_lightning", "lightning_fabric", "lightning", "alembic")
@@ -63,9 +65,9 @@ HIDDEN_RECORDS = {"pytorch_lightning.loggers.mlflow": r"Experiment with name .* 
 def configure_console(verbose: bool) -> None:
     """Hide library deprecation notices, advice and info lines unless ``verbose``; with ``verbose`` change nothing
     (the libraries' own defaults: everything they print is shown). In the other processes of a multi-device run (each
-    runs the whole command) tlx's own info lines are hidden too: one process speaks, as Lightning's own do."""
-    if other_process():
-        logging.getLogger("tlx").setLevel(logging.WARNING)
+    runs the whole command) tlx's own info and warning lines are hidden too: one process speaks, as Lightning's do."""
+    if other_process():  # (its warnings too: they are the first process's, about the same data)
+        logging.getLogger("tlx").setLevel(logging.ERROR)
     if verbose:
         return
     for category in HIDDEN_WARNINGS:

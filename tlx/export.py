@@ -132,7 +132,10 @@ def export(run_dir: Path, formats: list[str], out: Path | None = None, checkpoin
         "output": "logits (B, K); softmax gives the class probabilities",
         "preprocessing": preprocessing(model.data_config),
     }
+    earlier = json.loads((out / "meta.json").read_text()) if _earlier_export(out) else {}
     write_json_atomic(out / "meta.json", meta)
+    for name in set(earlier.get("files", {}).values()) - set(files.values()):  # an earlier export's other formats:
+        (out / name).unlink(missing_ok=True)  # of another model, which meta.json no longer describes
     log.info("exported %s to %s", ", ".join(files.values()), out)
     return meta
 

@@ -117,6 +117,7 @@ class TransferModule(pl.LightningModule):
         )
         self.detail_results: dict[str, dict[str, list]] = {}
         self.val_loss = MeanMetric()  # the epoch's mean validation loss (over images), for val_history
+        self.loss_means = nn.ModuleDict({f"{s}_": MeanMetric() for s in ("train", "val", "test")})  # what is logged
         self.val_history: list[dict[str, Any]] = []  # one entry per validation epoch, to report the best one
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -144,16 +145,12 @@ class TransferModule(pl.LightningModule):
         self.metrics[f"{stage}_"].update(logits, y)
         if f"{stage}_" in self.details:
             self.details[f"{stage}_"].update(logits, y)
-        # sync_dist: on several devices the epoch's loss is all processes' (each had its own share of the images);
-        # reduced once, at the epoch's end, so processes with one batch fewer (EvalSampler) do not wait on each other
-        shown = {
-            "on_step": False,
-            "on_epoch": True,
-            "batch_size": len(y),
-            "logger": self.log_to_loggers,
-            "sync_dist": True,
-        }
-        self.log(f"{stage}/loss", loss, prog_bar=stage != "test", **shown)
+        shown = {"on_step": False, "on_epoch": True, "batch_size": len(y), "logger": self.log_to_loggers}
+        # The epoch's loss as a metric (the mean over images): on several devices it is all processes' images, each
+        # process having had its own share, of unequal size on eval splits (EvalSampler)
+        mean = self.loss_means[f"{stage}_"]
+        mean.update(loss.detach(), weight=len(y))
+        self.log(f"{stage}/loss", mean, prog_bar=stage != "test", **shown)
         if stage == "val":
             self.val_loss.update(loss.detach(), weight=len(y))
         self.log_dict(self.metrics[f"{stage}_"], prog_bar=stage == "val", **shown)

@@ -684,6 +684,9 @@ def main(argv: list[str] | None = None) -> None:
 
         log.info("evaluation report: %s", write_evaluation_report(args.dir))
     elif (args.dir / OPTUNA_DB).is_file():
+        if args.metric != parser.get_default("metric"):  # (it was ignored without a word)
+            parser.exit(2, f"tlx.report: error: {args.dir} holds a search, ranked by its study's objective; "
+                           "--metric is for sweeps\n")  # fmt: skip
         write_trials_report(args.dir, f"sqlite:///{args.dir / OPTUNA_DB}")
     else:
         try:

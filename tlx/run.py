@@ -282,7 +282,7 @@ def train(
         stages.append(stage)
         module.log_to_loggers = False  # the metrics of the chosen epoch are already among the probe's epochs
         with on_interrupt.exit_status():
-            trainer.validate(module, data.val_dataloader(), verbose=False)
+            trainer.validate(module, data.val_dataloader(shard=True), verbose=False)
         module.log_to_loggers = True
         history = stage.pop("history")
         for logger in trainer.loggers:  # the chosen candidate's epochs, as a fitted run logs its own
@@ -297,7 +297,7 @@ def train(
         epochs = len(history)
     else:
         with on_interrupt.exit_status():
-            trainer.fit(module, data.train_dataloader(), data.val_dataloader(), ckpt_path=resume)
+            trainer.fit(module, data.train_dataloader(), data.val_dataloader(shard=True), ckpt_path=resume)
         _check_finite(module.best_val(), cfg)
         fit_s, tested_ckpt = time.perf_counter() - t_fit, "best"
         epochs = int(trainer.current_epoch)
@@ -313,7 +313,11 @@ def train(
     t_test = time.perf_counter()
     lost = any(getattr(c, "lost", False) for c in callbacks)  # an auto candidate that cannot win: no test pass
     with on_interrupt.exit_status():
-        tested = {} if lost else trainer.test(module, data.test_dataloader(), ckpt_path=tested_ckpt, verbose=False)[0]
+        tested = (
+            {}
+            if lost
+            else trainer.test(module, data.test_dataloader(shard=True), ckpt_path=tested_ckpt, verbose=False)[0]
+        )
     test_s = time.perf_counter() - t_test
 
     best = module.best_val()  # validation metrics of the epoch whose checkpoint is tested

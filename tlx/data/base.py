@@ -473,15 +473,16 @@ class ImageData:
         views: int = 1,
         weights: torch.Tensor | None = None,
         seed: int | None = None,
+        shard: bool = False,
     ) -> DataLoader:
         """A DataLoader with this module's batch size and workers, shuffled (or drawn by ``weights``, one per sample)
         by an epoch-seeded sampler. ``seed`` (default: the run's) seeds its generator, from which the loader workers'
         random augmentations are seeded."""
         workers = self.num_workers if isinstance(dataset, _ImageDataset) else 0
-        if shuffle or weights is not None:
-            sampler: Sampler[int] = EpochSampler(len(dataset), self.seed, shuffle, views, weights)
+        if shard and not shuffle and weights is None:  # an eval loader for Lightning's loops (see EvalSampler)
+            sampler: Sampler[int] = EvalSampler(len(dataset), views)
         else:
-            sampler = EvalSampler(len(dataset), views)
+            sampler = EpochSampler(len(dataset), self.seed, shuffle, views, weights)
         return DataLoader(
             dataset,
             batch_size=self.batch_size,
@@ -494,22 +495,25 @@ class ImageData:
             generator=torch.Generator().manual_seed(self.seed if seed is None else seed),
         )
 
-    def _split_loader(self, split: str, train: bool) -> DataLoader:
+    def _split_loader(self, split: str, train: bool, shard: bool = False) -> DataLoader:
         weights = self.sample_weights(self.samples[split].labels) if train else None
         if split in self.features:
             tensor, views = self.features[split]
             dataset = _TensorDataset(tensor, self.samples[split].labels, views)
-            return self.loader(dataset, shuffle=train, views=views, weights=weights)
-        return self.loader(self.dataset(split, train_transform=train), shuffle=train, weights=weights)
+            return self.loader(dataset, shuffle=train, views=views, weights=weights, shard=shard)
+        return self.loader(self.dataset(split, train_transform=train), shuffle=train, weights=weights, shard=shard)
 
     def train_dataloader(self) -> DataLoader:
         return self._split_loader("train", True)
 
-    def val_dataloader(self) -> DataLoader:
-        return self._split_loader("val", False)
+    def val_dataloader(self, shard: bool = False) -> DataLoader:
+        """Every validation image in order; ``shard``: for Lightning's loops, each process of a multi-device run its
+        own share (:class:`EvalSampler`)."""
+        return self._split_loader("val", False, shard)
 
-    def test_dataloader(self) -> DataLoader:
-        return self._split_loader("test" if "test" in self.samples else "val", False)
+    def test_dataloader(self, shard: bool = False) -> DataLoader:
+        """As :meth:`val_dataloader`, of the test split (the validation split where there is none)."""
+        return self._split_loader("test" if "test" in self.samples else "val", False, shard)
 
     def check_images(self, samples: FileSamples, where: Path | str = "the input") -> FileSamples:
         """Decode every file once (JPEG at reduced scale); skip (warn and count) or fail on unreadable ones.
