@@ -116,8 +116,8 @@ class TransferModule(pl.LightningModule):
             }
         )
         self.detail_results: dict[str, dict[str, list]] = {}
-        self.val_loss = MeanMetric()  # the epoch's mean validation loss (over images), for val_history
-        self.loss_means = nn.ModuleDict({f"{s}_": MeanMetric() for s in ("train", "val", "test")})  # what is logged
+        # the epoch's mean loss over images, logged (and val's in val_history)
+        self.loss_means = nn.ModuleDict({f"{s}_": MeanMetric() for s in ("train", "val", "test")})
         self.val_history: list[dict[str, Any]] = []  # one entry per validation epoch, to report the best one
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -151,8 +151,6 @@ class TransferModule(pl.LightningModule):
         mean = self.loss_means[f"{stage}_"]
         mean.update(loss.detach(), weight=len(y))
         self.log(f"{stage}/loss", mean, prog_bar=stage != "test", **shown)
-        if stage == "val":
-            self.val_loss.update(loss.detach(), weight=len(y))
         self.log_dict(self.metrics[f"{stage}_"], prog_bar=stage == "val", **shown)
         return loss
 
@@ -173,8 +171,7 @@ class TransferModule(pl.LightningModule):
     def on_validation_epoch_end(self) -> None:
         self._store_details("val")
         scalars = {k: float(v) for k, v in self.metrics["val_"].compute().items()}
-        scalars["val/loss"] = float(self.val_loss.compute())
-        self.val_loss.reset()
+        scalars["val/loss"] = float(self.loss_means["val_"].compute())  # (Lightning resets the logged metrics)
         self.val_history.append({"epoch": int(self.current_epoch), **scalars, **self.detail_results["val"]})
 
     def on_test_epoch_end(self) -> None:

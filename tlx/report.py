@@ -261,10 +261,13 @@ class SweepReport(Callback):
             write_report(sweep_dir, self.metric, jobs)
         except Exception:  # the jobs' results are already on disk; a broken report must not turn the sweep red
             log.exception("could not write the sweep report; retry with: python -m tlx.report %s", sweep_dir)
+        if all(j.status == "ok" for j in jobs):
+            return
         from tlx.sweeps import job_configs, job_dir
 
         # This command's jobs: a fixed sweep dir also holds the folders of earlier commands' jobs (a job that failed
-        # on a value since corrected), which the report lists but which do not fail this command.
+        # on a value since corrected), which the report lists but which do not fail this command. (Composed only
+        # here, where some job did not finish: a sweep of many jobs takes a while to compose.)
         known = job_configs(config)
         mine = None if known is None else {job_dir(config, job) for job in known}
         ran = [j for j in jobs if mine is None or sweep_dir / j.path in mine]

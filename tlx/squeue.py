@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import subprocess
+import sys
 import time
 from typing import Any
 
@@ -89,8 +90,6 @@ def _make_watcher(base: type) -> type:
 def left_running() -> list[str]:
     """The SLURM jobs this process submitted and has not seen end (none where it submitted none): a Ctrl-C while a
     sweep waits for its jobs stops the waiting, not the jobs."""
-    import sys
-
     slurm = sys.modules.get("submitit.slurm.slurm")
     watcher = getattr(getattr(slurm, "SlurmJob", None), "watcher", None)
     if watcher is None:
