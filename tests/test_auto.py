@@ -43,6 +43,23 @@ def test_lp_ft_stage_two_starts_from_the_probe_head(make_cfg, tmp_path):
     assert lp_ft["stages"][1]["epochs"] == 2 and lp_ft["freeze"] == "last_n(n=2)"
     tuned = torch.load(tmp_path / "lp_ft" / lp_ft["checkpoint"], weights_only=False)["state_dict"]
     assert not torch.equal(tuned["net.head.fc.weight"], seen.weight)  # and stage 2 trained it further
+    assert lp_ft["best_epoch"] is not None and not (tmp_path / "lp_ft" / "checkpoints" / "stage1.ckpt").exists()
+
+    # Where fine-tuning only makes it worse (an lr that wrecks the weights), the run keeps stage 1's model: it used to
+    # keep the best fine-tuning epoch whatever it scored
+    clear = write_images(tmp_path / "clear", n=8, shift=100)  # classes far enough apart for the probe (val/acc 0.67)
+    seen = _HeadAtStart()
+    wrecked = train(
+        make_cfg("data=folder", f"data.root={clear}", "data.val_fraction=0.25", "strategy=lp_ft", "optim.lr=1e3"),
+        tmp_path / "wrecked",
+        callbacks=(seen,),
+    )
+    assert wrecked["stages"][1]["val/acc"] < wrecked["stages"][0]["val/acc"]
+    assert wrecked["best_epoch"] is None and wrecked["checkpoint"] == "checkpoints/best.ckpt"
+    kept = torch.load(tmp_path / "wrecked" / "checkpoints" / "best.ckpt", weights_only=False)["state_dict"]
+    assert torch.equal(kept["net.head.fc.weight"], seen.weight)  # stage 1's head, tested: val/acc as the probe's
+    assert wrecked["metrics"]["val/acc"] == pytest.approx(wrecked["stages"][0]["val/acc"])
+    assert sorted(p.name for p in (tmp_path / "wrecked" / "checkpoints").iterdir()) == ["best.ckpt", "last.ckpt"]
 
 
 def test_a_linear_head_with_dropout_trains_in_the_loop_not_the_probe(make_cfg, tmp_path):

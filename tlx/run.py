@@ -275,7 +275,7 @@ def train(
         plugins=plugins,
         logger=create_loggers(cfg, out_dir, resume),  # conf/logger/: csv (logs/metrics.csv) by default
     )
-    t_fit = time.perf_counter()
+    t_fit, stage_one = time.perf_counter(), None
     if use_probe:
         # A linear head on cached features is convex: solve it (and choose its L2 on val) instead of epochs of SGD.
         stage = _probe_stage(module, data, probe, cache_info, probe_epochs)
@@ -296,20 +296,30 @@ def train(
         module.val_history[-1]["epoch"] = stage["best_epoch"]
         epochs = len(history)
     else:
+        stage_one = _save_stage_one(trainer, module, data, on_interrupt, out_dir) if lp_ft else None
         with on_interrupt.exit_status():
             trainer.fit(module, data.train_dataloader(), data.val_dataloader(shard=True), ckpt_path=resume)
         _check_finite(module.best_val(), cfg)
         fit_s, tested_ckpt = time.perf_counter() - t_fit, "best"
         epochs = int(trainer.current_epoch)
         best_path = Path(checkpoint.best_model_path) if checkpoint.best_model_path else None
+        tuned = [h for h in module.val_history if h["epoch"] is not None]  # (LP-FT's stage 1 has none)
         stages.append(
             {
                 "stage": "finetune" if lp_ft else "train",
                 "epochs": int(trainer.current_epoch),
-                **_val_of(module.best_val()),
+                **_val_of(max(tuned, key=lambda h: h["val/acc"]) if tuned else {}),
                 "seconds": round(fit_s, 3),
             }
         )
+        if stage_one and module.best_val()["epoch"] is None:
+            log.warning(
+                "LP-FT: no fine-tuning epoch beat the probe's head on val/acc (%.4f; fine-tuning's best: %s), so the "
+                "run's model is the probe's (stage 1)",
+                module.best_val()["val/acc"],
+                "none" if tuned == [] else f"{stages[-1]['val/acc']:.4f}",
+            )
+            tested_ckpt = best_path = stage_one
     t_test = time.perf_counter()
     lost = any(getattr(c, "lost", False) for c in callbacks)  # an auto candidate that cannot win: no test pass
     with on_interrupt.exit_status():
@@ -319,6 +329,14 @@ def train(
             else trainer.test(module, data.test_dataloader(shard=True), ckpt_path=tested_ckpt, verbose=False)[0]
         )
     test_s = time.perf_counter() - t_test
+    if stage_one:  # LP-FT's stage-1 checkpoint becomes best.ckpt where it won, else it goes
+        won = best_path == stage_one
+        best_path = out_dir / "checkpoints" / "best.ckpt" if won else best_path
+        if trainer.is_global_zero:
+            if won:
+                stage_one.replace(best_path)
+            else:
+                stage_one.unlink()
 
     best = module.best_val()  # validation metrics of the epoch whose checkpoint is tested
     test_split = "test" if "test" in data.samples else "val"
@@ -422,6 +440,24 @@ def _probe_stage(
         **fitted.summary(),
         "history": fitted.history,
     }
+
+
+def _save_stage_one(
+    trainer: pl.Trainer, module: TransferModule, data: ImageData, on_interrupt: _OnInterrupt, out_dir: Path
+) -> Path:
+    """Validate LP-FT's stage-1 model (the probe's head on the pretrained backbone) before fine-tuning starts, and save
+    it: it competes with the fine-tuning epochs for best.ckpt (as an epoch before the first, so ties keep it), where it
+    used to be dropped even when fine-tuning only made it worse."""
+    module.log_to_loggers = False  # the probe's own epochs are not among the loggers' fine-tuning epochs
+    with on_interrupt.exit_status():
+        trainer.validate(module, data.val_dataloader(shard=True), verbose=False)
+    module.log_to_loggers = True
+    module.val_history[-1]["epoch"] = None
+    for metric in (module.metrics["val_"], module.details["val_"], module.loss_means["val_"]):
+        metric.reset()  # its states were made under validate's inference mode, which fit's validation cannot update
+    path = out_dir / "checkpoints" / "stage1.ckpt"
+    trainer.save_checkpoint(path)
+    return path
 
 
 def _check_finite(best: dict[str, Any], cfg: DictConfig) -> None:

@@ -204,7 +204,9 @@ def _summary_rows(run_dir: Path, results: dict[str, Any]) -> list[list[str]]:
     rows += [
         [
             "best epoch",
-            f"{results.get('best_epoch')} of epochs 0-{int(results.get('epochs') or 1) - 1} (its checkpoint is tested)",
+            f"{results.get('best_epoch')} of epochs 0-{int(results.get('epochs') or 1) - 1} (its checkpoint is tested)"
+            if results.get("best_epoch") is not None or len(results.get("stages", [])) < 2
+            else "none: no fine-tuning epoch beat stage 1, the probe's head (tested)",
         ],
         [
             "data",
