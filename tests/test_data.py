@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import unicodedata
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -9,6 +11,7 @@ from PIL import Image
 from tlx.backbones import create_backbone
 from tlx.data import DemoData, FashionMNISTData, FolderData
 from tlx.errors import ConfigError
+from tlx.evaluate import check_classes
 
 from .conftest import fashion_mnist_root
 
@@ -86,6 +89,19 @@ def test_a_validation_folder_named_as_kaggle_names_it_is_the_val_split(tmp_path,
     make_folder(tmp_path / "ds" / "val", n=2)
     with pytest.raises(ConfigError, match=f"has both val/ and {val_name}/; keep one validation folder"):
         FolderData(root=str(tmp_path / "ds"), data_config=CFG, num_workers=0).setup()
+
+
+def test_split_folders_in_capitals_and_a_class_name_in_decomposed_unicode(tmp_path):
+    """``Train/ Val/ Test/`` are the splits (they became three classes, without a word), and a class folder named in
+    decomposed Unicode (as macOS writes "café") is the class of the same name in composed form (it was another)."""
+    make_folder(tmp_path / "ds" / "Train", classes=("café", "tea"), n=4)
+    make_folder(tmp_path / "ds" / "Val", classes=(unicodedata.normalize("NFD", "café"), "tea"), n=2)
+    make_folder(tmp_path / "ds" / "TEST", classes=("café", "tea"), n=2)
+    data = FolderData(root=str(tmp_path / "ds"), data_config=CFG, num_workers=0)
+    data.setup()
+    assert data.classes == ["café", "tea"]
+    assert {s: len(v) for s, v in data.samples.items()} == {"train": 8, "val": 4, "test": 4}
+    assert check_classes([unicodedata.normalize("NFD", "café")], data.classes, tmp_path) == [0]  # tlx.evaluate's
 
 
 def test_a_class_called_train_is_a_class(tmp_path):

@@ -61,7 +61,11 @@ def _metrics(run_dir: Path) -> dict:
 
 
 def test_rerun_from_saved_config_reproduces_metrics(tmp_path, monkeypatch):
+    """Also from another folder, with the data given as a relative data.root, where a folder of that name holds other
+    images: the rerun reads the run's own (resolved against the rerun's folder, it trained on the others)."""
     first = tmp_path / "first"
+    make_folder(tmp_path / "start" / "photos", classes=("tigger", "misty", "neither"), n=8)
+    make_folder(tmp_path / "photos", classes=("ant", "bee"), n=8)  # where the rerun starts
     tiny = [
         "backbone.image_size=32",
         "data.samples_per_class=5",
@@ -70,20 +74,24 @@ def test_rerun_from_saved_config_reproduces_metrics(tmp_path, monkeypatch):
         "head=mlp",
         f"cache.dir={tmp_path / 'cache'}",
     ]
-    done = run_cli("+experiment=small_data", *tiny, f"hydra.run.dir={first}")
+    done = run_cli(
+        "+experiment=small_data", *tiny, "data=folder", "data.root=photos", f"hydra.run.dir={first}",
+        cwd=tmp_path / "start",
+    )  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
     assert "val/acc" in done.stdout  # the summary table
     assert (first / "tlx.log").is_file()  # named after the tool (hydra.job.name), not __main__
     monkeypatch.chdir(tmp_path)
     again = run_main("--config-path", str(first / ".hydra"), "--config-name", "config")
     assert again.returncode == 0, again.stderr[-2000:]
+    assert f"data.root=photos means {tmp_path / 'start' / 'photos'}" in again.stderr + again.stdout
     # where a new run goes, with the run's settings (the saved config carries conf/config.yaml's hydra: section;
     # without it the rerun went to outputs/<date>/<time>/ with a __main__.log)
     (second,) = (tmp_path / "outputs" / "runs").iterdir()
     assert (second / "tlx.log").is_file()
     assert _metrics(second) == _metrics(first)
     results = json.loads((second / "results.json").read_text())
-    assert results["cache"]["hits"] == 3  # the rerun read the features the first run stored
+    assert results["cache"]["hits"] == 2  # the rerun read the features the first run stored (train, val)
 
 
 def test_small_data_on_a_users_own_folder(tmp_path):

@@ -153,6 +153,8 @@ def test_predict_cli_says_how_far_it_got_where_no_bar_is_drawn(run_dir, tmp_path
         ("output=FILE/p.csv", "cannot write output=FILE/p.csv"),
         ("output=P.CSV", None),  # a suffix in capitals is a CSV too
         ("checkpoint=FILE", "FILE is not a checkpoint a tlx run wrote (UnpicklingError); use checkpoint=best"),
+        # another run's (of 3 other classes: it was used with this run's class names)
+        ("checkpoint=OTHER", "OTHER was trained on other classes (x, y, z) than RUN has (ant, bee, cat); give the"),
         pytest.param(
             "device=cuda",
             "device=cuda but no CUDA GPU is available here; use device=cpu",
@@ -164,6 +166,11 @@ def test_predict_errors_are_one_line(run_dir, tmp_path, capsys, case, expected):
     args = {"run_dir": str(run_dir), "inputs": str(run_dir.parent / "photos")}
     if "=" in case:  # an option's value
         (tmp_path / "FILE").write_text("not a checkpoint, not a folder")
+        other = torch.load(run_dir / "checkpoints" / "best.ckpt", weights_only=True)
+        assert other["classes"] == ["ant", "bee", "cat"]  # each checkpoint names its classes
+        torch.save(other | {"classes": ["x", "y", "z"]}, tmp_path / "OTHER")
+        case = case.replace("OTHER", str(tmp_path / "OTHER"))
+        expected = expected and expected.replace("OTHER", str(tmp_path / "OTHER")).replace("RUN", str(run_dir))
         key, value = case.replace("FILE", str(tmp_path / "FILE")).replace("P.CSV", str(tmp_path / "P.CSV")).split("=")
         args[key] = value
         if expected is None:
@@ -255,6 +262,24 @@ def test_export_matches_the_checkpoint(run_dir, reference, tmp_path):
     assert pre["input_size"] == [3, 32, 32] and pre["mean"] == [0.5] * 3 and pre["std"] == [0.5] * 3
     assert pre["interpolation"] == "bicubic" and pre["crop_pct"] == 0.875 and pre["resize_shorter_side_to"] == 36
     assert "ImageOps.exif_transpose" in pre["orientation"]  # as tlx.predict reads a phone photo
+    assert pre["jpeg_draft"] == 37 and "Image.draft" in pre["decode"]  # int(32 / 0.875) + 1
+
+    # A photo-size JPEG, decoded as meta.json says (reduced scale), gives tlx.predict's probabilities: decoded in full
+    # it gave others (tlx decodes JPEGs at reduced scale and meta.json did not say so)
+    photo = tmp_path / "big.jpg"
+    smooth = np.kron(np.random.default_rng(1).integers(0, 255, (30, 40, 3)), np.ones((20, 20, 1)))
+    Image.fromarray(smooth.astype(np.uint8)).save(photo, quality=90)  # 800x600
+    (predicted,), _ = predict(load_run(run_dir), [photo])
+    img = Image.open(photo)
+    img.draft("RGB", (pre["jpeg_draft"], pre["jpeg_draft"]))
+    transform = timm.data.create_transform(
+        input_size=pre["input_size"], interpolation=pre["interpolation"], mean=pre["mean"], std=pre["std"],
+        crop_pct=pre["crop_pct"], crop_mode=pre["crop_mode"],
+    )  # fmt: skip
+    with torch.no_grad():
+        probs = torch.jit.load(str(tmp_path / "export" / "model.pt"))(transform(img.convert("RGB"))[None]).softmax(1)
+    assert predicted["probs"][0] == pytest.approx(probs.max().item(), abs=1e-5)
+    assert predicted["labels"][0] == meta["classes"][int(probs.argmax())]
 
     x, expected = reference(sorted((run_dir.parent / "photos").rglob("*.png"))[:5])  # (5, 3, 32, 32), (5, K)
     with torch.no_grad():
@@ -269,6 +294,18 @@ def test_export_matches_the_checkpoint(run_dir, reference, tmp_path):
     again = run_main(f"run_dir={run_dir}", f"out={tmp_path / 'export'}", "formats=[onnx]", module="tlx.export")
     assert again.returncode == 0, again.stderr[-3000:]  # an earlier export's folder is written again, and holds
     assert sorted(p.name for p in (tmp_path / "export").iterdir()) == ["meta.json", "model.onnx"]  # only this one
+
+
+def test_an_export_that_fails_leaves_no_folder(tmp_path, capsys):
+    """A run that failed at its settings has no model: the one-line error, and no empty export/ folder (it was left)."""
+    from tlx.export import main as export_main
+
+    (tmp_path / "run" / ".hydra").mkdir(parents=True)
+    (tmp_path / "run" / "results.json").write_text(json.dumps({"status": "failed", "error": "data root not found"}))
+    with pytest.raises(SystemExit) as exit_info:
+        export_main([f"run_dir={tmp_path / 'run'}"])
+    assert exit_info.value.code == 2 and "failed before it trained" in capsys.readouterr().err
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == [".hydra", "results.json"]
 
 
 def _val_folder(run_dir: Path, dest: Path) -> Path:

@@ -23,7 +23,7 @@ from omegaconf.errors import MissingMandatoryValue
 # key or choice ends in one line within about a second.
 from tlx.errors import ConfigError, Terminated
 from tlx.jsonfile import probe_writable
-from tlx.rerun import make_rerunnable, saved_candidate, source_run
+from tlx.rerun import anchor_data, make_rerunnable, saved_candidate, source_run
 
 log = logging.getLogger("tlx")
 CONF = Path(__file__).resolve().parents[1] / "conf"
@@ -64,6 +64,7 @@ def _compose_candidate(
     kept = [o for o in overrides if not o.lstrip("+~").startswith(("strategy=", "auto.", "auto="))]
     if rerun_of is not None:
         cfg = saved_candidate(rerun_of, strategy, kept)
+        anchor_data(cfg, rerun_of, kept)  # as the auto run's own data.root
     else:
         cfg = hydra.compose(config_name=config_name, overrides=[*kept, f"strategy={strategy}"])
     if gpu_job is not None:
@@ -244,6 +245,9 @@ def main(cfg: DictConfig) -> float:
     if hc.output_subdir:  # the saved config gets the hydra: section, for reruns from it (tlx/rerun.py)
         make_rerunnable(out_dir / hc.output_subdir / "config.yaml")
     try:
+        anchored = anchor_data(cfg, source_run(hc.runtime.config_sources), list(hc.overrides.task))
+        if anchored:
+            log.info("rerun: %s", anchored)
         check_source(cfg.data)  # a data.root or data.path that is not there: one line before the heavy imports
         _check_presets(hc.runtime.choices)
         if not isinstance(cfg.get("seed"), int) or isinstance(cfg.get("seed"), bool):

@@ -15,6 +15,7 @@ import json
 import logging
 import sys
 import time
+import unicodedata
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -93,12 +94,13 @@ def labelled_images(inputs: Path, scan: FileScan) -> tuple[list[Path], list[str]
 
 def check_classes(names: list[str], classes: list[str], inputs: Path) -> list[int]:
     """The label index of every class name; a ConfigError for names that are not classes of the model."""
-    index = {name: i for i, name in enumerate(classes)}
+    names = [unicodedata.normalize("NFC", n) for n in names]  # as training named the classes (tlx.sources)
+    index = {unicodedata.normalize("NFC", name): i for i, name in enumerate(classes)}
     unknown = sorted(set(names) - set(index))
     if unknown:
         hint = (
             f"point inputs= at one of its split folders, e.g. inputs={Path(inputs) / 'test'}"
-            if set(unknown) <= {*SPLITS, "valid", "validation"}
+            if {n.lower() for n in unknown} <= {*SPLITS, "valid", "validation"}
             else "remove them, or rename them to the model's class names"
         )
         raise ConfigError(

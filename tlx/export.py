@@ -11,6 +11,7 @@ import importlib.util
 import json
 import logging
 import math
+import shutil
 import sys
 import warnings
 from dataclasses import dataclass, field
@@ -83,10 +84,16 @@ def export_onnx(model: TrainedModel, path: Path, opset: int = 17) -> Path:
 
 def preprocessing(data_config: dict[str, Any]) -> dict[str, Any]:
     """What timm's eval transform does to a photo before the network, spelled out for other runtimes."""
+    from tlx.data.base import draft_size
+
     size = int(data_config["input_size"][-1])
     crop_pct = float(data_config.get("crop_pct", 1.0))
     return {
         # as tlx reads every image (tlx.data.FileSamples): phone photos store their pixels sideways and say so in EXIF
+        # a JPEG is decoded at a reduced scale where the target is much smaller (tlx.data.FileSamples.load); full
+        # decoding differs by a few units per pixel, and by up to 0.2 in the logits on phone-size photos
+        "jpeg_draft": draft_size(data_config),
+        "decode": "a JPEG at reduced scale (PIL: Image.draft('RGB', (jpeg_draft, jpeg_draft)) before reading it)",
         "orientation": "turn the photo upright by its EXIF orientation first (PIL: ImageOps.exif_transpose)",
         "input_size": list(data_config["input_size"]),
         "resize_shorter_side_to": math.floor(size / crop_pct),
@@ -119,11 +126,17 @@ def export(run_dir: Path, formats: list[str], out: Path | None = None, checkpoin
     # A folder that holds anything but an earlier export (its meta.json) is the user's: its files are not replaced
     if out.is_dir() and any(out.iterdir()) and not _earlier_export(out):
         raise ConfigError(f"out={out} holds other files and no earlier export; choose another out= folder")
-    if Path(run_dir).is_dir():  # (a missing run dir: load_run's own line)
-        writable_file(out / "meta.json", "out")  # before the model loads, not after
-    model = load_run(run_dir, checkpoint)
-    writers = {"torchscript": export_torchscript, "onnx": export_onnx}
-    files = {fmt: writers[fmt](model, out / FORMATS[fmt]).name for fmt in formats}
+    made = not out.exists()
+    try:
+        if Path(run_dir).is_dir():  # (a missing run dir: load_run's own line)
+            writable_file(out / "meta.json", "out")  # before the model loads, not after
+        model = load_run(run_dir, checkpoint)
+        writers = {"torchscript": export_torchscript, "onnx": export_onnx}
+        files = {fmt: writers[fmt](model, out / FORMATS[fmt]).name for fmt in formats}
+    except BaseException:
+        if made:  # a folder this export made holds nothing that looks like an export
+            shutil.rmtree(out, ignore_errors=True)
+        raise
     meta = {
         "classes": model.classes,
         "backbone": model.backbone,

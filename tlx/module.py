@@ -119,6 +119,7 @@ class TransferModule(pl.LightningModule):
         # the epoch's mean loss over images, logged (and val's in val_history)
         self.loss_means = nn.ModuleDict({f"{s}_": MeanMetric() for s in ("train", "val", "test")})
         self.val_history: list[dict[str, Any]] = []  # one entry per validation epoch, to report the best one
+        self.classes: list[str] | None = None  # the class names, kept in checkpoints (tlx.predict checks them)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.channels_last and x.dim() == 4:
@@ -183,6 +184,8 @@ class TransferModule(pl.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["val_history"] = self.val_history
+        if self.classes is not None:
+            checkpoint["classes"] = list(self.classes)
         # Frozen tensors are left out (rebuilt from the pretrained weights on load): best.ckpt and last.ckpt of a
         # head-only run hold the head, not the whole network.
         fixed = [f"net.{k}" for k in self.freeze.fixed_state_keys(self.net)]

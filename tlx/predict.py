@@ -113,6 +113,12 @@ def load_run(run_dir: Path, checkpoint: str = "best") -> TrainedModel:
             f"{ckpt} is not a checkpoint a tlx run wrote ({type(e).__name__}); use checkpoint=best, checkpoint=last "
             "or a .ckpt file from a run's checkpoints/"
         ) from e
+    trained_on = loaded.get("classes")  # (checkpoints written before tlx kept them have none)
+    if trained_on is not None and list(trained_on) != list(classes):
+        raise ConfigError(
+            f"{ckpt} was trained on other classes ({', '.join(trained_on)}) than {run_dir} has "
+            f"({', '.join(classes)}); give the run_dir= of the run that wrote it"
+        )
     # Same order as tlx.run (a reinit_last head rebuilds the backbone's tail). A lean checkpoint takes its frozen
     # tensors from the pretrained weights; a full one holds every tensor, so it needs none (the shapes do not depend
     # on them, and load_state_dict below is strict).

@@ -12,6 +12,7 @@ saved config has no ``conf/`` groups to compose from; it takes each candidate's 
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
@@ -49,6 +50,34 @@ def source_run(config_sources: list) -> Path | None:
         if source.provider == "main" and source.schema == "file" and Path(source.path).name == ".hydra":
             return Path(source.path).parent
     return None
+
+
+def anchor_data(cfg: DictConfig, source: Path | None, overrides: list[str]) -> str | None:
+    """In a rerun from a saved config, a relative ``data.root`` (``data.path``) is the folder (file) the rerun run read,
+    as its ``files.json`` records it, wherever the rerun is started: resolved against the rerun's own working folder it
+    failed, or trained on another folder of the same name. Changes ``cfg``; returns what it did, for the log.
+
+    Args:
+        cfg: the rerun's config.
+        source: the run whose saved config it was composed from (:func:`source_run`), or None for a new run.
+        overrides: the command line's overrides: a data.root/data.path given there is the user's, as typed.
+    """
+    data = cfg.get("data")
+    key = next((k for k in ("root", "path") if data is not None and data.get(k) is not None), None)
+    if source is None or key is None or Path(str(data[key])).expanduser().is_absolute():
+        return None
+    if any(o.split("=", 1)[0].lstrip("+~") == f"data.{key}" for o in overrides):
+        return None
+    # (an auto run writes its files.json at the end; its candidates, each theirs)
+    lists = [source / "files.json", *sorted(source.glob("candidates/*/files.json"))]
+    try:
+        recorded = json.loads(next(p for p in lists if p.is_file()).read_text()).get("data_location")
+    except (StopIteration, OSError, ValueError):  # a run that stopped before its data, or from before tlx recorded it
+        return None
+    if not recorded or Path(recorded) == Path(str(data[key])).expanduser().absolute():
+        return None
+    typed, data[key] = data[key], recorded
+    return f"data.{key}={typed} means {recorded}, which the run in {source} read (its files.json)"
 
 
 def saved_candidate(run_dir: Path, strategy: str, overrides: list[str]) -> DictConfig:

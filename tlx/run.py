@@ -194,6 +194,7 @@ def train(
         seed=int(cfg.seed),
         class_weights=data.class_weights(),
     )
+    module.classes = data.classes
     probe = instantiate(cfg.probe)
     lp_ft = bool(OmegaConf.select(cfg, "lp_ft.enabled", default=False))
     if lp_ft and (freeze.mode == "head_only" or not isinstance(head, LinearHead)):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import os
+import unicodedata
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -182,27 +183,34 @@ def folder_images(
     return found, classes
 
 
+_SPLIT_WORDS = {"train": "training", "val": "validation", "test": "test"}
+
+
 def _split_folders(root: Path) -> dict[str, Path]:
     """``{split: folder}`` of a folder laid out as ``train/`` (with class folders in it), ``val/`` (or ``valid/``,
-    ``validation/``, as Kaggle and others name it) and ``test/``; empty for a folder of class folders, also when one
-    class is called ``train`` (a folder of images, not of class folders)."""
-    train = root / "train"
-    if not train.is_dir() or not any(p.is_dir() and not skip_reason(p.name, True) for p in train.iterdir()):
-        return {}
-    out = {"train": train}
-    for split, names in (("val", ("val", "valid", "validation")), ("test", ("test",))):
-        found = [root / n for n in names if (root / n).is_dir()]
-        if len(found) > 1:
+    ``validation/``, as Kaggle and others name it) and ``test/``, in any case (``Train/``, ``VAL/``); empty for a
+    folder of class folders, also when one class is called ``train`` (a folder of images, not of class folders)."""
+    names = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
+    found: dict[str, list[Path]] = {}
+    for folder in sorted(root.iterdir()) if root.is_dir() else []:
+        if folder.name.lower() in names and folder.is_dir():
+            found.setdefault(names[folder.name.lower()], []).append(folder)
+    for split, folders in found.items():
+        if len(folders) > 1:
             raise ConfigError(
-                f"{root} has both {found[0].name}/ and {found[1].name}/; keep one validation folder (or merge them)"
+                f"{root} has both {folders[0].name}/ and {folders[1].name}/; keep one {_SPLIT_WORDS[split]} folder "
+                "(or merge them)"
             )
-        if found:
-            out[split] = found[0]
-    return out
+    train = found.get("train", [None])[0]
+    if train is None or not any(p.is_dir() and not skip_reason(p.name, True) for p in train.iterdir()):
+        return {}
+    return {split: folders[0] for split, folders in found.items()}
 
 
 def _class_dirs(folder: Path, scan: FileScan) -> dict[str, Path]:
-    dirs = {d.name: d for d in scan.subfolders(folder)}
+    # A class is its folder's name in Unicode's composed form (NFC): macOS writes "café" decomposed (NFD), so the same
+    # name typed or copied elsewhere would otherwise be another class
+    dirs = {unicodedata.normalize("NFC", d.name): d for d in scan.subfolders(folder)}
     if not dirs:
         raise ConfigError(f"no class folders in {folder}; put one subfolder of images per class there")
     return dirs
@@ -276,7 +284,7 @@ def read_rows(file: Path, scan: FileScan) -> list[tuple[int, Path, str, str]]:
                 continue
             if len(row) < len(header):
                 raise ConfigError(f"{file} line {line} has {len(row)} columns, the header {len(header)}")
-            name, label = row[col_path].strip(), row[col_label].strip()
+            name, label = row[col_path].strip(), unicodedata.normalize("NFC", row[col_label].strip())
             split = row[col_split].strip().lower() if col_split is not None else "all"
             if not name or not label:
                 raise ConfigError(f"{file} line {line} has an empty path or label; fill it in or remove it")

@@ -86,6 +86,12 @@ class FileSamples(Samples):
         return hashlib.blake2b(self.paths[i].read_bytes(), digest_size=12).hexdigest()
 
 
+def draft_size(data_config: dict[str, Any]) -> int:
+    """The square box a JPEG is decoded for (``Image.draft``: DCT scaling by 1/2, 1/4 or 1/8 as long as the image
+    stays at least this large): one pixel above the size the eval transform resizes the shorter side to."""
+    return int(data_config["input_size"][-1] / data_config.get("crop_pct", 1.0)) + 1
+
+
 # Greyscale modes deeper than 8 bits: 16-bit (scans, microscopy, depth maps), 32-bit integer, 32-bit float.
 _DEEP_MODES = {"I;16", "I;16L", "I;16B", "I;16N", "I", "F"}
 
@@ -360,7 +366,7 @@ class ImageData:
         self.train_transform = (
             timm.data.create_transform(**self.data_config, is_training=True) if self.augment else self.eval_transform
         )
-        self.draft = int(self.data_config["input_size"][-1] / self.data_config.get("crop_pct", 1.0)) + 1
+        self.draft = draft_size(self.data_config)
         self.samples: dict[str, Samples] = {}
         self.classes: list[str] = []
         self.bad_images: list[str] = []
@@ -459,7 +465,9 @@ class ImageData:
 
     def save_file_lists(self, path: Path) -> None:
         """Write the exact ids of every split (after subsetting) to ``path`` as JSON."""
-        write_json_atomic(path, {split: s.ids for split, s in self.samples.items()} | {"classes": self.classes})
+        found = getattr(self, "root", None) or getattr(self, "path", None)  # (the demo's and a CSV's, too)
+        where = {"data_location": str(Path(found).absolute())} if isinstance(found, Path) else {}
+        write_json_atomic(path, {split: s.ids for split, s in self.samples.items()} | {"classes": self.classes} | where)
 
     def dataset(self, split: str, train_transform: bool = False) -> Dataset:
         """Images of ``split`` (decoded on the fly)."""
