@@ -225,6 +225,23 @@ def test_unknown_config_key_or_choice(tmp_path, override, expected):
     assert "hydra" in imported and not HEAVY & imported
 
 
+@pytest.mark.parametrize(
+    ("override", "command"),
+    [
+        ("head=mlp", "python -m tlx +experiment=small_data seed=2 head=mlp"),  # the saved head=linear replaced
+        ("+strategy=last_n2", "python -m tlx +experiment=small_data head=linear seed=2 strategy=last_n2"),
+    ],
+)
+def test_a_rerun_that_picks_a_config_group_is_one_line_naming_the_new_run(tmp_path, override, command):
+    """A saved config has no groups: head=mlp on a rerun was a traceback, and +strategy=last_n2 (Hydra's own hint for
+    strategy=last_n2) trained the saved strategy without a word. The line gives the command of a new run."""
+    (tmp_path / ".hydra").mkdir()
+    (tmp_path / ".hydra" / "overrides.yaml").write_text("- +experiment=small_data\n- head=linear\n- seed=2\n")
+    proc = run_main("--config-path", str(tmp_path / ".hydra"), "--config-name", "config", override)
+    assert proc.returncode == 2 and proc.stderr.startswith(f"tlx: error: {override} picks a config group")
+    assert proc.stderr.strip().endswith(f"start a new run with its overrides and yours: {command}")
+
+
 def test_cache_dir_cannot_be_written(tmp_path):
     blocker = tmp_path / "a_file"
     blocker.write_text("a file, not a folder: nothing can be created below it, not even by root")
@@ -315,7 +332,13 @@ def test_val_fraction_outside_0_1_is_named_as_such(tmp_path):
         ),
         (["cache.dir=BLOCKED/cache"], "cannot write the feature cache at BLOCKED/cache"),
         (["strategy=lp_ft", "probe.enabled=false"], "lp_ft.enabled=true trains its first stage with the linear probe"),
-        (["data.val_fraction=0.5", "data.test_fraction=0.4"], "class 'lone' has only 1 images: too few to keep one"),
+        (
+            ["data.val_fraction=0.5", "data.test_fraction=0.4"],
+            "class 'lone' has only 1 image: too few to keep one for training after 1 val + 1 test; add images to it, "
+            "or remove its folder (every class needs at least 1 val + 1 test + 1 train)",  # lower fractions: no help
+        ),
+        (["optim.weight_decay=-1"], "optim.weight_decay must be >= 0, got -1"),  # (tracebacks from torch)
+        (["optim=sgd", "optim.momentum=-1"], "optim.momentum must be >= 0, got -1"),
     ],
     ids=lambda x: x[-1] if isinstance(x, list) else None,
 )
@@ -345,9 +368,10 @@ def test_a_run_that_diverged_fails_instead_of_finishing_ok(tmp_path):
     json.loads((tmp_path / "run" / "results.json").read_text(), parse_constant=pytest.fail)  # no NaN anywhere
 
 
-def test_a_seed_that_is_no_number_is_one_line(tmp_path):
-    proc, results = _run(tmp_path, "seed=abc")
-    _assert_fails(proc, results, "seed must be a whole number, e.g. seed=0, got abc")
+@pytest.mark.parametrize("seed", ["abc", "-1", "99999999999"])  # (the numbers were numpy's traceback)
+def test_a_seed_that_is_no_seed_is_one_line(tmp_path, seed):
+    proc, results = _run(tmp_path, f"seed={seed}")
+    _assert_fails(proc, results, f"seed must be a whole number from 0 to 2**32-1, e.g. seed=0, got {seed}")
 
 
 @pytest.mark.parametrize(
@@ -370,7 +394,7 @@ def test_a_setting_that_cannot_be_met_here_is_one_line_naming_the_fix(tmp_path, 
 def test_an_image_size_that_is_no_size_is_one_line(tmp_path, size):
     proc, results = _run(tmp_path, f"backbone.image_size={size}")
     _assert_fails(
-        proc, results, "backbone.image_size must be a whole number of pixels, e.g. 224, or null", f"got {size}"
+        proc, results, "backbone.image_size must be a positive whole number of pixels, e.g. 224, or null", f"got {size}"
     )
 
 
@@ -401,7 +425,7 @@ def test_one_hidden_width_is_one_hidden_layer():
 def test_max_epochs_minus_one_with_max_steps_is_valid(make_cfg, tmp_path):
     from tlx.run import _check_before_data
 
-    _check_before_data(make_cfg("trainer.max_epochs=-1", "+trainer.max_steps=5"), 8, tmp_path)
+    _check_before_data(make_cfg("trainer.max_epochs=-1", "trainer.max_steps=5"), 8, tmp_path)
 
 
 def test_a_folder_of_unreadable_images_says_so(tmp_path):

@@ -104,6 +104,17 @@ def test_split_folders_in_capitals_and_a_class_name_in_decomposed_unicode(tmp_pa
     assert check_classes([unicodedata.normalize("NFD", "café")], data.classes, tmp_path) == [0]  # tlx.evaluate's
 
 
+def test_a_photo_of_more_than_89_megapixels_is_an_image(tmp_path, recwarn):
+    """PIL's bomb limit (89 MP: a warning, 179 MP: an error) printed a raw library warning for a 108 MP photo and
+    dropped larger ones as unreadable; these are the user's own photos (tlx allows 1 GP, refuses 2 GP)."""
+    from tlx.data import FileSamples, ImageData
+
+    Image.new("1", (12000, 9000)).save(tmp_path / "pano.png")  # 108 MP (1-bit: small and quick to write)
+    data = ImageData(CFG, num_workers=0)
+    assert len(data.check_images(FileSamples([tmp_path / "pano.png"], [0]))) == 1 and not data.bad_images
+    assert not [w for w in recwarn if type(w.message).__name__ == "DecompressionBombWarning"]
+
+
 def test_a_class_called_train_is_a_class(tmp_path):
     make_folder(tmp_path / "ds", classes=("bus", "car", "train"), n=5)  # a folder of images, not of class folders
     data = FolderData(root=str(tmp_path / "ds"), data_config=CFG, num_workers=0, val_fraction=0.4)

@@ -214,6 +214,29 @@ def test_csv_errors_name_the_fix(tmp_path, header, row, expected):
         data.setup()
 
 
+def test_a_csv_whose_paths_are_all_missing_says_where_they_are_looked_for(tmp_path):
+    """Paths written relative to the working folder, not the CSV's: "were unreadable ... check that they are image
+    files" named the wrong fix."""
+    write_images(tmp_path / "images", n=4)
+    rows = [r.replace("images/", "data/images/") for r in _rows(tmp_path / "images", tmp_path)]
+    (tmp_path / "meta").mkdir()
+    data = CSVData(path=str(_csv(tmp_path / "meta" / "labels.csv", rows)), data_config=DATA_CONFIG, num_workers=0)
+    expected = f"its paths are taken relative to its own folder ({tmp_path / 'meta'}), or absolute"
+    with pytest.raises(ConfigError, match=re.escape(expected)):
+        data.setup()
+
+
+def test_a_class_without_validation_images_is_warned_about_and_has_no_val_accuracy(make_cfg, tmp_path, caplog):
+    """Its val accuracy was reported as 0.0 (torchmetrics' value for no images), without a word."""
+    write_images(tmp_path / "ds" / "train", n=4)
+    write_images(tmp_path / "ds" / "val", classes=("ant", "bee"), n=2)
+    with caplog.at_level(logging.WARNING, logger="tlx.data.base"):
+        results = train(make_cfg("data=folder", f"data.root={tmp_path / 'ds'}"), tmp_path / "run", summary=False)
+    assert any(r.getMessage().startswith("no validation images of class(es) 'cat': its val") for r in caplog.records)
+    assert results["per_class"]["val"]["per_class_acc"][2] is None
+    assert None not in results["per_class"]["val"]["per_class_acc"][:2]
+
+
 def test_csv_end_to_end_with_subset_cache_and_exif(make_cfg, tmp_path, cache_dir):
     images = write_images(tmp_path / "images", n=8)
     _phone_photo(images / "ant" / "phone.jpg")

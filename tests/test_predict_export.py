@@ -84,6 +84,7 @@ def test_predict_cli_writes_top_k_csv_and_skips_bad_files(run_dir, reference, tm
     (inputs / "notes.txt").write_text("not an image, not even looked at")
     shutil.copytree(inputs / "ant", inputs / "__MACOSX" / "ant")  # clutter, left out as training leaves it out
     shutil.copy(inputs / "ant" / "0.png", inputs / "ant" / "0-checkpoint.png")
+    Image.open(inputs / "ant" / "1.png").convert("RGB").save(inputs / "ant" / "1.jfif", format="JPEG")  # a JPEG too
     proc = run_cli(  # a new interpreter: what it prints, warnings included
         f"run_dir={run_dir}",
         f"inputs={inputs}",
@@ -98,8 +99,10 @@ def test_predict_cli_writes_top_k_csv_and_skips_bad_files(run_dir, reference, tm
     assert proc.returncode == 0, proc.stderr[-3000:]
     # Prediction needs torch and timm, not the training framework (Lightning and torchmetrics: 1.3 s of a 5.4 s call).
     assert {"torch", "timm"} <= imported and not {"pytorch_lightning", "lightning_fabric", "torchmetrics"} & imported
-    assert "24 predictions" in proc.stdout and "1 unreadable files skipped" in proc.stdout
+    assert "25 predictions" in proc.stdout and "1 unreadable file skipped" in proc.stdout
     assert f"skipping unreadable image {inputs / 'bee' / 'broken.jpg'}" in proc.stderr
+    # what was left out is said (it was only by training), as training says it
+    assert f"left out 3 file(s)/folder(s) under {inputs}: 1 checkpoint_copy" in proc.stderr
     with open(tmp_path / "preds.csv") as f:
         rows = list(csv.DictReader(f))
     assert list(rows[0]) == ["path", "label_1", "prob_1", "label_2", "prob_2", "label_3", "prob_3"]

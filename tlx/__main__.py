@@ -250,8 +250,9 @@ def main(cfg: DictConfig) -> float:
             log.info("rerun: %s", anchored)
         check_source(cfg.data)  # a data.root or data.path that is not there: one line before the heavy imports
         _check_presets(hc.runtime.choices)
-        if not isinstance(cfg.get("seed"), int) or isinstance(cfg.get("seed"), bool):
-            raise ConfigError(f"seed must be a whole number, e.g. seed=0, got {cfg.get('seed')}")
+        seed = cfg.get("seed")
+        if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**32:  # (numpy's seed range)
+            raise ConfigError(f"seed must be a whole number from 0 to 2**32-1, e.g. seed=0, got {seed}")
         from tlx.console import configure_console
 
         configure_console(bool(cfg.get("verbose")))  # before the imports below, whose warnings it filters
@@ -319,10 +320,39 @@ def _parses(parser: Any, arg: str) -> bool:
         return False
 
 
+def _rerun_groups(argv: list[str]) -> str | None:
+    """Why this command cannot run, where it reruns a saved config (``--config-path <run>/.hydra``) and picks a config
+    group (``head=mlp``, ``+strategy=last_n2``): the saved config is one file, with no groups to pick from. Hydra
+    failed with a traceback, or took ``+strategy=...`` as a new key and trained the saved strategy without a word."""
+    paths = [v for k, v in zip(argv, argv[1:], strict=False) if k in ("--config-path", "-cp")]
+    paths += [a.split("=", 1)[1] for a in argv if a.startswith("--config-path=")]
+    if not paths or Path(paths[-1]).name != ".hydra":
+        return None
+    groups = {d.name for d in CONF.iterdir() if d.is_dir() and d.name != "hydra"}
+    picked = [a for a in argv if "=" in a and a.split("=", 1)[0].lstrip("+~") in groups]
+    if not picked:
+        return None
+    saved = Path(paths[-1]) / "overrides.yaml"
+    earlier = [o for o in (OmegaConf.load(saved) if saved.is_file() else []) if not o.startswith("hydra.")]
+    named = {p.split("=", 1)[0].lstrip("+~") for p in picked}
+    kept = [o for o in earlier if o.split("=", 1)[0].lstrip("+~") not in named]
+    # as a new run takes them: experiment is added (+), the other groups are in conf/config.yaml's defaults
+    typed = [("+" if p.lstrip("+").startswith("experiment=") else "") + p.lstrip("+") for p in picked]
+    return (
+        f"{' '.join(picked)} picks a config group, and a rerun from a saved config has none to pick from (its config "
+        f"is one file; keys like seed=1 or freeze.n=2 change it); start a new run with its overrides and yours: "
+        f"python -m tlx {' '.join([*kept, *typed])}"
+    )
+
+
 def _main() -> None:
     """``python -m tlx``: a Ctrl-C while a sweep waits for its SLURM jobs is one line naming the jobs that go on (a
     run or an in-process sweep job records its own interruption and exits 130 itself)."""
     sys.argv[1:] = path_friendly(sys.argv[1:])
+    refused = _rerun_groups(sys.argv[1:])
+    if refused:
+        print(f"tlx: error: {refused}", file=sys.stderr)
+        sys.exit(2)
     # Before Hydra runs the sweeper: alembic's "setup plugin ..." lines when Optuna (or MLflow) opens its database
     logging.getLogger("alembic").setLevel(logging.WARNING)
     try:

@@ -144,8 +144,8 @@ def create_backbone(
     _check_name(name)
     if image_size is not None and (isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1):
         raise ConfigError(
-            f"backbone.image_size must be a whole number of pixels, e.g. 224, or null for the backbone's own size; "
-            f"got {image_size}"
+            "backbone.image_size must be a positive whole number of pixels, e.g. 224, or null for the backbone's own "
+            f"size; got {image_size}"
         )
     # Only the rates that are set: not every architecture takes them (DenseNet has no drop_path_rate).
     kwargs = {k: v for k, v in (("drop_rate", drop_rate), ("drop_path_rate", drop_path_rate)) if v}

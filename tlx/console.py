@@ -55,6 +55,8 @@ HIDDEN_MESSAGES = (
     r"Grad strides do not match bucket view strides",
     # torchmetrics, on a diverged run's NaN loss: the run then fails with a line that says what happened
     r"Encountered nan values in tensor",
+    # a run that stops before its first validation: tlx validates the final weights then (tlx.run)
+    r"`ModelCheckpoint\(monitor='val/acc'\)` could not find the monitored key",
 )
 # alembic: MLflow's database setup (MLflow's own loggers: MLFLOW_LOGGING_LEVEL below)
 LIBRARY_LOGGERS = ("pytorch_lightning", "lightning_fabric", "lightning", "alembic")

@@ -1,5 +1,5 @@
-"""The error type for what a user can fix (a configuration or input error whose message names the fix), and the
-interrupt a SIGTERM raises outside training.
+"""The error type for what a user can fix (a configuration or input error whose message names the fix), the
+interrupt a SIGTERM raises outside training, and the counted nouns of messages.
 
 Its own tiny module, imported by everything that raises it and by the command line before Hydra parses the
 command, so that a mistyped override ends in one line without first importing torch, timm and Lightning.
@@ -21,3 +21,8 @@ class Terminated(KeyboardInterrupt):
     """SIGTERM outside Lightning's loops (feature extraction, building the model; ``tlx.run.sigterm_as_interrupt``):
     handled as a Ctrl-C there is, but the process exits 143 (128 + SIGTERM), as it does when the signal comes during
     training."""
+
+
+def plural(n: int, noun: str) -> str:
+    """``1 image``, ``2 images``: a count with its noun, for messages."""
+    return f"{n} {noun}{'' if n == 1 else 's'}"

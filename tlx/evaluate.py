@@ -23,7 +23,7 @@ from typing import Any
 
 from omegaconf import MISSING
 
-from tlx.errors import ConfigError
+from tlx.errors import ConfigError, plural
 from tlx.jsonfile import probe_writable, write_json_atomic
 from tlx.predict import check_options, load_run, parse_args, torch_device  # light: torch loads in load_run
 from tlx.results import print_table, read_results, summary_table
@@ -239,7 +239,9 @@ def _summary_rows(ev: dict[str, Any]) -> list[list[str]]:
         ["time", f"{ev['seconds']:.1f} s"],
     ]
     if skipped:
-        rows.insert(4, ["left out", f"{skipped} files (unreadable, not images, clutter); see evaluation.json"])
+        rows.insert(
+            4, ["left out", f"{plural(skipped, 'file')} (unreadable, not images, clutter); see evaluation.json"]
+        )
     return rows
 
 

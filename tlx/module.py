@@ -47,6 +47,10 @@ class Optim:
             raise ConfigError(f"optim.name must be adamw or sgd, got {name}")
         if not float(lr) > 0:
             raise ConfigError(f"optim.lr must be > 0, got {lr}")
+        if not float(weight_decay) >= 0:
+            raise ConfigError(f"optim.weight_decay must be >= 0, got {weight_decay}")
+        if not float(momentum) >= 0:
+            raise ConfigError(f"optim.momentum must be >= 0, got {momentum}")
         if float(backbone_lr_mult) < 0:
             raise ConfigError(f"optim.backbone_lr_mult must be >= 0, got {backbone_lr_mult}")
         if scheduler not in ("cosine", "none"):
@@ -165,8 +169,11 @@ class TransferModule(pl.LightningModule):
         self._step(batch, "test")
 
     def _store_details(self, stage: str) -> None:
-        out = self.details[f"{stage}_"].compute()
-        self.detail_results[stage] = {k: v.tolist() for k, v in out.items()}
+        out = {k: v.tolist() for k, v in self.details[f"{stage}_"].compute().items()}
+        # a class with no images here has no accuracy (torchmetrics gives 0.0, which reads as all of them wrong)
+        counts = [sum(row) for row in out["confusion"]]
+        out["per_class_acc"] = [a if n else None for a, n in zip(out["per_class_acc"], counts, strict=True)]
+        self.detail_results[stage] = out
         self.details[f"{stage}_"].reset()
 
     def on_validation_epoch_end(self) -> None:

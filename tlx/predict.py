@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from omegaconf import MISSING, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
-from tlx.errors import ConfigError
+from tlx.errors import ConfigError, plural
 from tlx.jsonfile import probe_writable, write_json_atomic
 from tlx.results import read_results, resume_command
 from tlx.sources import IMAGE_SUFFIXES, FileScan
@@ -189,12 +189,16 @@ def find_images(inputs: Path) -> list[Path]:
         return [inputs]
     if not inputs.is_dir():
         raise ConfigError(f"inputs not found: {inputs}; set inputs=<an image file or a folder of images>")
-    images = sorted(FileScan().images(inputs))
+    scan = FileScan()
+    images = sorted(scan.images(inputs))
+    left_out = scan.summary(inputs)  # (it was said only by training: predict left files out without a word)
     if not images:
         raise ConfigError(
-            f"no images in {inputs} (looked for {', '.join(sorted(IMAGE_SUFFIXES))}); set "
-            "inputs=<an image file or a folder of images>"
+            f"no images in {inputs} (looked for {', '.join(sorted(IMAGE_SUFFIXES))}"
+            f"{'; ' + left_out if left_out else ''}); set inputs=<an image file or a folder of images>"
         )
+    if left_out:
+        log.warning("%s", left_out)
     return images
 
 
@@ -364,7 +368,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(2)
     print(
         f"{len(records)} predictions -> {args.output}"
-        + (f" ({len(skipped)} unreadable files skipped)" if skipped else "")
+        + (f" ({plural(len(skipped), 'unreadable file')} skipped)" if skipped else "")
     )
 
 

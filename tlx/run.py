@@ -21,6 +21,7 @@ from typing import Any
 import pytorch_lightning as pl
 import timm.data
 import torch
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from pytorch_lightning.callbacks import ModelCheckpoint
@@ -300,10 +301,18 @@ def train(
         stage_one = _save_stage_one(trainer, module, data, on_interrupt, out_dir) if lp_ft else None
         with on_interrupt.exit_status():
             trainer.fit(module, data.train_dataloader(), data.val_dataloader(shard=True), ckpt_path=resume)
-        _check_finite(module.best_val(), cfg)
-        fit_s, tested_ckpt = time.perf_counter() - t_fit, "best"
-        epochs = int(trainer.current_epoch)
         best_path = Path(checkpoint.best_model_path) if checkpoint.best_model_path else None
+        if best_path is None:  # stopped before its first validation (trainer.max_steps within the first epoch, or
+            # trainer.check_val_every_n_epoch above max_epochs): Lightning's test of "best" failed with a traceback
+            log.info("training ended before a validation: the final weights are validated and kept as best.ckpt")
+            with on_interrupt.exit_status():
+                trainer.validate(module, data.val_dataloader(shard=True), verbose=False)
+            module.val_history[-1]["epoch"] = max(0, int(trainer.current_epoch) - 1)  # the last (partial) epoch
+            best_path = out_dir / "checkpoints" / "best.ckpt"
+            trainer.save_checkpoint(best_path)
+        _check_finite(module.best_val(), cfg)
+        fit_s, tested_ckpt = time.perf_counter() - t_fit, None if best_path is None else str(best_path)
+        epochs = int(trainer.current_epoch)
         tuned = [h for h in module.val_history if h["epoch"] is not None]  # (LP-FT's stage 1 has none)
         stages.append(
             {
@@ -485,6 +494,10 @@ def _check_before_data(cfg: DictConfig, stages: int, out_dir: Path) -> None:
         raise ConfigError(
             f"trainer.accelerator={accelerator} but no CUDA GPU is visible here; use trainer.accelerator=auto or cpu"
         )
+    try:  # the optimizer's own ranges (tlx.module.Optim): a bad weight decay was torch's traceback after extraction
+        instantiate(cfg.optim)
+    except InstantiationException as e:
+        raise (e.__cause__ if isinstance(e.__cause__, ConfigError) else e) from None
     for key in ("trainer.max_epochs", "trainer.max_steps", "freeze.n", "head.n"):  # int() below: a traceback
         value = OmegaConf.select(cfg, key)
         if value is not None and (isinstance(value, bool) or not isinstance(value, int)):

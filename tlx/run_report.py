@@ -24,7 +24,7 @@ from matplotlib.ticker import MaxNLocator
 from PIL import Image
 
 from tlx.data import ImageData, Samples
-from tlx.errors import ConfigError
+from tlx.errors import ConfigError, plural
 from tlx.module import TransferModule
 from tlx.page import esc, figure_png, image_png, img_tag, page, section, table, write_page
 from tlx.results import read_results, resume_command, what_trains
@@ -211,7 +211,8 @@ def _summary_rows(run_dir: Path, results: dict[str, Any]) -> list[list[str]]:
         [
             "data",
             f"{d.get('train', 0)} train, {d.get('val', 0)} val, {d.get('test', 0)} test images, "
-            f"{d['num_classes']} classes" + (f", {d['bad_images']} files skipped" if d.get("bad_images") else ""),
+            f"{d['num_classes']} classes"
+            + (f", {plural(d['bad_images'], 'file')} skipped" if d.get("bad_images") else ""),
         ],
         ["parameters", f"{p['trainable']:,} trainable / {p['total']:,} total"],
         ["model", f"{results['backbone']}, {results['head']}, freeze {results['freeze']}"],
@@ -265,7 +266,7 @@ def _probe_html(probe: dict[str, Any]) -> str:
 
 
 def _fmt(value: Any) -> str:
-    return f"{value:.4f}" if isinstance(value, float) else str(value)
+    return f"{value:.4f}" if isinstance(value, float) else "n/a" if value is None else str(value)
 
 
 def _curves_html(history: dict[str, dict[int, float]], results: dict[str, Any]) -> str:
@@ -360,9 +361,9 @@ def per_class_html(classes: list[str], per_class: dict[str, Any], splits: list[s
     y = np.arange(k)
     height = 0.8 / len(splits)
     for j, (split, color) in enumerate(zip(splits, ("#d62728", "#2da44e"), strict=False)):
-        acc = per_class[split]["per_class_acc"]
-        bars = ax.barh(y - 0.4 + height * (j + 0.5), acc, height=height, color=color, label=split)
-        ax.bar_label(bars, labels=[f"{a:.2f}" for a in acc], padding=3, fontsize=8)
+        acc = per_class[split]["per_class_acc"]  # None: no images of the class in this split
+        bars = ax.barh(y - 0.4 + height * (j + 0.5), [a or 0 for a in acc], height=height, color=color, label=split)
+        ax.bar_label(bars, labels=["no images" if a is None else f"{a:.2f}" for a in acc], padding=3, fontsize=8)
     ax.set_yticks(y, classes)
     ax.set_ylim(k - 0.5, -0.5)  # first class on top, no empty margin
     ax.set_xlim(0, 1.1)
@@ -375,7 +376,7 @@ def per_class_html(classes: list[str], per_class: dict[str, Any], splits: list[s
         + [
             v
             for s in splits
-            for v in (f"{per_class[s]['per_class_acc'][c]:.4f}", int(sum(per_class[s].get("confusion", [[]] * k)[c])))
+            for v in (_fmt(per_class[s]["per_class_acc"][c]), int(sum(per_class[s].get("confusion", [[]] * k)[c])))
         ]
         for c, name in enumerate(classes)
     ]

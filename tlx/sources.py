@@ -19,7 +19,7 @@ from typing import Any
 from tlx.errors import ConfigError
 
 # File suffixes read as images (any case), by the data classes and by tlx.predict.
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 
 
 def image_folder(root: Any) -> Path:

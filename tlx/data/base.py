@@ -16,13 +16,17 @@ import torch
 from PIL import Image, ImageFile, ImageOps
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
-from tlx.errors import ConfigError
+from tlx.errors import ConfigError, plural
 from tlx.jsonfile import write_json_atomic
 from tlx.sources import FileScan
 
 log = logging.getLogger(__name__)
 
 FEW_VALIDATION_IMAGES = 30  # fewer: one image is more than 3.3 points of val/acc, and a run says so
+# PIL refuses images over 2x this many pixels as decompression bombs, and warns over it: its 89 MP let a 108 MP phone
+# or panorama photo through with a raw library warning and dropped a 192 MP one as unreadable. These are the user's
+# own photos, and JPEGs decode at reduced scale (FileSamples.load): warn from 1 GP, refuse from 2 GP.
+Image.MAX_IMAGE_PIXELS = 1_000_000_000
 
 
 class Samples:
@@ -231,9 +235,13 @@ def _split_indices(
         n_val = max(1, round(fractions[0] * len(idx))) if fractions[0] > 0 else 0
         n_test = max(1, round(fractions[1] * len(idx))) if fractions[1] > 0 else 0
         if n_val + n_test >= len(idx):
+            # (each split that is asked for takes at least one image of every class, whatever its fraction)
+            splits = " + ".join(f"1 {s}" for s, n in (("val", n_val), ("test", n_test)) if n)
+            fix = "" if n_val + n_test == (n_val > 0) + (n_test > 0) else " or lower data.val_fraction/test_fraction,"
             raise ConfigError(
-                f"class '{names[c]}' has only {len(idx)} images: too few to keep one for training after "
-                f"{n_val} val + {n_test} test; add images or lower data.val_fraction/data.test_fraction"
+                f"class '{names[c]}' has only {plural(len(idx), 'image')}: too few to keep one for training after "
+                f"{n_val} val + {n_test} test; add images to it,{fix} or remove its folder (every class needs at least "
+                f"{splits} + 1 train)"
             )
         out[1].extend(perm[:n_val])
         out[2].extend(perm[n_val : n_val + n_test])
@@ -421,11 +429,20 @@ class ImageData:
         n_val = len(self.samples["val"])
         if n_val < FEW_VALIDATION_IMAGES:
             log.warning(
-                "validation has %d images: one image is %.1f points of val/acc, and the best epoch, the linear probe's "
+                "validation has %s: one image is %.1f points of val/acc, and the best epoch, the linear probe's "
                 "setting and auto's choice are all judged on them; more validation images make those choices steadier "
                 "(a larger data.val_fraction, where the split is tlx's)",
-                n_val,
+                plural(n_val, "image"),
                 100 / n_val,
+            )
+        unseen = [name for c, name in enumerate(self.classes) if c not in set(self.samples["val"].labels)]
+        if unseen:  # (its val accuracy was reported as 0.0, and val/bal_acc averaged over the other classes only)
+            log.warning(
+                "no validation images of class(es) %s: %s val accuracy is not measured, and val/acc, val/bal_acc and "
+                "the choices made on them cover the other classes only; give every class validation images (in val/, "
+                "or readable images for tlx's split)",
+                ", ".join(repr(n) for n in unseen),
+                "its" if len(unseen) == 1 else "their",
             )
 
     def train_per_class(self) -> list[int]:
@@ -573,6 +590,13 @@ class ImageData:
                 f"unreadable image {samples.paths[bad[0]]} ({errors[bad[0]]}); remove it, or set data.on_bad_image=skip"
             )
         if bad and len(bad) == len(samples):
+            listed = isinstance(where, Path) and where.is_file()  # a label file's rows
+            if listed and all(e.startswith("FileNotFoundError") for e in errors):
+                raise ConfigError(
+                    f"none of the {len(bad)} files {where} lists exists (first: {samples.paths[bad[0]]}); its paths "
+                    f"are taken relative to its own folder ({where.parent}), or absolute, with / between folders: fix "
+                    "them"
+                )
             raise ConfigError(
                 f"all {len(bad)} images in {where} were unreadable (first: {samples.paths[bad[0]]}: {errors[bad[0]]}); "
                 "check that they are image files"
