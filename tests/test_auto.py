@@ -11,7 +11,7 @@ import pytest
 import pytorch_lightning as pl
 import torch
 
-from tlx.auto import _versus
+from tlx.auto import _spread, _versus
 from tlx.predict import load_run
 from tlx.probe import Probe, fit_probe
 from tlx.run import train
@@ -194,6 +194,9 @@ def test_reason_names_a_tie_and_a_partial_score():
         == " (+5.0 points over full: 15 of 300 validation images, stopped at 25% of its steps)"
     )
     assert _versus(best, None, 300) == ""
+    # "at 8 training images per class" for classes of 13, 5 and 6: the mean, said as one
+    assert _spread({"data": {"train_per_class": {"a": 13, "b": 5, "c": 6}}}) == " (mean; 5-13)"
+    assert _spread({"data": {"train_per_class": {"a": 8, "b": 8}}}) == ""
 
 
 def test_a_candidate_is_the_same_run_as_its_strategy_alone(auto_runs):

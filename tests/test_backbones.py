@@ -200,3 +200,17 @@ def test_backbone_crops_kernels_on_small_maps_only_in_eager_cpu_runs():
         assert crop_kernels_to_maps(model, enabled=False) == 17  # the stem and the 16 depthwise convs
         assert type(dw) is nn.Conv2d and list(model.state_dict()) == keys
         torch.testing.assert_close(model(x), out)
+
+
+def test_a_weights_file_without_the_imagenet_classifier_loads():
+    """tlx drops the classifier, so a headless save (timm's num_classes=0) is the backbone's weights too; it was
+    refused as "2 missing (first: classifier.weight)". A missing tensor of the body is still refused."""
+    from tlx.backbones import _load_checked
+
+    headless = timm.create_model("tf_efficientnet_lite0", pretrained=False, num_classes=0).state_dict()
+    model = timm.create_model("tf_efficientnet_lite0", pretrained=False)
+    _load_checked(model, dict(headless), "headless.pth")
+    assert torch.equal(model.state_dict()["conv_stem.weight"], headless["conv_stem.weight"])
+    del headless["conv_head.weight"]
+    with pytest.raises(ConfigError, match=r"1 missing \(first: conv_head.weight\)"):
+        _load_checked(model, headless, "headless.pth")

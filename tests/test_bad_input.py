@@ -470,3 +470,17 @@ def test_a_head_setting_of_another_head_is_one_line(make_cfg, tmp_path):
     expected = "head.n not among the settings of head=tlx.heads.LinearHead (dropout): settings of another head"
     with pytest.raises(ConfigError, match=re.escape(expected) + ".*use one of them"):
         train(cfg, tmp_path / "run")
+
+
+@pytest.mark.parametrize("lr", [None, "0.05"])
+def test_sgd_at_a_presets_adamw_lr_is_pointed_out(make_cfg, caplog, lr):
+    """optim=sgd strategy=full trained at full's AdamW lr (0.003), not sgd's 0.01, without a word (Hydra composes the
+    strategy after the optimizer); an lr the user gives is theirs."""
+    from tlx.__main__ import _note_preset_lr
+
+    overrides = ["optim=sgd", "strategy=full", *([f"optim.lr={lr}"] if lr else [])]
+    with caplog.at_level(logging.WARNING, logger="tlx"):
+        _note_preset_lr(make_cfg(*overrides), {"optim": "sgd", "strategy": "full"}, overrides)
+    said = [r.getMessage() for r in caplog.records]
+    assert said == ([] if lr else ["optim=sgd trains at optim.lr=0.003, the preset's (strategy=full) lr for AdamW, "
+                                   "not optim=sgd's own 0.01; set optim.lr= to choose"])  # fmt: skip

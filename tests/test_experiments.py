@@ -103,10 +103,12 @@ def test_small_data_on_a_users_own_folder(tmp_path):
         "backbone.image_size=32",
         "trainer.max_epochs=2",
         "data.num_workers=0",
+        "optim.lr=0.01",  # the Lightning loop's: the probe says it does not use it (a sweep over it was silent)
         f"cache.dir={tmp_path / 'cache'}",
         f"hydra.run.dir={tmp_path / 'run'}",
     )
     assert done.returncode == 0, done.stderr[-2000:]
+    assert "optim.lr=0.01: not used by the linear probe" in done.stdout + done.stderr
     results = json.loads((tmp_path / "run" / "results.json").read_text())
     assert results["data"]["classes"] == ["misty", "neither", "tigger"]
     assert results["data"]["train"] + results["data"]["val"] == 24

@@ -118,6 +118,9 @@ def test_sweep_jobs_land_as_one_experiment_in_every_tracker(tmp_path: Path) -> N
         assert len(val_acc) == EPOCHS
         assert max(e.value for e in val_acc) == pytest.approx(results["metrics"]["val/acc"])
         assert events.Scalars("test/acc")[0].value == pytest.approx(results["metrics"]["test/acc"])
+        # the HPARAMS tab's run: the config beside the final metrics (Lightning wrote no hparams summary at all)
+        assert "_hparams_/session_start_info" in events.PluginTagToContent("hparams")
+        assert events.Scalars("final/test/acc")[0].value == pytest.approx(results["metrics"]["test/acc"])
 
         wb = _wandb_run(sweep / name)
         assert (wb["name"], wb["group"], wb["project"]) == (name, "sweep", "tlx")

@@ -206,6 +206,25 @@ def test_a_tie_goes_to_the_cheaper_strategy(tmp_path: Path) -> None:
     assert row.split(" | ")[1].endswith("★ (n=1)") and "★" not in row.split(" | ")[2]
 
 
+def test_a_test_metric_of_jobs_without_a_test_split_is_named_as_measured_on_val(tmp_path: Path) -> None:
+    """A folder of class folders has no test split by default: the jobs' test/acc is their val/acc, which the report
+    showed as a test score (the run summary says "(on val)")."""
+    root = tmp_path / "multirun"
+    for strategy, acc in (("head_only", 0.6), ("last_n(2)", 0.7)):
+        _job(
+            root,
+            10,
+            strategy,
+            0,
+            _ok(acc, 12_810 if strategy == "head_only" else 2_000_000, 10) | {"test_split": "val"},
+        )
+    paths = write_report(root)
+    assert paths["md"].read_text().startswith("# Sweep report: test/acc (on val: no test split)\n")
+    assert "test/acc (on val: no test split)" in paths["csv"].read_text()
+    _job(root, 10, "last_n(2)", 1, _ok(0.8, 2_000_000, 10))  # one with a test split
+    assert "# Sweep report: test/acc (on val: jobs without a test split)" in write_report(root)["md"].read_text()
+
+
 def _backbone_sweep(root: Path, sizes: tuple[int, ...]) -> Path:
     for spc in sizes:
         for name in ("resnet18", "convnext_atto", "vit_tiny_patch16_224"):

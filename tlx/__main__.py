@@ -220,6 +220,29 @@ def _check_presets(choices: Any) -> None:
         )
 
 
+def _note_preset_lr(cfg: DictConfig, choices: Any, overrides: list[str]) -> None:
+    """``optim=sgd strategy=full``: the strategy (or experiment) preset sets ``optim.lr`` for AdamW, and Hydra composes
+    it after the optimizer, so SGD trained at AdamW's lr without a word. Says so where the user did not set it."""
+    name = choices.get("optim")
+    own = (
+        OmegaConf.load(CONF / "optim" / f"{name}.yaml").get("lr")
+        if (CONF / "optim" / f"{name}.yaml").is_file()
+        else None
+    )
+    if name in (None, "adamw") or own is None or any(o.lstrip("+~").startswith("optim.lr=") for o in overrides):
+        return
+    if float(OmegaConf.select(cfg, "optim.lr", default=own)) != float(own):
+        log.warning(
+            "optim=%s trains at optim.lr=%g, the preset's (strategy=%s) lr for AdamW, not optim=%s's own %g; set "
+            "optim.lr= to choose",
+            name,
+            float(cfg.optim.lr),
+            choices.get("strategy"),
+            name,
+            float(own),
+        )
+
+
 def _record_failure(out_dir: Path, error: str) -> None:
     """A single run that stopped on an error says so in its results.json (without one its directory looks merely
     unfinished), unless the directory holds the results of an earlier run there that finished: those are kept."""
@@ -250,6 +273,7 @@ def main(cfg: DictConfig) -> float:
             log.info("rerun: %s", anchored)
         check_source(cfg.data)  # a data.root or data.path that is not there: one line before the heavy imports
         _check_presets(hc.runtime.choices)
+        _note_preset_lr(cfg, hc.runtime.choices, list(hc.overrides.task))
         seed = cfg.get("seed")
         if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**32:  # (numpy's seed range)
             raise ConfigError(f"seed must be a whole number from 0 to 2**32-1, e.g. seed=0, got {seed}")

@@ -372,6 +372,12 @@ def _candidate_config(
     return load_saved_config(path)
 
 
+def _spread(results: dict[str, Any]) -> str:
+    """`` (mean; 5-13)`` where the classes have unequal numbers of training images, else nothing."""
+    counts = list((results.get("data", {}).get("train_per_class") or {}).values())
+    return f" (mean; {min(counts)}-{max(counts)})" if counts and min(counts) != max(counts) else ""
+
+
 def _finish(
     out_dir: Path, best: dict[str, Any], tried: list[dict[str, Any]], per_class: float, seconds: float, cpu_s: float
 ) -> dict[str, Any]:
@@ -382,7 +388,8 @@ def _finish(
     versus = _versus(best, runner_up, best["results"].get("data", {}).get("val"))
     reason = (
         f"{best['strategy']} won with val/acc {best['val/acc']:.4f}{versus} at {per_class:.0f} training images per "
-        f"class; {sum(t['status'] != 'skipped' for t in tried)} of {len(tried)} candidates trained"
+        f"class{_spread(best['results'])}; {sum(t['status'] != 'skipped' for t in tried)} of {len(tried)} candidates "
+        "trained"
     )
     results = {k: v for k, v in best["results"].items() if k != "auto_candidate"}
     results["checkpoint"] = "checkpoints/best.ckpt"

@@ -469,6 +469,10 @@ def _load_checked(model: nn.Module, state: dict[str, torch.Tensor], source: Any)
     """Load ``state`` into ``model``: every key present and every shape equal, else a ConfigError."""
     own = model.state_dict()
     state = {k.removeprefix("module."): v for k, v in state.items()}
+    # The ImageNet classifier, which tlx drops, need not be in the file (a headless save was refused)
+    classifier = getattr(model, "pretrained_cfg", {}).get("classifier") or ()
+    dropped = tuple(f"{c}." for c in ([classifier] if isinstance(classifier, str) else classifier))
+    state |= {k: v for k, v in own.items() if k not in state and k.startswith(dropped)}
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
     wrong = [

@@ -227,7 +227,9 @@ def use_cached_features(
     cut = find_cut(net) if cut is None else cut
     augment = data.augment if augment is None else augment
     reason = None
-    if cut is None:
+    if cut is None and all(p.requires_grad for p in net.parameters()):  # (freeze=none, or last_n of every stage)
+        reason = "nothing is frozen, so there is nothing to compute once"
+    elif cut is None:
         reason = "the trainable part does not start at a cut point of the backbone"
     elif augment and cache.views == 1:
         reason = "random augmentation runs before the cut (set cache.views>1 to cache augmented views)"

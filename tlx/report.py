@@ -50,6 +50,7 @@ class Job:
     wall_s: float | None = None
     train_per_class: float | None = None
     error: str | None = None
+    on_val: bool = False  # a test/ metric of a job without a test split: measured on its validation images
 
 
 @dataclass
@@ -172,6 +173,7 @@ def collect_jobs(sweep_dir: Path, metric: str = "test/acc") -> list[Job]:
                 job.error = "stopped before the end; the sweep's command again resumes it from its last.ckpt"
         if job.status == "ok":
             job.value = results.get("metrics", {}).get(metric)
+            job.on_val = metric.startswith("test/") and results.get("test_split") == "val"
             job.trainable = results.get("params", {}).get("trainable")
             job.wall_s = results.get("timing", {}).get("total_s")
             counts = results.get("data", {})
@@ -227,6 +229,10 @@ def write_report(sweep_dir: Path, metric: str = "test/acc", jobs: list[Job] | No
     sweep_dir = Path(sweep_dir)
     jobs = collect_jobs(sweep_dir, metric) if jobs is None else jobs
     lower_is_better = "loss" in metric
+    on_val = [j for j in jobs if j.on_val]
+    if on_val:  # (it read as a test score, of images that had chosen the epochs and the probe's setting)
+        where = "no test split" if len(on_val) == sum(j.status == "ok" for j in jobs) else "jobs without a test split"
+        metric = f"{metric} (on val: {where})"
     rows, columns, cells = summarize(jobs, lower_is_better)
     paths = {ext: sweep_dir / f"report.{ext}" for ext in ("md", "csv", "png", "html")}
     paths["md"].write_text(_markdown(sweep_dir, jobs, rows, columns, cells, metric, lower_is_better))

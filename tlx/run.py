@@ -280,6 +280,13 @@ def train(
     t_fit, stage_one = time.perf_counter(), None
     if use_probe:
         # A linear head on cached features is convex: solve it (and choose its L2 on val) instead of epochs of SGD.
+        optim_set = [o for o in _command_overrides() if o.lstrip("+~").startswith(("optim.", "optim="))]
+        if optim_set:  # (a sweep over optim.lr gave identical head_only rows without a word)
+            log.warning(
+                "%s: not used by the linear probe, which fits the head with its own grid (probe.lr x "
+                "probe.weight_decay); probe.enabled=false trains it in the Lightning loop with optim",
+                " ".join(optim_set),
+            )
         stage = _probe_stage(module, data, probe, cache_info, probe_epochs)
         stages.append(stage)
         module.log_to_loggers = False  # the metrics of the chosen epoch are already among the probe's epochs
@@ -398,6 +405,13 @@ def train(
 
 def _val_of(history_entry: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in history_entry.items() if k.startswith("val/")}
+
+
+def _command_overrides() -> list[str]:
+    """The command line's overrides of this run (a sweep job's own), or none outside a Hydra run."""
+    from hydra.core.hydra_config import HydraConfig
+
+    return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
 
 
 def _sweep_job() -> int | None:

@@ -14,9 +14,10 @@ from typing import Any
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
-from pytorch_lightning.loggers import CSVLogger, Logger, MLFlowLogger, WandbLogger
+from pytorch_lightning.loggers import CSVLogger, Logger, MLFlowLogger, TensorBoardLogger, WandbLogger
 
 from tlx.errors import ConfigError
+from tlx.results import read_results
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +109,8 @@ def _write_csv_rows(logger: CSVLogger, rows: list[dict[str, str]]) -> None:
 
 def finish_tracking(loggers: list[Logger], out_dir: Path) -> None:
     """After the run: log ``results.json`` (and ``report.html``, when the run dir has one) as artifacts to the
-    trackers that store files (MLflow, wandb), and close the wandb run.
+    trackers that store files (MLflow, wandb), and close the wandb run; give TensorBoard's HPARAMS tab the run's final
+    metrics (``final/val/acc``, ...) beside its config (without metrics Lightning writes no hparams summary at all).
 
     Args:
         loggers: the trainer's loggers.
@@ -123,6 +125,11 @@ def finish_tracking(loggers: list[Logger], out_dir: Path) -> None:
             for f in files:
                 logger.experiment.save(str(f), base_path=str(out_dir), policy="now")
             logger.experiment.finish()  # Lightning leaves it open; the next run in this process would reuse it
+        elif isinstance(logger, TensorBoardLogger):  # (named final/*: Lightning also logs them as scalars at step 0)
+            metrics = (read_results(out_dir) or {}).get("metrics", {})
+            final = {f"final/{k}": v for k, v in metrics.items() if isinstance(v, int | float)}
+            logger.log_hyperparams(logger.hparams, metrics=final)
+            logger.save()
 
 
 def run_names(out_dir: Path) -> tuple[str, str]:
