@@ -564,7 +564,8 @@ class ImageData:
                 mine = [i for i, label in enumerate(samples.labels) if label == c]
                 if all(errs[i] for i in mine):
                     raise ConfigError(
-                        f"all {len(mine)} training images of class '{classes[c]}' in {self.location} were unreadable "
+                        f"all {plural(len(mine), 'training image')} of class '{classes[c]}' in {self.location} were "
+                        "unreadable "
                         f"(first: {samples.paths[mine[0]]}: {errs[mine[0]]}); fix or remove them"
                     )
             out[k] = samples.subset([i for i, e in enumerate(errs) if not e]) if any(errs) else samples
