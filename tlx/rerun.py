@@ -53,9 +53,10 @@ def source_run(config_sources: list) -> Path | None:
 
 
 def anchor_data(cfg: DictConfig, source: Path | None, overrides: list[str]) -> str | None:
-    """In a rerun from a saved config, a relative ``data.root`` (``data.path``) is the folder (file) the rerun run read,
-    as its ``files.json`` records it, wherever the rerun is started: resolved against the rerun's own working folder it
-    failed, or trained on another folder of the same name. Changes ``cfg``; returns what it did, for the log.
+    """In a rerun from a saved config, a relative ``data.root`` (``data.path``) is the folder (file) that the run it
+    reruns read, as that run's ``files.json`` records it, wherever the rerun is started: resolved against the rerun's
+    own working folder it failed, or trained on another folder of the same name. Changes ``cfg``; returns what it
+    did, for the log.
 
     Args:
         cfg: the rerun's config.

@@ -318,7 +318,7 @@ def train(
             best_path = out_dir / "checkpoints" / "best.ckpt"
             trainer.save_checkpoint(best_path)
         _check_finite(module.best_val(), cfg)
-        fit_s, tested_ckpt = time.perf_counter() - t_fit, None if best_path is None else str(best_path)
+        fit_s, tested_ckpt = time.perf_counter() - t_fit, str(best_path)
         epochs = int(trainer.current_epoch)
         tuned = [h for h in module.val_history if h["epoch"] is not None]  # (LP-FT's stage 1 has none)
         stages.append(
