@@ -322,15 +322,22 @@ def test_auto_winner_predicts_and_exports(auto_runs):
     assert torch.allclose(scripted(x), winner.net(x), atol=1e-5)
 
 
-def _race_step(race, step: int, acc: float, total: int = 200) -> str | None:
-    """Feed ``race`` one validation at ``step`` of ``total`` with val/acc ``acc``; return why it stopped, if it did."""
+def _race_step(race, step: int, acc: float, total: int = 200, fitting: bool = True) -> str | None:
+    """Feed ``race`` one validation at ``step`` of ``total`` with val/acc ``acc`` (in a fit, or in a trainer.validate
+    after one); return why it stopped, if it did."""
     from types import SimpleNamespace
+
+    from pytorch_lightning.trainer.states import TrainerFn
 
     history = getattr(race, "_test_history", [])
     history.append({"val/acc": acc})
     race._test_history = history
     trainer = SimpleNamespace(
-        sanity_checking=False, global_step=step, estimated_stepping_batches=total, should_stop=False
+        sanity_checking=False,
+        global_step=step,
+        estimated_stepping_batches=total if fitting else None,  # (Lightning raises: no training loader)
+        should_stop=False,
+        state=SimpleNamespace(fn=TrainerFn.FITTING if fitting else TrainerFn.VALIDATING),
     )
     race.on_validation_end(trainer, SimpleNamespace(val_history=history))
     return race.stopped if trainer.should_stop else None
@@ -365,6 +372,10 @@ def test_race_stops_a_candidate_that_trails_the_leader_at_the_same_step():
     # recorded as stopped (it was: "budget spent at 0%" on a fully fitted probe)
     assert _race_step(_Race(-1.0, [], 0.25, 0.15, 0.03, deadline=0.0), 100, 0.5) == "budget spent at 50%"
     assert _race_step(_Race(-1.0, [], 0.25, 0.15, 0.03, deadline=0.0), 0, 0.5) is None
+    # the final weights of a candidate that stopped before its first validation (trainer.max_steps=3), validated
+    # after its fit: trained to the end (it failed on Lightning's step estimate without a training loader)
+    ended = _Race(0.65, leader, check_fraction=0.25, slack=1.0, gap=0.04, deadline=None)
+    assert _race_step(ended, 3, 0.5, fitting=False) is None and ended.progress == 1.0
 
 
 def test_a_candidate_that_trails_the_leader_skips_the_deeper_ones():

@@ -203,14 +203,17 @@ def test_backbone_crops_kernels_on_small_maps_only_in_eager_cpu_runs():
 
 
 def test_a_weights_file_without_the_imagenet_classifier_loads():
-    """tlx drops the classifier, so a headless save (timm's num_classes=0) is the backbone's weights too; it was
-    refused as "2 missing (first: classifier.weight)". A missing tensor of the body is still refused."""
+    """tlx drops the classifier, so a headless save (timm's num_classes=0), or one fine-tuned on 10 classes, is the
+    backbone's weights too; they were refused ("2 missing (first: classifier.weight)", "2 shape mismatches"). A
+    missing tensor of the body is still refused."""
     from tlx.backbones import _load_checked
 
     headless = timm.create_model("tf_efficientnet_lite0", pretrained=False, num_classes=0).state_dict()
     model = timm.create_model("tf_efficientnet_lite0", pretrained=False)
     _load_checked(model, dict(headless), "headless.pth")
     assert torch.equal(model.state_dict()["conv_stem.weight"], headless["conv_stem.weight"])
+    tuned = timm.create_model("tf_efficientnet_lite0", pretrained=False, num_classes=10).state_dict()
+    _load_checked(model, tuned, "tuned-on-10-classes.pth")  # a classifier of other classes: dropped all the same
     del headless["conv_head.weight"]
     with pytest.raises(ConfigError, match=r"1 missing \(first: conv_head.weight\)"):
         _load_checked(model, headless, "headless.pth")

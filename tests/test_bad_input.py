@@ -226,20 +226,26 @@ def test_unknown_config_key_or_choice(tmp_path, override, expected):
 
 
 @pytest.mark.parametrize(
-    ("override", "command"),
+    ("overrides", "command"),
     [
-        ("head=mlp", "python -m tlx +experiment=small_data seed=2 head=mlp"),  # the saved head=linear replaced
-        ("+strategy=last_n2", "python -m tlx +experiment=small_data head=linear seed=2 strategy=last_n2"),
+        (["head=mlp", "seed=3"], "+experiment=small_data 'data.root=/data/my photos' head=mlp seed=3"),
+        # small_data and last_n2 both set what trains: the experiment goes, as a new run would refuse both
+        (["+strategy=last_n2"], "head=linear 'data.root=/data/my photos' seed=2 strategy=last_n2"),
     ],
 )
-def test_a_rerun_that_picks_a_config_group_is_one_line_naming_the_new_run(tmp_path, override, command):
+def test_a_rerun_that_picks_a_config_group_is_one_line_naming_the_new_run(tmp_path, overrides, command):
     """A saved config has no groups: head=mlp on a rerun was a traceback, and +strategy=last_n2 (Hydra's own hint for
-    strategy=last_n2) trained the saved strategy without a word. The line gives the command of a new run."""
-    (tmp_path / ".hydra").mkdir()
-    (tmp_path / ".hydra" / "overrides.yaml").write_text("- +experiment=small_data\n- head=linear\n- seed=2\n")
-    proc = run_main("--config-path", str(tmp_path / ".hydra"), "--config-name", "config", override)
-    assert proc.returncode == 2 and proc.stderr.startswith(f"tlx: error: {override} picks a config group")
-    assert proc.stderr.strip().endswith(f"start a new run with its overrides and yours: {command}")
+    strategy=last_n2) trained the saved strategy without a word. The line gives the command of a new run: the run's
+    overrides, its data where the run read it (data.root=photos was relative), and every override of the rerun."""
+    run = tmp_path / "seed=2,strategy=x"  # a sweep job's folder: its name holds "="
+    (run / ".hydra").mkdir(parents=True)
+    (run / ".hydra" / "overrides.yaml").write_text(
+        "- +experiment=small_data\n- head=linear\n- data.root=photos\n- seed=2\n"
+    )
+    (run / "files.json").write_text(json.dumps({"data_location": "/data/my photos"}))
+    proc = run_main("--config-path", str(run / ".hydra"), "--config-name", "config", *overrides)
+    assert proc.returncode == 2 and proc.stderr.startswith(f"tlx: error: {overrides[0]} picks a config group")
+    assert proc.stderr.strip().endswith(f"start a new run with its overrides and yours: python -m tlx {command}")
 
 
 def test_cache_dir_cannot_be_written(tmp_path):

@@ -213,12 +213,22 @@ def test_a_run_dir_reached_through_a_symlink_finishes(tmp_path):
     )
 
 
-@pytest.mark.parametrize("stop", ["trainer.max_steps=1", "+trainer.check_val_every_n_epoch=3"])
-def test_a_run_that_stops_before_its_first_validation_keeps_its_final_weights(make_cfg, tmp_path, stop):
+@pytest.mark.parametrize(
+    ("strategy", "stop"),
+    [
+        ("strategy=last_n1", "trainer.max_steps=1"),
+        ("strategy=last_n1", "+trainer.check_val_every_n_epoch=3"),
+        ("strategy=lp_ft", "trainer.max_steps=1"),  # (its stage 1 was validated: Lightning refused another kind)
+    ],
+)
+def test_a_run_that_stops_before_its_first_validation_keeps_its_final_weights(make_cfg, tmp_path, strategy, stop):
     """trainer.max_steps within the first epoch, or validation every 3 epochs of 2: no validation ran in the fit, and
     Lightning's test of "best" failed with a traceback. The final weights are validated, kept and tested."""
-    results = tlx.run.train(make_cfg("strategy=last_n1", stop), tmp_path, summary=False, html=False)
+    results = tlx.run.train(make_cfg(strategy, stop), tmp_path, summary=False, html=False)
     assert results["status"] == "ok" and results["checkpoint"] == "checkpoints/best.ckpt"
-    assert results["best_epoch"] == results["epochs"] - 1 == (0 if "max_steps" in stop else 1)  # the last epoch
+    if strategy == "strategy=lp_ft" and results["best_epoch"] is None:  # stage 1 beat the final weights: kept
+        assert results["stages"][1]["val/acc"] <= results["stages"][0]["val/acc"]
+    else:
+        assert results["best_epoch"] == results["epochs"] - 1 == (0 if "max_steps" in stop else 1)  # the last epoch
     assert results["metrics"]["val/acc"] is not None and "test/acc" in results["metrics"]
     assert (tmp_path / "checkpoints" / "best.ckpt").is_file()

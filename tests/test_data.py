@@ -102,6 +102,9 @@ def test_split_folders_in_capitals_and_a_class_name_in_decomposed_unicode(tmp_pa
     assert data.classes == ["café", "tea"]
     assert {s: len(v) for s, v in data.samples.items()} == {"train": 8, "val": 4, "test": 4}
     assert check_classes([unicodedata.normalize("NFD", "café")], data.classes, tmp_path) == [0]  # tlx.evaluate's
+    make_folder(tmp_path / "ds" / "Train" / unicodedata.normalize("NFD", "café"), classes=("x",), n=1)  # twins
+    with pytest.raises(ConfigError, match="are the same class name, written in two Unicode forms; merge them"):
+        FolderData(root=str(tmp_path / "ds"), data_config=CFG, num_workers=0).setup()
 
 
 def test_a_photo_of_more_than_89_megapixels_is_an_image(tmp_path, recwarn):

@@ -376,6 +376,7 @@ def test_evaluate_a_label_file_takes_its_test_rows_and_a_subset_of_classes(run_d
         ("no_test_rows", "has a split column but no test rows"),
         ("users_folder", "exists and is not an earlier evaluation; choose another out= folder"),
         ("loose_images", "holds images but no class folders; put them in one subfolder per class, named as the"),
+        ("csv_paths_missing", "its paths are taken relative to its own folder"),  # "check they are image files"
     ],
 )
 def test_evaluate_errors_are_one_line(run_dir, tmp_path, capsys, case, expected):
@@ -393,6 +394,9 @@ def test_evaluate_errors_are_one_line(run_dir, tmp_path, capsys, case, expected)
     elif case == "no_test_rows":
         inputs = tmp_path / "labels.csv"
         inputs.write_text(f"path,label,split\n{run_dir.parent / 'photos' / 'ant' / '0.png'},ant,train\n")
+    elif case == "csv_paths_missing":  # written relative to the working folder, not the CSV's
+        inputs = tmp_path / "labels.csv"
+        inputs.write_text("path,label\nphotos/ant/0.png,ant\nphotos/bee/0.png,bee\n")
     else:
         _val_folder(run_dir, inputs)
         out.mkdir()

@@ -188,3 +188,13 @@ def test_ctrl_c_while_a_sweep_waits_for_slurm_jobs_names_the_jobs_that_go_on(mon
         "tlx: interrupted; its 2 SLURM job(s) 7_0, 7_1 go on: 'scancel 7_0 7_1' stops them, and the same command again "
         "once they have ended reports them (while they run, it would train them a second time)\n"
     )
+
+
+def test_a_sweep_over_a_setting_the_folders_are_not_named_by_is_refused(tmp_path: Path) -> None:
+    """data.root=a,b: both jobs ran in one folder (data.root is left out of the names), so the second was skipped as
+    done and reported as the first's results, exit 0. Now one line, before any job; nothing is written."""
+    roots = ",".join(str(tmp_path / name) for name in ("a", "b"))
+    done = run_main("-m", "data=folder", f"data.root={roots}", f"hydra.sweep.dir={tmp_path / 'sweep'}")
+    assert done.returncode == 2 and done.stderr.startswith(f"tlx: error: data.root={roots} sweeps a setting the job")
+    assert "run one sweep per value, each with its own hydra.sweep.dir" in done.stderr
+    assert not (tmp_path / "sweep").exists()

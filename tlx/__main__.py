@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import re
+import shlex
 import signal
 import sys
 from functools import partial
@@ -159,8 +161,15 @@ def _other_sweep(config: DictConfig) -> str | None:
 
     The jobs are composed as Hydra's basic sweeper composes them (:func:`tlx.sweeps.job_configs`); a search whose
     runs are chosen as it goes (Optuna) is compared on the settings it does not search."""
-    from tlx.sweeps import job_configs, job_dir
+    from tlx.sweeps import job_configs, job_dir, unnamed_sweep
 
+    unnamed = unnamed_sweep(config)
+    if unnamed:  # (data.root=a,b: the second data set was skipped as done, reported as the first's, exit 0)
+        return (
+            f"{unnamed} sweeps a setting the job folders are not named by (hydra.job.config.override_dirname."
+            "exclude_keys), so its jobs would share one folder and all but the first be skipped as done; run one sweep "
+            "per value, each with its own hydra.sweep.dir"
+        )
     sweep_dir = Path(str(config.hydra.sweep.dir))
     if not sweep_dir.is_dir():
         return None
@@ -232,12 +241,14 @@ def _note_preset_lr(cfg: DictConfig, choices: Any, overrides: list[str]) -> None
     if name in (None, "adamw") or own is None or any(o.lstrip("+~").startswith("optim.lr=") for o in overrides):
         return
     if float(OmegaConf.select(cfg, "optim.lr", default=own)) != float(own):
+        strategy = choices.get("strategy")
+        preset = f"strategy={strategy}" if strategy else f"+experiment={choices.get('experiment')}"
         log.warning(
-            "optim=%s trains at optim.lr=%g, the preset's (strategy=%s) lr for AdamW, not optim=%s's own %g; set "
+            "optim=%s trains at optim.lr=%g, the preset's (%s) lr for AdamW, not optim=%s's own %g; set "
             "optim.lr= to choose",
             name,
             float(cfg.optim.lr),
-            choices.get("strategy"),
+            preset,
             name,
             float(own),
         )
@@ -344,28 +355,49 @@ def _parses(parser: Any, arg: str) -> bool:
         return False
 
 
+def _key(override: str) -> str:
+    """The key of a command-line override: ``+strategy=last_n2`` -> ``strategy``."""
+    return override.split("=", 1)[0].lstrip("+~")
+
+
 def _rerun_groups(argv: list[str]) -> str | None:
     """Why this command cannot run, where it reruns a saved config (``--config-path <run>/.hydra``) and picks a config
     group (``head=mlp``, ``+strategy=last_n2``): the saved config is one file, with no groups to pick from. Hydra
-    failed with a traceback, or took ``+strategy=...`` as a new key and trained the saved strategy without a word."""
-    paths = [v for k, v in zip(argv, argv[1:], strict=False) if k in ("--config-path", "-cp")]
-    paths += [a.split("=", 1)[1] for a in argv if a.startswith("--config-path=")]
-    if not paths or Path(paths[-1]).name != ".hydra":
+    failed with a traceback, or took ``+strategy=...`` as a new key and trained the saved strategy without a word.
+    The line gives the command of a new run: the run's overrides (its data where it was), then all of this one's."""
+    config_path, mine = None, []  # (a sweep job's folder name holds "=": the flags' values are not overrides)
+    values = {i + 1: flag for i, flag in enumerate(argv) if flag in ("--config-path", "-cp", "--config-name", "-cn")}
+    for i, arg in enumerate(argv):
+        if values.get(i) in ("--config-path", "-cp") or arg.startswith("--config-path="):
+            config_path = arg.removeprefix("--config-path=")
+        elif i not in values and "=" in arg and not arg.startswith("-"):
+            mine.append(arg)
+    if config_path is None or Path(config_path).name != ".hydra":
         return None
     groups = {d.name for d in CONF.iterdir() if d.is_dir() and d.name != "hydra"}
-    picked = [a for a in argv if "=" in a and a.split("=", 1)[0].lstrip("+~") in groups]
+    picked = [a for a in mine if _key(a) in groups]
     if not picked:
         return None
-    saved = Path(paths[-1]) / "overrides.yaml"
-    earlier = [o for o in (OmegaConf.load(saved) if saved.is_file() else []) if not o.startswith("hydra.")]
-    named = {p.split("=", 1)[0].lstrip("+~") for p in picked}
-    kept = [o for o in earlier if o.split("=", 1)[0].lstrip("+~") not in named]
+    run = Path(config_path).parent
+    saved = OmegaConf.load(run / ".hydra" / "overrides.yaml") if (run / ".hydra" / "overrides.yaml").is_file() else []
+    kept = [o for o in saved if not o.startswith("hydra.") and _key(o) not in {_key(m) for m in mine}]
+    try:  # a relative data.root/data.path: the run's own data, as a rerun reads it (tlx.rerun.anchor_data)
+        where = json.loads((run / "files.json").read_text()).get("data_location")
+    except (OSError, ValueError):
+        where = None
+    kept = [f"{_key(o)}={where}" if where and _key(o) in ("data.root", "data.path") else o for o in kept]
+    for strategy in [a.split("=", 1)[1] for a in picked if _key(a) == "strategy"]:
+        experiments = [o for o in kept if _key(o) == "experiment"]
+        try:  # an experiment that sets what trains and a strategy are refused together: the strategy is the new one
+            _check_presets({"experiment": experiments[0].split("=", 1)[1], "strategy": strategy} if experiments else {})
+        except ConfigError:
+            kept.remove(experiments[0])
     # as a new run takes them: experiment is added (+), the other groups are in conf/config.yaml's defaults
-    typed = [("+" if p.lstrip("+").startswith("experiment=") else "") + p.lstrip("+") for p in picked]
+    typed = [("+" if _key(m) == "experiment" else "") + m.lstrip("+") if m in picked else m for m in mine]
     return (
         f"{' '.join(picked)} picks a config group, and a rerun from a saved config has none to pick from (its config "
         f"is one file; keys like seed=1 or freeze.n=2 change it); start a new run with its overrides and yours: "
-        f"python -m tlx {' '.join([*kept, *typed])}"
+        f"python -m tlx {shlex.join([*kept, *typed])}"
     )
 
 

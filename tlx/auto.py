@@ -38,6 +38,7 @@ from typing import Any
 import pytorch_lightning as pl
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.trainer.states import TrainerFn
 
 from tlx.console import other_process
 from tlx.errors import ConfigError, Diverged
@@ -161,9 +162,12 @@ class _Race(pl.Callback):
             return
         step = int(trainer.global_step)
         self.curve.append([step, float(module.val_history[-1]["val/acc"])])
-        # At step 0 (a probe-only candidate, validated once by trainer.validate outside any fit) the trainer has no
-        # training loader to estimate its steps from.
-        self.progress = min(1.0, step / max(1, trainer.estimated_stepping_batches)) if step else 0.0
+        # Outside a fit (trainer.validate: a probe-only candidate or LP-FT's stage 1 at step 0; the final weights of
+        # one that stopped before its first validation) the trainer has no training loader to estimate steps from.
+        if trainer.state.fn != TrainerFn.FITTING:
+            self.progress = 1.0 if step else 0.0
+        else:
+            self.progress = min(1.0, step / max(1, trainer.estimated_stepping_batches)) if step else 0.0
         best = max(h["val/acc"] for h in module.val_history)
         # the leader's best validation accuracy by the same step
         lead = max((acc for s, acc in self.leader_curve if s <= step), default=None)

@@ -469,10 +469,11 @@ def _load_checked(model: nn.Module, state: dict[str, torch.Tensor], source: Any)
     """Load ``state`` into ``model``: every key present and every shape equal, else a ConfigError."""
     own = model.state_dict()
     state = {k.removeprefix("module."): v for k, v in state.items()}
-    # The ImageNet classifier, which tlx drops, need not be in the file (a headless save was refused)
+    # The ImageNet classifier, which tlx drops, need not be in the file, nor of 1000 classes (a headless save, or one
+    # fine-tuned on other classes, was refused)
     classifier = getattr(model, "pretrained_cfg", {}).get("classifier") or ()
     dropped = tuple(f"{c}." for c in ([classifier] if isinstance(classifier, str) else classifier))
-    state |= {k: v for k, v in own.items() if k not in state and k.startswith(dropped)}
+    state |= {k: v for k, v in own.items() if k.startswith(dropped) and (k not in state or state[k].shape != v.shape)}
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
     wrong = [

@@ -167,7 +167,7 @@ def evaluate(
     from tlx.predict import probabilities
     from tlx.run_report import write_predictions_table
 
-    probs, samples, skipped = probabilities(model, FileSamples(paths, labels), batch_size, num_workers, device)
+    probs, samples, skipped = probabilities(model, FileSamples(paths, labels), batch_size, num_workers, device, inputs)
     run = read_results(run_dir) or {}
     evaluation = {
         "status": "ok",

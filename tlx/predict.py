@@ -243,10 +243,15 @@ def predict(
 
 
 def probabilities(
-    model: TrainedModel, samples: FileSamples, batch_size: int = 64, num_workers: int | str = 0, device: str = "cpu"
+    model: TrainedModel,
+    samples: FileSamples,
+    batch_size: int = 64,
+    num_workers: int | str = 0,
+    device: str = "cpu",
+    where: Path | str = "the input",
 ) -> tuple[torch.Tensor, FileSamples, list[str]]:
     """Class probabilities of every readable image of ``samples``, decoded and transformed exactly as the run's
-    validation images.
+    validation images. ``where``: what holds them (a label file's paths that all miss are said to be relative to it).
 
     Returns:
         (N, K) probabilities on the CPU, the N readable samples (labels kept) in that order, and the paths of the
@@ -258,7 +263,7 @@ def probabilities(
     from tlx.progress import progress
 
     data = ImageData(model.data_config, batch_size=batch_size, num_workers=num_workers, on_bad_image="skip")
-    samples = data.samples["predict"] = data.check_images(samples)
+    samples = data.samples["predict"] = data.check_images(samples, where)
     layout = torch.channels_last if model.channels_last else torch.contiguous_format
     net = model.net.to(device, memory_format=layout)
     out = []

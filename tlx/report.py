@@ -18,6 +18,7 @@ import logging
 import math
 import statistics
 import sys
+import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -434,7 +435,7 @@ def _plot(rows: list[str], columns: list[str], cells: dict[tuple[str, str], Cell
         ax.set_visible(False)
     for ax in axes[::ncols]:
         ax.set_ylabel(metric)
-    fig.suptitle(f"{metric} vs data size (mean ± std over seeds)")
+    fig.suptitle(f"{textwrap.fill(metric + ' vs data size', 90)} (mean ± std over seeds)")
     _legend(fig, axes)
     return fig
 
@@ -468,7 +469,7 @@ def _bar_plot(
     ax.set_xlabel(keys.pop() if len(keys) == 1 else "")
     ax.set_ylabel(metric)
     at = f" at {size:g} training images per class" if size is not None else ""
-    ax.set_title(f"{metric}{at} (mean ± std over seeds)")
+    ax.set_title(f"{textwrap.fill(metric + at, 80)}\n(mean ± std over seeds)")  # (a long metric ran off the left)
     ax.grid(True, axis="y", alpha=0.3)
     _legend(fig, [ax])
     return fig

@@ -312,8 +312,10 @@ def train(
         if best_path is None:  # stopped before its first validation (trainer.max_steps within the first epoch, or
             # trainer.check_val_every_n_epoch above max_epochs): Lightning's test of "best" failed with a traceback
             log.info("training ended before a validation: the final weights are validated and kept as best.ckpt")
+            module.log_to_loggers = False  # (as LP-FT's stage 1 was validated: Lightning refuses a second kind)
             with on_interrupt.exit_status():
                 trainer.validate(module, data.val_dataloader(shard=True), verbose=False)
+            module.log_to_loggers = True
             module.val_history[-1]["epoch"] = max(0, int(trainer.current_epoch) - 1)  # the last (partial) epoch
             best_path = out_dir / "checkpoints" / "best.ckpt"
             trainer.save_checkpoint(best_path)

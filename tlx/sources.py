@@ -210,7 +210,15 @@ def _split_folders(root: Path) -> dict[str, Path]:
 def _class_dirs(folder: Path, scan: FileScan) -> dict[str, Path]:
     # A class is its folder's name in Unicode's composed form (NFC): macOS writes "café" decomposed (NFD), so the same
     # name typed or copied elsewhere would otherwise be another class
-    dirs = {unicodedata.normalize("NFC", d.name): d for d in scan.subfolders(folder)}
+    dirs: dict[str, Path] = {}
+    for d in scan.subfolders(folder):
+        name = unicodedata.normalize("NFC", d.name)
+        if name in dirs:  # (one of the two was left out without a word)
+            raise ConfigError(
+                f"{dirs[name]} and {d} are the same class name, written in two Unicode forms; merge them into one "
+                "folder"
+            )
+        dirs[name] = d
     if not dirs:
         raise ConfigError(f"no class folders in {folder}; put one subfolder of images per class there")
     return dirs

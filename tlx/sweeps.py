@@ -34,6 +34,22 @@ def job_configs(config: DictConfig) -> list[DictConfig] | None:
     return jobs
 
 
+def unnamed_sweep(config: DictConfig) -> str | None:
+    """The sweep override (``data.root=a,b``) of a key that the job folders' names leave out, where folders are named
+    by the overrides (conf/config.yaml: ``override_dirname`` without ``exclude_keys``), or None."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    subdir = str(OmegaConf.to_container(config.hydra.sweep, resolve=False).get("subdir"))
+    excluded = set(OmegaConf.select(config, "hydra.job.config.override_dirname.exclude_keys") or [])
+    if "override_dirname" not in subdir or not excluded:
+        return None
+    try:
+        parsed = OverridesParser.create().parse_overrides(list(config.hydra.overrides.task))
+    except Exception:  # (Hydra reports what it cannot parse itself)
+        return None
+    return next((o.input_line for o in parsed if o.is_sweep_override() and o.key_or_group in excluded), None)
+
+
 def job_dir(config: DictConfig, job: DictConfig) -> Path:
     """The folder a job of the sweep of ``config`` runs in."""
     return Path(str(config.hydra.sweep.dir)) / str(job.hydra.sweep.subdir)
