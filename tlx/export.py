@@ -103,7 +103,8 @@ def preprocessing(data_config: dict[str, Any]) -> dict[str, Any]:
         "crop_mode": data_config.get("crop_mode", "center"),
         "mean": list(data_config["mean"]),
         "std": list(data_config["std"]),
-        "color": "8-bit RGB (16-bit grey /257), scaled to [0, 1], then (x - mean) / std per channel",
+        "color": "8-bit RGB (16-bit grey /257; 32-bit and float grey as tlx.data.to_rgb scales them), scaled to [0, 1], "
+        "then (x - mean) / std per channel",
         "layout": "NCHW float32",
     }
 
