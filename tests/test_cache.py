@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 
 import pytest
@@ -145,12 +146,19 @@ def test_crash_mid_write_leaves_no_trusted_entry(photos, cache_dir, monkeypatch)
     assert (info["misses"], info["hits"]) == (2, 0)
 
 
-def test_corrupt_entry_is_a_miss(photos, cache_dir):
+def test_corrupt_entry_is_a_miss(photos, cache_dir, caplog, capsys):
+    from tlx.cache import main
+
     _setup(photos, cache_dir)
     for entry in cache_dir.glob("*/*.pt"):
         entry.write_bytes(b"garbage")
-    info, _ = _setup(photos, cache_dir)
+    assert main(["list", "--dir", str(cache_dir)]) == 0  # said as damaged (it was a line of "None"s)
+    assert capsys.readouterr().out.count("unreadable (damaged: a run extracts it again)") == 2
+    with caplog.at_level(logging.WARNING, logger="tlx.features"):
+        info, _ = _setup(photos, cache_dir)
     assert info["misses"] == 2
+    said = [r.getMessage() for r in caplog.records if "ignoring unreadable cache entry" in r.getMessage()]
+    assert len(said) == 2 and len(set(said)) == 2  # once per entry (twice before: before and inside the lock)
 
 
 def test_cached_training_gives_the_same_metrics_as_training_through_the_backbone(make_cfg, tmp_path):
@@ -230,10 +238,13 @@ def test_cache_cli_lists_and_clears(photos, cache_dir):
     from tlx.cache import main
 
     _setup(photos, cache_dir)
+    mine = cache_dir / "checkpoints" / "model_final.pt"  # a user's file in the folder: no entry of the cache
+    mine.parent.mkdir()
+    torch.save(torch.zeros(1), mine)
     assert main(["list", "--dir", str(cache_dir)]) == 0
-    assert len(list(cache_dir.glob("*/*.pt"))) == 2
+    assert len(list(cache_dir.glob("*/*.pt"))) == 3
     assert main(["clear", "--dir", str(cache_dir)]) == 0
-    assert not list(cache_dir.glob("*/*.pt"))
+    assert list(cache_dir.glob("*/*.pt")) == [mine]  # (clear deleted it with the entries)
 
 
 def test_find_cut_is_pooled_for_head_only():

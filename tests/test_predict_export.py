@@ -357,6 +357,7 @@ def test_evaluate_a_label_file_takes_its_test_rows_and_a_subset_of_classes(run_d
     finally:
         (photos / "labels.csv").unlink()
     assert out == tmp_path / "ev" and ev["images"] == 2 and ev["per_class"]["images"] == [1, 0, 1]
+    assert ev["per_class"]["per_class_acc"][1] is None  # no bee images: no accuracy (it read 0.0)
     assert ev["skipped"]["unreadable"] == [str(photos / "gone.png")]
     with open(out / "eval_predictions.csv") as f:
         assert [(Path(r["id"]).relative_to(photos), r["true"]) for r in csv.DictReader(f)] == [
@@ -366,6 +367,19 @@ def test_evaluate_a_label_file_takes_its_test_rows_and_a_subset_of_classes(run_d
     # the same out= again: an earlier evaluation is replaced (a folder holding anything else is refused, below)
     again, _ = evaluate(run_dir, _val_folder(run_dir, tmp_path / "val"), tmp_path / "ev", num_workers=0)
     assert again["images"] == json.loads((out / "evaluation.json").read_text())["images"] > 2
+
+
+def test_evaluate_scores_a_subset_of_classes_over_the_classes_it_has():
+    """2 of a model's 4 classes, 6 of 10 right in each, the wrong ones predicted as the 2 absent classes: balanced
+    accuracy 0.6 (torchmetrics' macro average counted the absent classes as 0: 0.30), F1 over the 2 classes."""
+    from tlx.evaluate import scores
+
+    labels = torch.tensor([1] * 10 + [2] * 10)
+    predicted = torch.tensor([1] * 6 + [0] * 4 + [2] * 6 + [3] * 4)
+    got = scores(torch.nn.functional.one_hot(predicted, 4).float(), labels, 4)
+    assert got["metrics"]["acc"] == pytest.approx(0.6) and got["metrics"]["bal_acc"] == pytest.approx(0.6)
+    assert got["metrics"]["f1"] == pytest.approx(0.75)  # precision 1, recall 0.6 in each
+    assert got["per_class"]["per_class_acc"] == [None, pytest.approx(0.6), pytest.approx(0.6), None]
 
 
 @pytest.mark.parametrize(

@@ -12,8 +12,9 @@ The search:
    reach its ``min_per_class`` (the prior, measured by the regime sweeps in ``experiments/``) and the time budget is
    not spent.
 3. A candidate races the best so far: at each validation from ``check_fraction`` of its steps on, it is stopped
-   when it trails the best candidate's curve at the same step by more than ``gap`` (the candidates train the same
-   steps on the same data, so their curves compare step by step), or when even ``slack`` per remaining unit of
+   when it trails the best candidate's curve at the same step by more than ``gap`` (the candidates train on the same
+   data, so their curves compare step by step; the same steps where the run sets trainer.max_steps, as the regime
+   sweeps do, else each its preset's epochs), or when even ``slack`` per remaining unit of
    progress could not lift its best validation accuracy to the best so far (an optimistic bound on what it can still
    gain). A stopped candidate skips its test pass and its validation predictions. One stopped for trailing the
    leader's curve also ends the search (``prune_deeper``): the candidates after it train more of the same backbone

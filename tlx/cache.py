@@ -20,14 +20,17 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     root = (args.dir or default_cache_dir()).expanduser()
     if args.action == "clear":
-        print(f"removed {clear(root)} file(s) from {root}")
+        n = clear(root)
+        print(f"removed {n} entr{'y' if n == 1 else 'ies'} from {root}")
         return 0
     rows = list_entries(root)
     for r in rows:
-        print(
-            f"{r['key'][:16]}  {r['bytes'] / 2**20:9.1f} MiB  {r['backbone']}  cut={r['cut']}  n={r['n']}  "
-            f"shape={r['shape']}"
+        what = (
+            "unreadable (damaged: a run extracts it again)"
+            if r["unreadable"]
+            else (f"{r['backbone']}  cut={r['cut']}  n={r['n']}  shape={r['shape']}")
         )
+        print(f"{r['key'][:16]}  {r['bytes'] / 2**20:9.1f} MiB  {what}")
     print(
         f"{len(rows)} entr{'y' if len(rows) == 1 else 'ies'}, {sum(r['bytes'] for r in rows) / 2**20:.1f} MiB in {root}"
     )

@@ -24,7 +24,7 @@ from tlx.errors import ConfigError
 from tlx.jsonfile import write_json_atomic
 from tlx.predict import TrainedModel, load_run, parse_args, writable_file  # light: torch loads in load_run
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("tlx.export")  # (not __main__ under python -m tlx.export)
 
 FORMATS = {"torchscript": "model.pt", "onnx": "model.onnx"}
 
@@ -103,8 +103,8 @@ def preprocessing(data_config: dict[str, Any]) -> dict[str, Any]:
         "crop_mode": data_config.get("crop_mode", "center"),
         "mean": list(data_config["mean"]),
         "std": list(data_config["std"]),
-        "color": "8-bit RGB (16-bit grey /257; 32-bit and float grey as tlx.data.to_rgb scales them), scaled to [0, 1], "
-        "then (x - mean) / std per channel",
+        "color": "8-bit RGB (16-bit grey /257; 32-bit and float grey as tlx.data.to_rgb scales them), scaled to "
+        "[0, 1], then (x - mean) / std per channel",
         "layout": "NCHW float32",
     }
 

@@ -20,7 +20,7 @@ import hashlib
 import json
 import logging
 import os
-import shutil
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -100,6 +100,7 @@ class FeatureCache:
         self.root = Path(dir).expanduser() if dir else default_cache_dir()
         self.views, self.max_bytes, self.dtype = int(views), float(max_gb) * 2**30, getattr(torch, dtype)
         self.lock_timeout_s = float(lock_timeout_s)
+        self._said_unreadable: set[Path] = set()
 
     def check_writable(self) -> None:
         """Fail now, naming the fix, if entries could not be written (rather than after the extraction)."""
@@ -120,8 +121,11 @@ class FeatureCache:
             entry = torch.load(path, map_location="cpu", weights_only=True)
             if entry.get("format") == FORMAT and entry.get("key") == key:
                 return entry["features"]
-        except Exception as e:  # a damaged file is a miss, never a crash
-            log.warning("ignoring unreadable cache entry %s (%s)", path, e)
+        except Exception as e:  # a damaged file is a miss, never a crash; said once (it is looked up again in the lock)
+            if path not in self._said_unreadable:
+                self._said_unreadable.add(path)
+                reason = str(e).split(".")[0]  # (torch's advice on checkpoints after it is no help here)
+                log.warning("ignoring unreadable cache entry %s (%s): it is extracted again", path, reason)
         return None
 
     @contextlib.contextmanager
@@ -393,14 +397,33 @@ def _estimate_bytes(net: Network, cut: int | str, data: ImageData, cache: Featur
     return float(n * one * torch.empty((), dtype=cache.dtype).element_size())
 
 
+# The cache's files: an entry ``<key>.pt`` (a 20-byte blake2b key, entry_key) in the folder of the key's first 2
+# characters, its lock ``.<key>.pt.lock`` and a write in progress ``.<key>.pt.<pid>.<ns>.tmp``; nothing else a folder
+# may hold (a user's own .pt files in a mistyped --dir were listed and deleted as entries).
+_FILE = re.compile(r"(?P<dot>\.?)(?P<key>[0-9a-f]{40})\.pt(?P<extra>\.lock|\.\d+\.\d+\.tmp)?")
+
+
+def _cache_files(root: Path) -> list[Path]:
+    return sorted(
+        p
+        for p in [*root.glob("*/*.pt"), *root.glob("*/.*.pt.*")]
+        if (m := _FILE.fullmatch(p.name)) and m["key"][:2] == p.parent.name and bool(m["dot"]) == bool(m["extra"])
+    )
+
+
+def _entries(root: Path) -> list[Path]:
+    return [p for p in _cache_files(root) if not p.name.startswith(".")]
+
+
 def list_entries(root: Path) -> list[dict[str, Any]]:
-    """Every entry in the cache folder with its size and metadata."""
+    """Every entry in the cache folder with its size and metadata (``unreadable``: a damaged file, which a run
+    ignores and extracts again)."""
     rows = []
-    for path in sorted(root.glob("*/*.pt")):
+    for path in _entries(root):
         try:
-            meta = torch.load(path, map_location="cpu", weights_only=True).get("meta", {})
+            meta, unreadable = torch.load(path, map_location="cpu", weights_only=True).get("meta", {}), False
         except Exception:
-            meta = {"unreadable": True}
+            meta, unreadable = {}, True
         rows.append(
             {
                 "key": path.stem,
@@ -409,17 +432,18 @@ def list_entries(root: Path) -> list[dict[str, Any]]:
                 "cut": meta.get("cut"),
                 "n": meta.get("n"),
                 "shape": meta.get("shape"),
+                "unreadable": unreadable,
             }
         )
     return rows
 
 
 def clear(root: Path) -> int:
-    """Remove every entry, leftover temporary file and lock file; returns how many files went."""
-    files = list(root.glob("*/*.pt")) + list(root.glob("*/.*.tmp")) + list(root.glob("*/.*.lock"))
+    """Remove every entry, lock and leftover temporary file of the cache; returns how many entries went."""
+    files = _cache_files(root)
     for f in files:
         f.unlink(missing_ok=True)
-    for d in root.glob("*"):
-        if d.is_dir() and not any(d.iterdir()):
-            shutil.rmtree(d, ignore_errors=True)
-    return len(files)
+    for d in {f.parent for f in files}:
+        if not any(d.iterdir()):
+            d.rmdir()
+    return sum(not f.name.startswith(".") for f in files)

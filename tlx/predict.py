@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     from tlx.data import FileSamples
     from tlx.heads import Network
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("tlx.predict")  # (not __main__ under python -m tlx.predict)
 
 
 @dataclass

@@ -25,13 +25,14 @@ from typing import Any
 
 from hydra.experimental.callback import Callback
 from matplotlib.figure import Figure
+from matplotlib.ticker import NullLocator
 from omegaconf import DictConfig, OmegaConf
 
 from tlx.errors import ConfigError
 from tlx.page import esc, figure_png, img_tag, page, section, table, write_page
 from tlx.results import RESULTS, read_results
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("tlx.report")  # (not __main__ under python -m tlx.report)
 
 _CSV_FIELDS = "samples_per_class strategy metric mean std n n_failed best trainable_params wall_s_mean".split()
 
@@ -341,7 +342,7 @@ def _markdown(
     lines = [
         f"# Sweep report: {metric}",
         "",
-        f"`{sweep_dir}`: {len(jobs)} jobs, {n_ok} ok, {len(jobs) - n_ok} failed; {total_s / 60:.1f} min of job time.",
+        f"`{sweep_dir}`: {len(jobs)} jobs, {n_ok} ok, {len(jobs) - n_ok} failed; {_job_time(total_s)} of job time.",
         f"Cells: mean ± std of {metric} over seeds (n = finished seeds); ★ = best strategy of the row "
         f"({'lowest' if lower_is_better else 'highest'} mean). Columns go from fewest to most trainable parameters.",
         "",
@@ -398,6 +399,11 @@ def _write_csv(
             )
 
 
+def _job_time(seconds: float) -> str:
+    """``42 s`` or ``3.5 min`` (4 jobs of seconds read "0.0 min")."""
+    return f"{seconds:.0f} s" if seconds < 60 else f"{seconds / 60:.1f} min"
+
+
 def _blank(v: float | None, digits: int | None = None) -> float | str:
     return "" if v is None else v if digits is None else round(v, digits)
 
@@ -427,6 +433,9 @@ def _plot(rows: list[str], columns: list[str], cells: dict[tuple[str, str], Cell
                     **_style(s, i),
                 )
         ax.set_xscale("log")
+        # ticks at the sizes swept, as plain numbers (over less than a decade the log axis wrote 4x10^0 ... 8x10^0)
+        ax.set_xticks(sorted(sizes), [f"{x:g}" for x in sorted(sizes)])
+        ax.xaxis.set_minor_locator(NullLocator())
         ax.set_xlabel("training images per class")
         ax.grid(True, which="both", alpha=0.3)
         if v:
@@ -531,9 +540,7 @@ def _html(
             for j in failed
         )
         sections.append(section("failed", "Failed jobs", f"<ul>{items}</ul>"))
-    subtitle = (
-        f"{sweep_dir}: {len(jobs)} jobs, {n_ok} ok, {len(jobs) - n_ok} failed; {total_s / 60:.1f} min of job time"
-    )
+    subtitle = f"{sweep_dir}: {len(jobs)} jobs, {n_ok} ok, {len(jobs) - n_ok} failed; {_job_time(total_s)} of job time"
     return page(f"Sweep report: {metric}", subtitle, sections)
 
 
@@ -682,6 +689,7 @@ def main(argv: list[str] | None = None) -> None:
     if not args.dir.is_dir():
         parser.error(f"no such directory: {args.dir}")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    logging.getLogger("alembic").setLevel(logging.WARNING)  # Optuna's database setup: no news ("setup plugin ...")
     if (args.dir / RESULTS).is_file():
         from tlx.run_report import write_run_report  # torch and the data module are only needed for a run report
 

@@ -439,8 +439,8 @@ class ImageData:
         if unseen:  # (its val accuracy was reported as 0.0, and val/bal_acc averaged over the other classes only)
             log.warning(
                 "no validation images of class(es) %s: %s val accuracy is not measured, and val/acc, val/bal_acc and "
-                "the choices made on them cover the other classes only; give every class validation images (in val/, "
-                "or readable images for tlx's split)",
+                "the choices made on them cannot tell how the model does there; give every class validation images "
+                "(in val/, or readable images for tlx's split)",
                 ", ".join(repr(n) for n in unseen),
                 "its" if len(unseen) == 1 else "their",
             )
