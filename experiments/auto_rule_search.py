@@ -38,6 +38,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 from omegaconf import OmegaConf
+from pytorch_lightning.trainer.states import TrainerFn
 
 from tlx.auto import _Race
 from tlx.results import read_results
@@ -107,7 +108,11 @@ def race(rule: Rule, name: str, curve: list[list[float]], best_val: float, best_
     for step, acc in curve:
         history.append({"val/acc": acc})
         trainer = SimpleNamespace(
-            sanity_checking=False, global_step=step, estimated_stepping_batches=curve[-1][0], should_stop=False
+            sanity_checking=False,
+            global_step=step,
+            estimated_stepping_batches=curve[-1][0],
+            should_stop=False,
+            state=SimpleNamespace(fn=TrainerFn.FITTING),  # validations within the candidate's fit
         )
         callback.on_validation_end(trainer, SimpleNamespace(val_history=history))
         if trainer.should_stop:
