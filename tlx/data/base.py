@@ -436,7 +436,7 @@ class ImageData:
                 100 / n_val,
             )
         unseen = [name for c, name in enumerate(self.classes) if c not in set(self.samples["val"].labels)]
-        if unseen:  # (its val accuracy was reported as 0.0, and val/bal_acc averaged over the other classes only)
+        if unseen:  # (its val accuracy was reported as 0.0, without a word)
             log.warning(
                 "no validation images of class(es) %s: %s val accuracy is not measured, and val/acc, val/bal_acc and "
                 "the choices made on them cannot tell how the model does there; give every class validation images "
