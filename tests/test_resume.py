@@ -240,3 +240,18 @@ def test_sigterm_while_extracting_features_is_recorded(tmp_path):
     assert proc.returncode == 128 + signal.SIGTERM, output[-3000:]
     assert read_results(run_dir) == {"status": "interrupted", "resume": resume_command(run_dir)}
     assert f"interrupted; resume with: {resume_command(run_dir)}" in output and "Traceback" not in output
+
+
+def test_an_interrupt_reports_the_best_of_the_epochs_the_resume_keeps(tmp_path):
+    """Ctrl-C after epoch 3's validation but before its end: "2 epoch(s) done" (last.ckpt holds epochs 0-1) stood
+    beside a best so far of epoch 2, which the resume trains again."""
+    from types import SimpleNamespace
+
+    from tlx.run import _OnInterrupt
+
+    history = [{"epoch": e, "val/acc": a} for e, a in ((0, 0.5), (1, 0.6), (2, 0.9))]
+    trainer = SimpleNamespace(current_epoch=2, is_global_zero=True, progress_bar_callback=None)
+    latest = SimpleNamespace(save_pending=lambda trainer: None)
+    _OnInterrupt(tmp_path, latest).on_exception(trainer, SimpleNamespace(val_history=history), KeyboardInterrupt())
+    recorded = read_results(tmp_path)
+    assert recorded["epochs_done"] == 2 and recorded["best_so_far"] == {"epoch": 1, "val/acc": 0.6}

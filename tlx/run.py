@@ -703,12 +703,16 @@ class _OnInterrupt(pl.Callback):
             self.ctrl_c = isinstance(exception, KeyboardInterrupt)
             self.latest.save_pending(trainer)
         if isinstance(exception, (KeyboardInterrupt, SIGTERMException)) and trainer.is_global_zero:
-            best, resume = module.best_val(), resume_command(self.resume_dir)
+            # The best of the epochs last.ckpt holds: a validation that ran in the unfinished epoch (Ctrl-C between its
+            # end and the epoch's) was "best so far" beside "1 epoch done", and the resume trains that epoch again
+            done = int(trainer.current_epoch)
+            kept = [h for h in module.val_history if h["epoch"] is None or h["epoch"] < done]
+            best, resume = max(kept, key=lambda h: h["val/acc"], default={}), resume_command(self.resume_dir)
             write_results(
                 self.out_dir,
                 {
                     "status": "interrupted",
-                    "epochs_done": int(trainer.current_epoch),
+                    "epochs_done": done,
                     "best_so_far": {k: v for k, v in best.items() if k == "epoch" or k.startswith("val/")},
                     "resume": resume,
                 },
