@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import re
@@ -25,7 +24,7 @@ from omegaconf.errors import MissingMandatoryValue
 # key or choice ends in one line within about a second.
 from tlx.errors import ConfigError, Terminated
 from tlx.jsonfile import probe_writable
-from tlx.rerun import anchor_data, make_rerunnable, saved_candidate, source_run
+from tlx.rerun import anchor_data, data_location, make_rerunnable, override_key, saved_candidate, source_run
 
 log = logging.getLogger("tlx")
 CONF = Path(__file__).resolve().parents[1] / "conf"
@@ -233,12 +232,11 @@ def _note_preset_lr(cfg: DictConfig, choices: Any, overrides: list[str]) -> None
     """``optim=sgd strategy=full``: the strategy (or experiment) preset sets ``optim.lr`` for AdamW, and Hydra composes
     it after the optimizer, so SGD trained at AdamW's lr without a word. Says so where the user did not set it."""
     name = choices.get("optim")
-    own = (
-        OmegaConf.load(CONF / "optim" / f"{name}.yaml").get("lr")
-        if (CONF / "optim" / f"{name}.yaml").is_file()
-        else None
-    )
-    if name in (None, "adamw") or own is None or any(o.lstrip("+~").startswith("optim.lr=") for o in overrides):
+    optim_file = CONF / "optim" / f"{name}.yaml"
+    if name in (None, "adamw") or not optim_file.is_file() or any(override_key(o) == "optim.lr" for o in overrides):
+        return  # (every run but these: no file read at start-up)
+    own = OmegaConf.load(optim_file).get("lr")
+    if own is None:
         return
     if float(OmegaConf.select(cfg, "optim.lr", default=own)) != float(own):
         strategy = choices.get("strategy")
@@ -355,11 +353,6 @@ def _parses(parser: Any, arg: str) -> bool:
         return False
 
 
-def _key(override: str) -> str:
-    """The key of a command-line override: ``+strategy=last_n2`` -> ``strategy``."""
-    return override.split("=", 1)[0].lstrip("+~")
-
-
 def _rerun_groups(argv: list[str]) -> str | None:
     """Why this command cannot run, where it reruns a saved config (``--config-path <run>/.hydra``) and picks a config
     group (``head=mlp``, ``+strategy=last_n2``): the saved config is one file, with no groups to pick from. Hydra
@@ -375,25 +368,24 @@ def _rerun_groups(argv: list[str]) -> str | None:
     if config_path is None or Path(config_path).name != ".hydra":
         return None
     groups = {d.name for d in CONF.iterdir() if d.is_dir() and d.name != "hydra"}
-    picked = [a for a in mine if _key(a) in groups]
+    picked = [a for a in mine if override_key(a) in groups]
     if not picked:
         return None
     run = Path(config_path).parent
     saved = OmegaConf.load(run / ".hydra" / "overrides.yaml") if (run / ".hydra" / "overrides.yaml").is_file() else []
-    kept = [o for o in saved if not o.startswith("hydra.") and _key(o) not in {_key(m) for m in mine}]
-    try:  # a relative data.root/data.path: the run's own data, as a rerun reads it (tlx.rerun.anchor_data)
-        where = json.loads((run / "files.json").read_text()).get("data_location")
-    except (OSError, ValueError):
-        where = None
-    kept = [f"{_key(o)}={where}" if where and _key(o) in ("data.root", "data.path") else o for o in kept]
-    for strategy in [a.split("=", 1)[1] for a in picked if _key(a) == "strategy"]:
-        experiments = [o for o in kept if _key(o) == "experiment"]
+    named = {override_key(m) for m in mine}  # the rerun's own overrides replace the run's of the same key
+    kept = [o for o in saved if not o.startswith("hydra.") and override_key(o) not in named]
+    where = data_location(run)  # a relative data.root/data.path: the run's own data, as a rerun reads it
+    located = {"data.root", "data.path"} if where else set()
+    kept = [f"{override_key(o)}={where}" if override_key(o) in located else o for o in kept]
+    for strategy in [a.split("=", 1)[1] for a in picked if override_key(a) == "strategy"]:
+        experiments = [o for o in kept if override_key(o) == "experiment"]
         try:  # an experiment that sets what trains and a strategy are refused together: the strategy is the new one
             _check_presets({"experiment": experiments[0].split("=", 1)[1], "strategy": strategy} if experiments else {})
         except ConfigError:
             kept.remove(experiments[0])
     # as a new run takes them: experiment is added (+), the other groups are in conf/config.yaml's defaults
-    typed = [("+" if _key(m) == "experiment" else "") + m.lstrip("+") if m in picked else m for m in mine]
+    typed = [("+" if override_key(m) == "experiment" else "") + m.lstrip("+") if m in picked else m for m in mine]
     return (
         f"{' '.join(picked)} picks a config group, and a rerun from a saved config has none to pick from (its config "
         f"is one file; keys like seed=1 or freeze.n=2 change it); start a new run with its overrides and yours: "

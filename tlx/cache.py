@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from tlx.errors import plural
 from tlx.features import clear, default_cache_dir, list_entries
 
 
@@ -20,8 +21,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     root = (args.dir or default_cache_dir()).expanduser()
     if args.action == "clear":
-        n = clear(root)
-        print(f"removed {n} entr{'y' if n == 1 else 'ies'} from {root}")
+        print(f"removed {plural(clear(root), 'entry', 'entries')} from {root}")
         return 0
     rows = list_entries(root)
     for r in rows:
@@ -31,9 +31,7 @@ def main(argv: list[str] | None = None) -> int:
             else (f"{r['backbone']}  cut={r['cut']}  n={r['n']}  shape={r['shape']}")
         )
         print(f"{r['key'][:16]}  {r['bytes'] / 2**20:9.1f} MiB  {what}")
-    print(
-        f"{len(rows)} entr{'y' if len(rows) == 1 else 'ies'}, {sum(r['bytes'] for r in rows) / 2**20:.1f} MiB in {root}"
-    )
+    print(f"{plural(len(rows), 'entry', 'entries')}, {sum(r['bytes'] for r in rows) / 2**20:.1f} MiB in {root}")
     return 0
 
 

@@ -23,6 +23,6 @@ class Terminated(KeyboardInterrupt):
     training."""
 
 
-def plural(n: int, noun: str) -> str:
-    """``1 image``, ``2 images``: a count with its noun, for messages."""
-    return f"{n} {noun}{'' if n == 1 else 's'}"
+def plural(n: int, noun: str, nouns: str | None = None) -> str:
+    """``1 image``, ``2 images`` (``nouns``: an irregular plural, ``entries``): a count with its noun, for messages."""
+    return f"{n} {noun if n == 1 else nouns or noun + 's'}"

@@ -52,6 +52,22 @@ def source_run(config_sources: list) -> Path | None:
     return None
 
 
+def override_key(override: str) -> str:
+    """The key of a command-line override: ``+strategy=last_n2`` -> ``strategy``."""
+    return override.split("=", 1)[0].lstrip("+~")
+
+
+def data_location(run_dir: Path) -> str | None:
+    """The absolute data root (or label file) the run in ``run_dir`` read, as its ``files.json`` records it; None for
+    a run that stopped before its data, or from before tlx recorded it. An auto run writes its files.json at the end,
+    its candidates each theirs."""
+    lists = [run_dir / "files.json", *sorted(run_dir.glob("candidates/*/files.json"))]
+    try:
+        return json.loads(next(p for p in lists if p.is_file()).read_text()).get("data_location")
+    except (StopIteration, OSError, ValueError):
+        return None
+
+
 def anchor_data(cfg: DictConfig, source: Path | None, overrides: list[str]) -> str | None:
     """In a rerun from a saved config, a relative ``data.root`` (``data.path``) is the folder (file) that the run it
     reruns read, as that run's ``files.json`` records it, wherever the rerun is started: resolved against the rerun's
@@ -67,14 +83,9 @@ def anchor_data(cfg: DictConfig, source: Path | None, overrides: list[str]) -> s
     key = next((k for k in ("root", "path") if data is not None and data.get(k) is not None), None)
     if source is None or key is None or Path(str(data[key])).expanduser().is_absolute():
         return None
-    if any(o.split("=", 1)[0].lstrip("+~") == f"data.{key}" for o in overrides):
+    if any(override_key(o) == f"data.{key}" for o in overrides):
         return None
-    # (an auto run writes its files.json at the end; its candidates, each theirs)
-    lists = [source / "files.json", *sorted(source.glob("candidates/*/files.json"))]
-    try:
-        recorded = json.loads(next(p for p in lists if p.is_file()).read_text()).get("data_location")
-    except (StopIteration, OSError, ValueError):  # a run that stopped before its data, or from before tlx recorded it
-        return None
+    recorded = data_location(source)
     if not recorded or Path(recorded) == Path(str(data[key])).expanduser().absolute():
         return None
     typed, data[key] = data[key], recorded

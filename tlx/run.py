@@ -289,10 +289,7 @@ def train(
             )
         stage = _probe_stage(module, data, probe, cache_info, probe_epochs)
         stages.append(stage)
-        module.log_to_loggers = False  # the metrics of the chosen epoch are already among the probe's epochs
-        with on_interrupt.exit_status():
-            trainer.validate(module, data.val_dataloader(shard=True), verbose=False)
-        module.log_to_loggers = True
+        _validate_unlogged(trainer, module, data, on_interrupt)  # (the chosen epoch is among the probe's, logged below)
         history = stage.pop("history")
         for logger in trainer.loggers:  # the chosen candidate's epochs, as a fitted run logs its own
             for epoch, row in enumerate(history):
@@ -312,10 +309,7 @@ def train(
         if best_path is None:  # stopped before its first validation (trainer.max_steps within the first epoch, or
             # trainer.check_val_every_n_epoch above max_epochs): Lightning's test of "best" failed with a traceback
             log.info("training ended before a validation: the final weights are validated and kept as best.ckpt")
-            module.log_to_loggers = False  # (as LP-FT's stage 1 was validated: Lightning refuses a second kind)
-            with on_interrupt.exit_status():
-                trainer.validate(module, data.val_dataloader(shard=True), verbose=False)
-            module.log_to_loggers = True
+            _validate_unlogged(trainer, module, data, on_interrupt)
             module.val_history[-1]["epoch"] = max(0, int(trainer.current_epoch) - 1)  # the last (partial) epoch
             best_path = out_dir / "checkpoints" / "best.ckpt"
             trainer.save_checkpoint(best_path)
@@ -401,7 +395,7 @@ def train(
             save_run_report(out_dir, module, data, device, html=html)
         if summary:
             print_summary(results, out_dir)
-        finish_tracking(trainer.loggers, out_dir)
+        finish_tracking(trainer.loggers, out_dir, results["metrics"])
     return results
 
 
@@ -468,19 +462,29 @@ def _probe_stage(
     }
 
 
+def _validate_unlogged(
+    trainer: pl.Trainer, module: TransferModule, data: ImageData, on_interrupt: _OnInterrupt
+) -> None:
+    """Validate the network as it is, outside a fit, into ``module.val_history`` and not into the loggers: the probe's
+    head, LP-FT's stage 1 before its fine-tuning, a fit's final weights where it ran no validation. (Lightning refuses
+    one run logging a metric both ways.) The validation metrics' states are reset after: made under validate's
+    inference mode, a fit's validation could not update them."""
+    module.log_to_loggers = False
+    with on_interrupt.exit_status():
+        trainer.validate(module, data.val_dataloader(shard=True), verbose=False)
+    module.log_to_loggers = True
+    for metric in (module.metrics["val_"], module.details["val_"], module.loss_means["val_"]):
+        metric.reset()
+
+
 def _save_stage_one(
     trainer: pl.Trainer, module: TransferModule, data: ImageData, on_interrupt: _OnInterrupt, out_dir: Path
 ) -> Path:
     """Validate LP-FT's stage-1 model (the probe's head on the pretrained backbone) before fine-tuning starts, and save
     it: it competes with the fine-tuning epochs for best.ckpt (as an epoch before the first, so ties keep it), where it
     used to be dropped even when fine-tuning only made it worse."""
-    module.log_to_loggers = False  # the probe's own epochs are not among the loggers' fine-tuning epochs
-    with on_interrupt.exit_status():
-        trainer.validate(module, data.val_dataloader(shard=True), verbose=False)
-    module.log_to_loggers = True
+    _validate_unlogged(trainer, module, data, on_interrupt)  # (not among the loggers' fine-tuning epochs)
     module.val_history[-1]["epoch"] = None
-    for metric in (module.metrics["val_"], module.details["val_"], module.loss_means["val_"]):
-        metric.reset()  # its states were made under validate's inference mode, which fit's validation cannot update
     path = out_dir / "checkpoints" / "stage1.ckpt"
     trainer.save_checkpoint(path)
     return path

@@ -17,7 +17,6 @@ from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.loggers import CSVLogger, Logger, MLFlowLogger, TensorBoardLogger, WandbLogger
 
 from tlx.errors import ConfigError
-from tlx.results import read_results
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +106,7 @@ def _write_csv_rows(logger: CSVLogger, rows: list[dict[str, str]]) -> None:
     writer.metrics_keys[:] = keys
 
 
-def finish_tracking(loggers: list[Logger], out_dir: Path) -> None:
+def finish_tracking(loggers: list[Logger], out_dir: Path, metrics: dict[str, Any]) -> None:
     """After the run: log ``results.json`` (and ``report.html``, when the run dir has one) as artifacts to the
     trackers that store files (MLflow, wandb), and close the wandb run; give TensorBoard's HPARAMS tab the run's final
     metrics (``final/val/acc``, ...) beside its config (without metrics Lightning writes no hparams summary at all).
@@ -115,6 +114,7 @@ def finish_tracking(loggers: list[Logger], out_dir: Path) -> None:
     Args:
         loggers: the trainer's loggers.
         out_dir: the run directory.
+        metrics: the run's final metrics (results.json's, as the run just wrote them).
     """
     files = [Path(out_dir) / name for name in RUN_ARTIFACTS if (Path(out_dir) / name).is_file()]
     for logger in loggers:
@@ -126,7 +126,6 @@ def finish_tracking(loggers: list[Logger], out_dir: Path) -> None:
                 logger.experiment.save(str(f), base_path=str(out_dir), policy="now")
             logger.experiment.finish()  # Lightning leaves it open; the next run in this process would reuse it
         elif isinstance(logger, TensorBoardLogger):  # (named final/*: Lightning also logs them as scalars at step 0)
-            metrics = (read_results(out_dir) or {}).get("metrics", {})
             final = {f"final/{k}": v for k, v in metrics.items() if isinstance(v, int | float)}
             logger.log_hyperparams(logger.hparams, metrics=final)
             logger.save()
