@@ -272,3 +272,20 @@ def test_a_copied_dataset_still_hits(photos, cache_dir, tmp_path):
     copy = shutil.copytree(photos, tmp_path / "elsewhere" / "photos")
     info, _ = _setup(copy, cache_dir)
     assert (info["misses"], info["hits"]) == (0, 2)  # same bytes, same activations: the paths are not in the key
+
+
+def test_the_size_estimate_runs_where_the_network_is():
+    """The cache's size estimate passes a zero image through the frozen part. LP-FT's stage 1 extracts on the GPU and
+    leaves the network there; stage 2's estimate then sent a CPU image through it, and every LP-FT run from an empty
+    cache failed on a GPU (seen on an H200). A network on PyTorch's meta device stands in for one on a GPU here."""
+    from types import SimpleNamespace
+
+    from tlx.features import _estimate_bytes
+
+    backbone = create_backbone("tf_efficientnet_lite0", image_size=32)
+    net = Network(backbone, LinearHead(backbone, num_classes=3))
+    data = SimpleNamespace(data_config=backbone.data_config, samples={"train": [0] * 4, "val": [0] * 2})
+    cache = SimpleNamespace(dtype=torch.float16)
+    on_cpu = [_estimate_bytes(net, cut, data, cache, train_views=2) for cut in ("pooled", 6)]
+    assert on_cpu == [(4 * 2 + 2) * 1280 * 2, (4 * 2 + 2) * 80 * 2 * 2 * 2]  # images x (C x H x W) x 2 bytes
+    assert [_estimate_bytes(net.to("meta"), cut, data, cache, train_views=2) for cut in ("pooled", 6)] == on_cpu

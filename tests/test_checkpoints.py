@@ -51,7 +51,7 @@ def run(tmp_path_factory) -> tuple[Path, list[str], TransferModule]:
         tlx.run.train(cfg, run_dir)
     (run_dir / ".hydra").mkdir()
     OmegaConf.save(cfg, run_dir / ".hydra" / "config.yaml")  # as the command line saves it
-    return run_dir, overrides, _Kept.kept[-1]
+    return run_dir, overrides, _Kept.kept[-1].cpu()  # (trained on the GPU where there is one)
 
 
 def test_head_only_checkpoints_hold_the_head_and_what_identifies_the_backbone(run):

@@ -23,6 +23,10 @@ from tlx.results import read_results
 
 from .conftest import HEAVY, TINY, imported_modules, run_cli, run_main, write_images
 
+# tlx.predict runs on the GPU where there is one (device=auto), whose convolutions (TF32, cuDNN) round otherwise than
+# the CPU's reference here: probabilities 3e-4 apart were seen on an H200
+PROB_ATOL = 2e-3 if torch.cuda.is_available() else 1e-4
+
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory) -> Path:
@@ -113,7 +117,7 @@ def test_predict_cli_writes_top_k_csv_and_skips_bad_files(run_dir, reference, tm
     expected = reference(paths)[1].softmax(dim=1)
     classes = json.loads((run_dir / "files.json").read_text())["classes"]
     assert [r["label_1"] for r in rows] == [classes[i] for i in expected.argmax(dim=1)]
-    assert np.allclose(probs[:, 0], expected.max(dim=1).values.numpy(), atol=1e-4)
+    assert np.allclose(probs[:, 0], expected.max(dim=1).values.numpy(), atol=PROB_ATOL)
 
 
 def test_predict_json_for_one_file(run_dir, reference, tmp_path, capsys):
@@ -124,7 +128,7 @@ def test_predict_json_for_one_file(run_dir, reference, tmp_path, capsys):
     assert saved["classes"] == ["ant", "bee", "cat"] and saved["checkpoint"].endswith("best.ckpt")
     (record,) = saved["predictions"]
     assert record["path"] == str(image) and len(record["labels"]) == len(record["probs"]) == 2
-    assert record["probs"][0] == pytest.approx(reference([image])[1].softmax(dim=1).max().item(), abs=1e-4)
+    assert record["probs"][0] == pytest.approx(reference([image])[1].softmax(dim=1).max().item(), abs=PROB_ATOL)
 
 
 def test_predict_cli_says_how_far_it_got_where_no_bar_is_drawn(run_dir, tmp_path, monkeypatch, caplog, capsys):

@@ -242,6 +242,54 @@ def test_sigterm_while_extracting_features_is_recorded(tmp_path):
     assert f"interrupted; resume with: {resume_command(run_dir)}" in output and "Traceback" not in output
 
 
+def test_a_sigterm_that_python_drops_still_ends_the_extraction(monkeypatch):
+    """Python raises a signal handler's exception wherever the main thread is; inside an at-fork hook (logging's, as a
+    DataLoader starts its worker processes), a finalizer or a weakref callback it prints 'Exception ignored' and drops
+    it. On a GPU machine (loader workers) a SIGTERM sent as extraction started was lost so: the run ended with exit 0.
+    Extraction now raises it at its next batch."""
+    from tlx.errors import Terminated
+    from tlx.features import extract
+    from tlx.run import sigterm_as_interrupt
+
+    raised_in_finalizer: list[bool] = []
+
+    class SignalInFinalizer:
+        def __del__(self) -> None:
+            try:
+                os.kill(os.getpid(), signal.SIGTERM)  # the handler runs, and raises, in here
+            except Terminated:
+                raised_in_finalizer.append(True)
+                raise  # and Python drops it
+
+    class Images(torch.utils.data.Dataset):
+        def __init__(self, signal_at: int | None) -> None:
+            self.signal_at = signal_at
+
+        def __len__(self) -> int:
+            return 4
+
+        def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+            if i == self.signal_at:
+                SignalInFinalizer()
+            return torch.full((3, 4, 4), float(i)), 0
+
+    class Net(torch.nn.Module):
+        def forward_to_many(self, x: torch.Tensor, cuts: list) -> list[torch.Tensor]:
+            return [x.mean((2, 3))]
+
+    printed: list = []  # what Python would print as 'Exception ignored in ...' with a traceback
+    monkeypatch.setattr(sys, "unraisablehook", printed.append)
+    cpu = torch.device("cpu")
+    with sigterm_as_interrupt(), pytest.raises(Terminated):
+        extract(Net(), ["pooled"], torch.utils.data.DataLoader(Images(1), batch_size=1), cpu, channels_last=False)
+    assert raised_in_finalizer == [True] and printed == []  # dropped where it landed, raised again, nothing printed
+    assert sys.unraisablehook == printed.append
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+    with sigterm_as_interrupt():  # a later run in this process is not ended by it
+        (pooled,) = extract(Net(), ["pooled"], torch.utils.data.DataLoader(Images(None), batch_size=2), cpu)
+    assert pooled[:, 0].tolist() == [0, 1, 2, 3]
+
+
 def test_an_interrupt_reports_the_best_of_the_epochs_the_resume_keeps(tmp_path):
     """Ctrl-C after epoch 3's validation but before its end: "2 epoch(s) done" (last.ckpt holds epochs 0-1) stood
     beside a best so far of epoch 2, which the resume trains again."""

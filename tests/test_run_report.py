@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 from PIL import Image
 
@@ -81,6 +82,10 @@ def test_run_writes_report_from_the_tested_checkpoint(run: tuple[Path, dict]) ->
     assert re.findall(r'(?:src|href)="(?!data:)', page) == []  # nothing outside the file
     assert f"<td>test/acc</td><td>{results['metrics']['test/acc']:.4f}</td>" in page
     assert "<th class=num>val accuracy</th>" in page and "<th class=num>test accuracy</th>" in page
+    # The timings say what they were measured on: this machine's GPU where it has one, else its CPU threads
+    device = results["timing"]["device"]
+    expected = f"cuda:0 ({torch.cuda.get_device_name(0)})" if torch.cuda.is_available() else "cpu ("
+    assert device.startswith(expected) and f" on {html.escape(device)}</td>" in page
 
 
 def test_report_is_rebuilt_from_the_run_directory(run: tuple[Path, dict], tmp_path: Path) -> None:

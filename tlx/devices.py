@@ -40,6 +40,14 @@ def place_job(trainer_cfg: DictConfig, job_num: int, n_gpus: int) -> int | None:
     return k
 
 
+def describe(device: torch.device) -> str:
+    """The device a run trained on, as results.json records it beside the timings: ``cuda:0 (NVIDIA H200)``,
+    ``cpu (2 threads)``."""
+    if device.type == "cuda":
+        return f"{device} ({torch.cuda.get_device_name(device)})"
+    return f"{device.type} ({torch.get_num_threads()} threads)" if device.type == "cpu" else str(device)
+
+
 def torch_device(trainer_cfg: DictConfig) -> torch.device:
     """The torch device of the trainer's first device, for work done outside the Trainer (feature extraction)."""
     if not torch.cuda.is_available() or trainer_cfg.get("accelerator") not in _GPU_ACCELERATORS:

@@ -1,5 +1,6 @@
 """The error type for what a user can fix (a configuration or input error whose message names the fix), the
-interrupt a SIGTERM raises outside training, and the counted nouns of messages.
+interrupt a SIGTERM raises outside training (and raises again where Python dropped it), and the counted nouns of
+messages.
 
 Its own tiny module, imported by everything that raises it and by the command line before Hydra parses the
 command, so that a mistyped override ends in one line without first importing torch, timm and Lightning.
@@ -21,6 +22,30 @@ class Terminated(KeyboardInterrupt):
     """SIGTERM outside Lightning's loops (feature extraction, building the model; ``tlx.run.sigterm_as_interrupt``):
     handled as a Ctrl-C there is, but the process exits 143 (128 + SIGTERM), as it does when the signal comes during
     training."""
+
+
+_sigterm: list[bool] = []  # [True] from a SIGTERM outside training until the run it ended is over
+
+
+def note_terminated() -> Terminated:
+    """The :class:`Terminated` for the SIGTERM handler to raise, noted so that :func:`raise_if_terminated` raises it
+    again if it was lost. Python runs the handler wherever the main thread is, and inside an at-fork hook (logging's,
+    as a DataLoader starts its workers), a finalizer or a weakref callback the exception is dropped ('Exception
+    ignored in ...'): on a GPU machine, a SIGTERM that came as feature extraction started its loader processes let the
+    run go on and end with exit 0."""
+    _sigterm[:] = [True]
+    return Terminated()
+
+
+def raise_if_terminated() -> None:
+    """Between steps of work outside training (each batch of feature extraction): raise the SIGTERM's
+    :class:`Terminated` again, in case it was dropped where it landed."""
+    if _sigterm:
+        raise Terminated
+
+
+def forget_terminated() -> None:
+    _sigterm.clear()
 
 
 def plural(n: int, noun: str, nouns: str | None = None) -> str:

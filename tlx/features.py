@@ -29,7 +29,7 @@ from typing import Any
 import torch
 
 from tlx.data import ImageData
-from tlx.errors import ConfigError
+from tlx.errors import ConfigError, raise_if_terminated
 from tlx.heads import Network
 from tlx.jsonfile import probe_writable
 from tlx.progress import progress
@@ -365,11 +365,13 @@ def extract(
     batches = progress(loader, desc, len(loader.dataset), lambda batch: len(batch[0]))
     with torch.inference_mode(), mixed:
         for x, _ in batches:
+            raise_if_terminated()  # a SIGTERM dropped where it landed (the loader starting its worker processes)
             x = x.to(device, non_blocking=True)  # (B, C, H, W)
             if channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)  # stored as NHWC
             for j, a in enumerate(net.forward_to_many(x, cuts)):
                 out[j].append(a.to(dtype).contiguous().cpu())
+    raise_if_terminated()
     return [torch.cat(o) for o in out]
 
 
@@ -391,8 +393,9 @@ def _cut_name(net: Network, cut: int | str) -> str:
 
 def _estimate_bytes(net: Network, cut: int | str, data: ImageData, cache: FeatureCache, train_views: int) -> float:
     size = data.data_config["input_size"]
+    device = next(net.parameters()).device  # (on the GPU after an extraction there: LP-FT's stage 1 did one)
     with torch.inference_mode():
-        one = net.forward_to(torch.zeros(1, *size), cut).numel()
+        one = net.forward_to(torch.zeros(1, *size, device=device), cut).numel()
     n = sum(len(s) * (train_views if split == "train" else 1) for split, s in data.samples.items())
     return float(n * one * torch.empty((), dtype=cache.dtype).element_size())
 

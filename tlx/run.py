@@ -9,6 +9,7 @@ import logging
 import math
 import shutil
 import signal
+import sys
 import threading
 import time
 import warnings
@@ -31,8 +32,8 @@ from tlx.backbones import Backbone
 from tlx.cluster import requeue_setup
 from tlx.console import TrainingLines, draws_bars
 from tlx.data import ImageData
-from tlx.devices import torch_device
-from tlx.errors import ConfigError, Diverged, Terminated
+from tlx.devices import describe, torch_device
+from tlx.errors import ConfigError, Diverged, Terminated, forget_terminated, note_terminated
 from tlx.features import find_cut, use_cached_features
 from tlx.freeze import Freeze
 from tlx.heads import LinearHead, Network
@@ -372,6 +373,7 @@ def train(
             "fit_s": round(fit_s, 3),
             "test_s": round(test_s, 3),
             "resumed": resume is not None,  # then the times are this part's: the interrupted part's were not kept
+            "device": describe(trainer.strategy.root_device),  # what the times were measured on
         },
         "stages": stages,
         "data": data.counts(),
@@ -592,7 +594,7 @@ _in_lightning = threading.Event()  # set while a Trainer runs (its own SIGTERM h
 
 def _raise_terminated(signum: int, frame: Any) -> None:
     if not _in_lightning.is_set():
-        raise Terminated
+        raise note_terminated()  # (extraction raises it again at its next batch where it was dropped)
 
 
 @contextlib.contextmanager
@@ -604,10 +606,19 @@ def sigterm_as_interrupt() -> Iterator[None]:
         yield
         return
     signal.signal(signal.SIGTERM, _raise_terminated)
+    report_dropped = sys.unraisablehook
+
+    def dropped(unraisable: Any) -> None:  # Python dropped the handler's Terminated where it landed (note_terminated)
+        if not isinstance(unraisable.exc_value, Terminated):  # it is raised again, not a traceback on the console
+            report_dropped(unraisable)
+
+    sys.unraisablehook = dropped
     try:
         yield
     finally:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        sys.unraisablehook = report_dropped
+        forget_terminated()
 
 
 def _cpu_copy(obj: Any) -> Any:

@@ -233,8 +233,11 @@ def _time_row(t: dict[str, Any], auto: bool) -> str:
     """Wall time and its parts; an auto run's total is the whole search, its parts are the winner's own run."""
     parts = f"extract {t['extract_s']:.1f} s, fit {t['fit_s']:.1f} s, test {t['test_s']:.1f} s"
     if auto and t.get("winner_s") is not None:
-        return f"{t['total_s']:.1f} s for the search; the winner's own run in it: {t['winner_s']:.1f} s ({parts})"
-    return f"{t['total_s']:.1f} s ({parts})"
+        row = f"{t['total_s']:.1f} s for the search; the winner's own run in it: {t['winner_s']:.1f} s ({parts})"
+    else:
+        row = f"{t['total_s']:.1f} s ({parts})"
+    row += f" on {t['device']}" if t.get("device") else ""  # (older runs did not record it)
+    return row + (", since the resume" if t.get("resumed") else "")
 
 
 def _auto_html(auto: dict[str, Any]) -> str:
