@@ -168,6 +168,10 @@ def test_auto_tries_candidates_and_keeps_the_best(auto_runs):
     assert f"tlx run: {first['backbone']} / auto: {winner['strategy']}" in report
     # its time is the whole search's, with the winner's own share named as such
     assert f"{first['timing']['total_s']:.1f} s for the search; the winner&#x27;s own run in it: " in report
+    # each trained candidate's freeze line once, as it trains (they were also said, out of turn, as the search began)
+    log = (tmp / "a" / "tlx.log").read_text()
+    assert log.count("[tlx.freeze][INFO] - freeze=") == len(trained)
+    assert log.index("auto: training candidate reinit_last") < log.index("reinit_last: dropped")
 
 
 def test_the_searchs_own_settings_stay_out_of_its_candidates():
@@ -243,6 +247,9 @@ def test_resumed_auto_does_not_redo_finished_candidates(auto_runs):
     resumed = json.loads((run / "results.json").read_text())
     assert all((run / d / "results.json").is_file() for d in trained)
     assert resumed["auto"]["winner"] == first["auto"]["winner"]
+    # its time is this part's, and it says so (it said resumed: false beside the resumed part's seconds)
+    assert resumed["timing"]["resumed"] and not first["timing"]["resumed"]
+    assert "s for the search (the winner's own run in it: " in done.stdout and ", since the resume" in done.stdout
 
 
 def test_resume_false_starts_the_search_over_with_this_commands_settings(auto_runs):

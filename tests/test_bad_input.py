@@ -83,7 +83,9 @@ def test_a_relative_data_root_that_is_not_found_names_where_it_was_looked_for(tm
         image_folder("photos/cats")
 
 
-@pytest.mark.parametrize("layout", ["empty_class", "clutter_only_class", "extra_val_class", "no_class_folders"])
+@pytest.mark.parametrize(
+    "layout", ["empty_class", "clutter_only_class", "extra_val_class", "no_class_folders", "one_class"]
+)
 def test_a_folder_that_cannot_be_a_dataset_ends_before_the_heavy_imports(tmp_path, layout):
     """The class-folder checks need only a walk of the folders (at most one image per class), so they run before
     torch loads, as a missing folder's does (they came after about 5 s of imports)."""
@@ -100,6 +102,9 @@ def test_a_folder_that_cannot_be_a_dataset_ends_before_the_heavy_imports(tmp_pat
         write_images(root / "train", classes=("ant", "bee"))
         write_images(root / "val", classes=("ant", "bee", "cat"))
         expected = ("class folder(s) ['cat']", "not in train/", "add them to train/ or remove them")
+    elif layout == "one_class":  # (said after the imports and about 8 s)
+        write_images(root, classes=("ant",))
+        expected = (f"need at least 2 classes, found 1 in {root} (ant)", "add a folder per class")
     else:
         write_images(root, classes=("ant",))
         for image in (root / "ant").iterdir():

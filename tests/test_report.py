@@ -68,6 +68,8 @@ def sweep(tmp_path: Path) -> Path:
 
 
 def test_report_table_csv_and_plot(sweep: Path) -> None:
+    linked = "data.samples_per_class=10,seed=0,strategy=head_only"
+    (sweep / linked / "report.html").write_text("<html></html>")  # a finished run writes one; the others here lack it
     paths = write_report(sweep)
     assert {p.name for p in paths.values()} == {"report.md", "report.csv", "report.png", "report.html"}
 
@@ -105,6 +107,13 @@ def test_report_table_csv_and_plot(sweep: Path) -> None:
     assert "<td class=num>0.7100 ± 0.0141 ★ (n=2)</td>" in page and "<td class=num>failed (2)</td>" in page
     assert f'src="data:image/png;base64,{base64.b64encode(paths["png"].read_bytes()).decode()}"' in page
     assert "out of memory" in page and "12 jobs, 9 ok, 3 failed" in page
+    # every job is listed, with a link to its own report where it has one (the sweep page had none)
+    jobs = page.split('<section id="jobs">')[1].split("</section>")[0]
+    assert jobs.count("<tr>") == 1 + 12 and jobs.count("<a href=") == 1
+    href = "data.samples_per_class%3D10%2Cseed%3D0%2Cstrategy%3Dhead_only/report.html"
+    assert f'<td><a href="{href}">{linked}</a></td><td>head_only</td><td>ok</td><td class=num>0.7000</td>' in jobs
+    assert (sweep / "data.samples_per_class=10,seed=0,strategy=head_only/report.html").is_file()
+    assert "<td>data.samples_per_class=1000,seed=1,strategy=last_n(2)</td><td>last_n(2)</td><td>incomplete</td>" in jobs
 
 
 def test_report_other_metric_and_cli(sweep: Path) -> None:

@@ -240,6 +240,7 @@ def run_auto(cfg: DictConfig, out_dir: Path, compose: Callable[[str], DictConfig
     tried: list[dict[str, Any]] = []
     best: dict[str, Any] | None = None
     trailed: str | None = None  # the candidate that ended the search by trailing the leader (prune_deeper)
+    resumed = False  # some candidate finished, or started, before an interruption: its time is not in this search's
     for name in names:
         cand = next((c for c in settings.candidates if c.strategy == name), Candidate(name))
         row: dict[str, Any] = {"strategy": name, "dir": f"{CANDIDATES_DIR}/{name}"}
@@ -264,7 +265,8 @@ def run_auto(cfg: DictConfig, out_dir: Path, compose: Callable[[str], DictConfig
         )
         # a finished candidate is not trained again (a resumed search), unless resume=false starts the search over
         results = {} if starts_over(cfg) else read_results(run_dir) or {}
-        if results.get("status") != "ok":
+        read_back = results.get("status") == "ok"
+        if not read_back:
             log.info("auto: training candidate %s", name)
             try:
                 results = train(
@@ -297,6 +299,7 @@ def run_auto(cfg: DictConfig, out_dir: Path, compose: Callable[[str], DictConfig
             }
             if not other_process():
                 write_results(run_dir, results)
+        resumed = resumed or read_back or bool(results["timing"].get("resumed"))
         stop = results.get("auto_candidate", {})
         entry = row | {
             "status": "stopped" if stop.get("stopped") else "finished",
@@ -322,7 +325,8 @@ def run_auto(cfg: DictConfig, out_dir: Path, compose: Callable[[str], DictConfig
             best = entry | {"results": results, "curve": stop.get("curve", [])}
     if best is None:
         raise ConfigError("auto tried no candidate; lower auto.candidates' min_per_class or raise auto.budget_s")
-    return _finish(out_dir, best, tried, per_class, time.perf_counter() - start, time.process_time() - cpu_start)
+    seconds, cpu_s = time.perf_counter() - start, time.process_time() - cpu_start
+    return _finish(out_dir, best, tried, per_class, seconds, cpu_s, resumed)
 
 
 def skip_reason(
@@ -350,7 +354,11 @@ def _cut_of(cfg: DictConfig, prepared: Prepared, run_dir: Path) -> int | str | N
     """Where a candidate's cached activations would be cut, or None when it cannot train from the cache; a
     ConfigError when its network cannot be built on this backbone."""
     backbone, data = prepared.take(cfg, run_dir)
-    net = build_network(cfg, backbone, len(data.classes))[0]
+    logging.disable(logging.INFO)  # its info lines (freeze=..., reinit_last: ...) come when the candidate trains
+    try:
+        net = build_network(cfg, backbone, len(data.classes))[0]
+    finally:
+        logging.disable(logging.NOTSET)
     if cfg.data.augment or str(cfg.cache.enabled).lower() == "false":
         return None
     return find_cut(net)
@@ -384,9 +392,16 @@ def _spread(results: dict[str, Any]) -> str:
 
 
 def _finish(
-    out_dir: Path, best: dict[str, Any], tried: list[dict[str, Any]], per_class: float, seconds: float, cpu_s: float
+    out_dir: Path,
+    best: dict[str, Any],
+    tried: list[dict[str, Any]],
+    per_class: float,
+    seconds: float,
+    cpu_s: float,
+    resumed: bool,
 ) -> dict[str, Any]:
-    """The winner becomes the run's model: its checkpoint, file lists and results, plus the auto section."""
+    """The winner becomes the run's model: its checkpoint, file lists and results, plus the auto section. ``seconds``
+    and ``cpu_s``: this process's search; ``resumed``: it went on from an interrupted one, whose time is not in them."""
     probe = next(t for t in tried if t["strategy"] == PROBE)
     others = [t for t in tried if t is not best and t.get("val/acc") is not None and t["strategy"] != best["strategy"]]
     runner_up = max(others, key=lambda t: t["val/acc"], default=None)
@@ -405,6 +420,7 @@ def _finish(
         cpu_s=round(cpu_s, 3),
         winner_s=results["timing"]["total_s"],
         winner_cpu_s=results["timing"].get("cpu_s"),
+        resumed=resumed,
     )
     results["auto"] = {
         "winner": best["strategy"],

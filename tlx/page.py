@@ -12,6 +12,7 @@ import io
 import os
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from matplotlib.figure import Figure
 from PIL import Image
@@ -71,12 +72,24 @@ def img_tag(png: bytes, alt: str, element_id: str | None = None, css_class: str 
     return f'<img{attr_id} class="{css_class}" alt="{esc(alt)}" src="{data_uri(png)}">'
 
 
+class Raw(str):
+    """A table cell's own HTML (a link), put in as it is; every other cell is escaped."""
+
+
+def link(href: str, text: str) -> Raw:
+    """A link to a file beside the page (``href`` relative to it, quoted here)."""
+    return Raw(f'<a href="{esc(quote(href))}">{esc(text)}</a>')
+
+
 def table(rows: list[list[Any]], header: list[str] | None = None, numeric: set[int] | None = None) -> str:
-    """An HTML table; cells are escaped, the columns in ``numeric`` right-aligned."""
+    """An HTML table; cells are escaped (except :class:`Raw` ones), the columns in ``numeric`` right-aligned."""
     numeric = numeric or set()
 
     def cells(values: list[Any], tag: str) -> str:
-        return "".join(f"<{tag}{' class=num' if i in numeric else ''}>{esc(v)}</{tag}>" for i, v in enumerate(values))
+        return "".join(
+            f"<{tag}{' class=num' if i in numeric else ''}>{v if isinstance(v, Raw) else esc(v)}</{tag}>"
+            for i, v in enumerate(values)
+        )
 
     head = f"<thead><tr>{cells(header, 'th')}</tr></thead>" if header else ""
     body = "".join(f"<tr>{cells(r, 'td')}</tr>" for r in rows)

@@ -29,7 +29,7 @@ from matplotlib.ticker import NullLocator
 from omegaconf import DictConfig, OmegaConf
 
 from tlx.errors import ConfigError
-from tlx.page import esc, figure_png, img_tag, page, section, table, write_page
+from tlx.page import esc, figure_png, img_tag, link, page, section, table, write_page
 from tlx.results import RESULTS, read_results
 
 log = logging.getLogger("tlx.report")  # (not __main__ under python -m tlx.report)
@@ -540,6 +540,23 @@ def _html(
             for j in failed
         )
         sections.append(section("failed", "Failed jobs", f"<ul>{items}</ul>"))
+    listed = [
+        [
+            link(f"{j.path}/report.html", j.path) if (sweep_dir / j.path / "report.html").is_file() else j.path,
+            j.strategy,
+            j.status,
+            "" if j.value is None else f"{j.value:.4f}",
+            "" if j.wall_s is None else f"{j.wall_s:.1f}",
+        ]
+        for j in sorted(jobs, key=lambda j: j.path)
+    ]
+    sections.append(
+        section(
+            "jobs",
+            "Jobs (each links to its own report: curves, confusion matrices, wrong images)",
+            table(listed, ["job", "strategy", "status", metric, "wall s"], {3, 4}),
+        )
+    )
     subtitle = f"{sweep_dir}: {len(jobs)} jobs, {n_ok} ok, {len(jobs) - n_ok} failed; {_job_time(total_s)} of job time"
     return page(f"Sweep report: {metric}", subtitle, sections)
 

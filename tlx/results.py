@@ -115,8 +115,8 @@ def print_summary(results: dict[str, Any], run_dir: Path) -> None:
         time_row = f"{t['total_s']:.1f}s for the search (the winner's own run in it: {t['winner_s']:.1f}s)"
     else:
         time_row = f"{t['total_s']:.1f}s (extract {t['extract_s']:.1f}s, fit {t['fit_s']:.1f}s)"
-        if t.get("resumed"):
-            time_row += ", since the resume"
+    if t.get("resumed"):
+        time_row += ", since the resume"
     table.add_row("time", time_row)
     table.add_row("run dir", str(run_dir))
     print_table(table)

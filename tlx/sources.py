@@ -252,7 +252,11 @@ def _class_images(
 
 
 def _check_folder(root: Any) -> None:
-    folder_images(root, FileScan(), limit=1)
+    _, classes = folder_images(root, FileScan(), limit=1)
+    if len(classes) < 2:  # (said by the model's head too, after the imports and about 8 s)
+        raise ConfigError(
+            f"need at least 2 classes, found {len(classes)} in {root} ({', '.join(classes)}): add a folder per class"
+        )
 
 
 # The data classes whose source is a path the user typed: the config key and its check.
