@@ -81,8 +81,8 @@ def run_main(*args: str, module: str = "tlx") -> subprocess.CompletedProcess:
     """``python -m <module> args...`` in this process: the same entry point, Hydra command-line parsing and one-line
     error handling as :func:`run_cli`, without the ~5 s of a new interpreter importing torch and Lightning. For tests
     of what a run does, says and exits with; tests of the process itself (what it imports, its signals, a fresh
-    interpreter's results) use :func:`run_cli`. Logging, Lightning's log levels and torch's thread count are put back
-    afterwards."""
+    interpreter's results) use :func:`run_cli`. Logging, Lightning's log levels, torch's thread count and the
+    unraisable-exception hook are put back afterwards."""
     import contextlib
     import io
     import logging
@@ -95,7 +95,7 @@ def run_main(*args: str, module: str = "tlx") -> subprocess.CompletedProcess:
     root = logging.getLogger()
     handlers, level = list(root.handlers), root.level
     levels = {name: logging.getLogger(name).level for name in ("pytorch_lightning", "lightning_fabric", "lightning")}
-    threads = torch.get_num_threads()
+    threads, unraisablehook = torch.get_num_threads(), sys.unraisablehook
     argv, out, err, code = sys.argv, io.StringIO(), io.StringIO(), 0
     sys.argv = [module, *args]
     try:
@@ -113,7 +113,7 @@ def run_main(*args: str, module: str = "tlx") -> subprocess.CompletedProcess:
                 traceback.print_exc()
                 code = 1
     finally:
-        sys.argv = argv
+        sys.argv, sys.unraisablehook = argv, unraisablehook  # (an interrupted run quiets it as its process ends)
         torch.set_num_threads(threads)
         GlobalHydra.instance().clear()
         for handler in root.handlers:

@@ -290,6 +290,42 @@ def test_a_sigterm_that_python_drops_still_ends_the_extraction(monkeypatch):
     assert pooled[:, 0].tolist() == [0, 1, 2, 3]
 
 
+def test_an_interrupt_leaves_no_traceback_of_what_it_left_half_built(tmp_path):
+    """A SIGTERM inside a DataLoader iterator's __init__ (as it starts its loader processes) leaves the iterator
+    without ``_shutdown``; its finalizer then printed 'Exception ignored ... AttributeError' after the resume line (1
+    of 10 SIGTERMs sent as extraction started, with 2 loader processes). Here the run stops the same way, leaving an
+    object whose finalizer fails."""
+    code = """
+import runpy, sys
+import tlx.run
+from tlx.errors import Terminated
+
+class HalfBuilt:
+    def __del__(self):
+        self._shutdown
+
+def train(cfg, out_dir, *args, **kwargs):
+    half = HalfBuilt()
+    raise Terminated
+
+tlx.run.train = train
+sys.argv = ["tlx", *sys.argv[1:]]
+runpy.run_module("tlx", run_name="__main__")
+"""
+    run_dir = tmp_path / "run"
+    proc = subprocess.run(
+        [sys.executable, "-c", code, f"hydra.run.dir={run_dir}", f"cache.dir={tmp_path / 'cache'}"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 128 + signal.SIGTERM, output[-3000:]
+    assert f"interrupted; resume with: {resume_command(run_dir)}" in output
+    assert "Exception ignored" not in output and "Traceback" not in output, output[-3000:]
+
+
 def test_an_interrupt_reports_the_best_of_the_epochs_the_resume_keeps(tmp_path):
     """Ctrl-C after epoch 3's validation but before its end: "2 epoch(s) done" (last.ckpt holds epochs 0-1) stood
     beside a best so far of epoch 2, which the resume trains again."""

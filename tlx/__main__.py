@@ -30,6 +30,10 @@ log = logging.getLogger("tlx")
 CONF = Path(__file__).resolve().parents[1] / "conf"
 
 
+def _say_nothing(unraisable: Any) -> None:
+    """An unraisable-exception hook that says nothing."""
+
+
 def _user_error(e: BaseException) -> str | None:
     """The one-line message for errors the user can fix, else None."""
     cause = e
@@ -307,6 +311,10 @@ def main(cfg: DictConfig) -> float:
             else:
                 results = train(cfg, out_dir)
     except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM (Terminated), outside training
+        # The process ends here. What the interrupt left half-built fails in its finalizer as this block lets go of it
+        # (a DataLoader iterator stopped in its __init__, starting its workers, has no _shutdown): no traceback of that
+        # after the resume line.
+        sys.unraisablehook = _say_nothing
         write_results(out_dir, {"status": "interrupted", "resume": resume_command(out_dir)})
         log.error("interrupted; resume with: %s", resume_command(out_dir))
         sys.exit(128 + signal.SIGTERM if isinstance(e, Terminated) else 130)
