@@ -339,3 +339,33 @@ def test_an_interrupt_reports_the_best_of_the_epochs_the_resume_keeps(tmp_path):
     _OnInterrupt(tmp_path, latest).on_exception(trainer, SimpleNamespace(val_history=history), KeyboardInterrupt())
     recorded = read_results(tmp_path)
     assert recorded["epochs_done"] == 2 and recorded["best_so_far"] == {"epoch": 1, "val/acc": 0.6}
+
+
+def test_a_last_ckpt_written_at_an_epoch_end_holds_the_best_score_of_that_epoch(make_cfg, tmp_path):
+    """last.ckpt's writer ran before best.ckpt's callback at the same epoch end, so the state it wrote held the best
+    score as it was before that epoch. A run resumed from it took a worse later epoch for the best, wrote it over
+    best.ckpt, and tested those weights under the best epoch's val metrics (seen: LP-FT interrupted after epoch 1,
+    best epoch 0; test/acc 0.9067 instead of 0.8867)."""
+    import pytorch_lightning as pl
+
+    from tlx.run import train
+
+    written: list[tuple[int, float | None]] = []
+
+    class ReadLast(pl.Callback):
+        def on_train_epoch_start(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
+            path = tmp_path / "run" / "checkpoints" / "last.ckpt"
+            if path.is_file():  # as the previous epoch's end wrote it
+                saved = torch.load(path, weights_only=False)
+                (best,) = [v for k, v in saved["callbacks"].items() if k.startswith("_BestCheckpoint")]
+                score = best["best_model_score"]
+                written.append((saved["epoch"], None if score is None else float(score)))
+
+    photos = write_images(tmp_path / "photos", n=8, shift=12.0)
+    overrides = ["data=folder", f"data.root={photos}", "data.val_fraction=0.25", "strategy=last_n1"]
+    cfg = make_cfg(*overrides, "trainer.max_epochs=3", "last_checkpoint_every_s=0")
+    train(cfg, tmp_path / "run", callbacks=(ReadLast(),))
+    with open(tmp_path / "run" / "logs" / "metrics.csv", newline="") as f:
+        val = [float(r["val/acc"]) for r in csv.DictReader(f) if r.get("val/acc")]
+    assert len(val) == 3
+    assert written == [(0, max(val[:1])), (1, max(val[:2]))]

@@ -25,7 +25,7 @@ import torch
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, ListConfig, OmegaConf
-from pytorch_lightning.callbacks import ModelCheckpoint
+from pytorch_lightning.callbacks import Checkpoint, ModelCheckpoint
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from tlx.backbones import Backbone
@@ -553,9 +553,14 @@ def _check_before_data(cfg: DictConfig, stages: int, out_dir: Path) -> None:
         cache.check_writable()
 
 
-class _LastCheckpoint(pl.Callback):
+class _LastCheckpoint(Checkpoint):
     """Writes ``last.ckpt`` (for resume) at the end of an epoch once ``every_s`` seconds have passed since the last
     write, and when training ends.
+
+    A :class:`~pytorch_lightning.callbacks.Checkpoint`, so that Lightning runs it after ``best.ckpt``'s callback, which
+    saves at the same epoch end: as a plain callback it ran first, and the state it wrote held the best score as it was
+    before that epoch. A run resumed from it took a worse later epoch for the best, wrote it over ``best.ckpt``, and
+    tested it under the best epoch's val metrics.
 
     Epoch boundaries only, so a resumed run continues exactly; throttled, because a run that trains from cached
     features does an epoch in a fraction of a second, and writing the whole network (frozen backbone included) every
