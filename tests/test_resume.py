@@ -242,23 +242,26 @@ def test_sigterm_while_extracting_features_is_recorded(tmp_path):
     assert f"interrupted; resume with: {resume_command(run_dir)}" in output and "Traceback" not in output
 
 
-def test_a_sigterm_that_python_drops_still_ends_the_extraction(monkeypatch):
+@pytest.mark.parametrize(("signum", "then"), [(signal.SIGTERM, None), (signal.SIGINT, None), (signal.SIGINT, "fails")])
+def test_an_interrupt_that_python_drops_still_ends_the_extraction(monkeypatch, signum, then):
     """Python raises a signal handler's exception wherever the main thread is; inside an at-fork hook (logging's, as a
     DataLoader starts its worker processes), a finalizer or a weakref callback it prints 'Exception ignored' and drops
-    it. On a GPU machine (loader workers) a SIGTERM sent as extraction started was lost so: the run ended with exit 0.
-    Extraction now raises it at its next batch."""
+    it. A SIGTERM (on a GPU machine) or a Ctrl-C (on a CPU with data.num_workers=2) sent as extraction started was lost
+    so: the run ended with exit 0. Extraction now raises it at its next batch. A Ctrl-C to the process group also
+    stops a loader process starting up: the loader's "worker exited unexpectedly" made the run a failure."""
     from tlx.errors import Terminated
     from tlx.features import extract
     from tlx.run import sigterm_as_interrupt
 
+    expected = Terminated if signum == signal.SIGTERM else KeyboardInterrupt
     raised_in_finalizer: list[bool] = []
 
     class SignalInFinalizer:
         def __del__(self) -> None:
             try:
-                os.kill(os.getpid(), signal.SIGTERM)  # the handler runs, and raises, in here
-            except Terminated:
-                raised_in_finalizer.append(True)
+                os.kill(os.getpid(), signum)  # the handler runs, and raises, in here
+            except KeyboardInterrupt as e:
+                raised_in_finalizer.append(type(e) is expected)
                 raise  # and Python drops it
 
     class Images(torch.utils.data.Dataset):
@@ -271,6 +274,8 @@ def test_a_sigterm_that_python_drops_still_ends_the_extraction(monkeypatch):
         def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
             if i == self.signal_at:
                 SignalInFinalizer()
+                if then == "fails":
+                    raise RuntimeError("DataLoader worker (pid(s) 21161) exited unexpectedly")
             return torch.full((3, 4, 4), float(i)), 0
 
     class Net(torch.nn.Module):
@@ -280,11 +285,13 @@ def test_a_sigterm_that_python_drops_still_ends_the_extraction(monkeypatch):
     printed: list = []  # what Python would print as 'Exception ignored in ...' with a traceback
     monkeypatch.setattr(sys, "unraisablehook", printed.append)
     cpu = torch.device("cpu")
-    with sigterm_as_interrupt(), pytest.raises(Terminated):
+    with sigterm_as_interrupt(), pytest.raises(KeyboardInterrupt) as raised:
         extract(Net(), ["pooled"], torch.utils.data.DataLoader(Images(1), batch_size=1), cpu, channels_last=False)
+    assert type(raised.value) is expected
     assert raised_in_finalizer == [True] and printed == []  # dropped where it landed, raised again, nothing printed
     assert sys.unraisablehook == printed.append
     assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+    assert signal.getsignal(signal.SIGINT) == signal.default_int_handler
     with sigterm_as_interrupt():  # a later run in this process is not ended by it
         (pooled,) = extract(Net(), ["pooled"], torch.utils.data.DataLoader(Images(None), batch_size=2), cpu)
     assert pooled[:, 0].tolist() == [0, 1, 2, 3]

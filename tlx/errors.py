@@ -1,6 +1,6 @@
 """The error type for what a user can fix (a configuration or input error whose message names the fix), the
-interrupt a SIGTERM raises outside training (and raises again where Python dropped it), and the counted nouns of
-messages.
+interrupt a SIGTERM raises outside training (and an interrupt raised again where Python dropped it), and the
+counted nouns of messages.
 
 Its own tiny module, imported by everything that raises it and by the command line before Hydra parses the
 command, so that a mistyped override ends in one line without first importing torch, timm and Lightning.
@@ -24,28 +24,32 @@ class Terminated(KeyboardInterrupt):
     training."""
 
 
-_sigterm: list[bool] = []  # [True] from a SIGTERM outside training until the run it ended is over
+_noted: list[type[KeyboardInterrupt]] = []  # the interrupt a signal raised outside training, until its run is over
 
 
-def note_terminated() -> Terminated:
-    """The :class:`Terminated` for the SIGTERM handler to raise, noted so that :func:`raise_if_terminated` raises it
-    again if it was lost. Python runs the handler wherever the main thread is, and inside an at-fork hook (logging's,
-    as a DataLoader starts its workers), a finalizer or a weakref callback the exception is dropped ('Exception
-    ignored in ...'): on a GPU machine, a SIGTERM that came as feature extraction started its loader processes let the
-    run go on and end with exit 0."""
-    _sigterm[:] = [True]
-    return Terminated()
+def note_interrupt(kind: type[KeyboardInterrupt]) -> KeyboardInterrupt:
+    """The interrupt (KeyboardInterrupt for SIGINT, :class:`Terminated` for SIGTERM) for a signal handler to raise,
+    noted so that :func:`raise_noted_interrupt` raises it again if it was lost. Python runs the handler wherever the
+    main thread is, and inside an at-fork hook (logging's, as a DataLoader starts its workers), a finalizer or a
+    weakref callback the exception is dropped ('Exception ignored in ...'): a SIGTERM or a Ctrl-C that came as feature
+    extraction started its loader processes let the run go on and end with exit 0."""
+    _noted[:] = [kind]
+    return kind()
 
 
-def raise_if_terminated() -> None:
-    """Between steps of work outside training (each batch of feature extraction): raise the SIGTERM's
-    :class:`Terminated` again, in case it was dropped where it landed."""
-    if _sigterm:
-        raise Terminated
+def raise_noted_interrupt() -> None:
+    """Between steps of work outside training (each batch of feature extraction): raise the interrupt a signal
+    handler raised, in case it was dropped where it landed."""
+    if _noted:
+        raise _noted[0]()
 
 
-def forget_terminated() -> None:
-    _sigterm.clear()
+def interrupt_noted() -> bool:
+    return bool(_noted)
+
+
+def forget_interrupt() -> None:
+    _noted.clear()
 
 
 def plural(n: int, noun: str, nouns: str | None = None) -> str:

@@ -29,7 +29,7 @@ from typing import Any
 import torch
 
 from tlx.data import ImageData
-from tlx.errors import ConfigError, raise_if_terminated
+from tlx.errors import ConfigError, raise_noted_interrupt
 from tlx.heads import Network
 from tlx.jsonfile import probe_writable
 from tlx.progress import progress
@@ -364,14 +364,18 @@ def extract(
     mixed = torch.autocast(device.type, dtype=autocast) if autocast is not None else contextlib.nullcontext()
     batches = progress(loader, desc, len(loader.dataset), lambda batch: len(batch[0]))
     with torch.inference_mode(), mixed:
-        for x, _ in batches:
-            raise_if_terminated()  # a SIGTERM dropped where it landed (the loader starting its worker processes)
-            x = x.to(device, non_blocking=True)  # (B, C, H, W)
-            if channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)  # stored as NHWC
-            for j, a in enumerate(net.forward_to_many(x, cuts)):
-                out[j].append(a.to(dtype).contiguous().cpu())
-    raise_if_terminated()
+        try:
+            for x, _ in batches:
+                raise_noted_interrupt()  # one dropped where it landed (the loader starting its worker processes)
+                x = x.to(device, non_blocking=True)  # (B, C, H, W)
+                if channels_last:
+                    x = x.contiguous(memory_format=torch.channels_last)  # stored as NHWC
+                for j, a in enumerate(net.forward_to_many(x, cuts)):
+                    out[j].append(a.to(dtype).contiguous().cpu())
+        except Exception:
+            raise_noted_interrupt()  # a Ctrl-C to the process group stops a loader process too ("worker exited")
+            raise
+    raise_noted_interrupt()
     return [torch.cat(o) for o in out]
 
 

@@ -33,7 +33,7 @@ from tlx.cluster import requeue_setup
 from tlx.console import TrainingLines, draws_bars
 from tlx.data import ImageData
 from tlx.devices import describe, torch_device
-from tlx.errors import ConfigError, Diverged, Terminated, forget_terminated, note_terminated
+from tlx.errors import ConfigError, Diverged, Terminated, forget_interrupt, interrupt_noted, note_interrupt
 from tlx.features import find_cut, use_cached_features
 from tlx.freeze import Freeze
 from tlx.heads import LinearHead, Network
@@ -597,33 +597,43 @@ class _LastCheckpoint(Checkpoint):
 _in_lightning = threading.Event()  # set while a Trainer runs (its own SIGTERM handler, which calls ours too, acts)
 
 
-def _raise_terminated(signum: int, frame: Any) -> None:
+def _raise_interrupt(signum: int, frame: Any) -> None:
+    """SIGTERM or SIGINT outside Lightning's loops (in them, Lightning's SIGTERM handler and _OnInterrupt's SIGINT one
+    act)."""
+    if signum != signal.SIGTERM:
+        raise note_interrupt(KeyboardInterrupt)
     if not _in_lightning.is_set():
-        raise note_terminated()  # (extraction raises it again at its next batch where it was dropped)
+        raise note_interrupt(Terminated)  # (extraction raises it again at its next batch where it was dropped)
 
 
 @contextlib.contextmanager
 def sigterm_as_interrupt() -> Iterator[None]:
     """While the block runs, SIGTERM outside Lightning's loops raises :class:`Terminated`, so the run records itself
     as interrupted and says how to resume (Python's default action ended the process at once, with no word and no
-    results.json). Only where SIGTERM has its default action, in the main thread: submitit's own handler stays."""
-    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGTERM) != signal.SIG_DFL:
+    results.json). Only where SIGTERM has its default action, in the main thread: submitit's own handler stays. A
+    Ctrl-C raises KeyboardInterrupt as Python's own handler does, and both are noted, so that one dropped where it
+    landed is raised again (:func:`tlx.errors.note_interrupt`)."""
+    if threading.current_thread() is not threading.main_thread():
         yield
         return
-    signal.signal(signal.SIGTERM, _raise_terminated)
+    defaults = {signal.SIGTERM: signal.SIG_DFL, signal.SIGINT: signal.default_int_handler}
+    ours = [s for s, default in defaults.items() if signal.getsignal(s) == default]  # (not one ignored or another's)
+    for s in ours:
+        signal.signal(s, _raise_interrupt)
     report_dropped = sys.unraisablehook
 
-    def dropped(unraisable: Any) -> None:  # Python dropped the handler's Terminated where it landed (note_terminated)
-        if not isinstance(unraisable.exc_value, Terminated):  # it is raised again, not a traceback on the console
-            report_dropped(unraisable)
+    def dropped(unraisable: Any) -> None:  # an interrupt Python dropped where it landed, and what failed with it
+        if not isinstance(unraisable.exc_value, KeyboardInterrupt) and not interrupt_noted():
+            report_dropped(unraisable)  # (the interrupt is raised again: no traceback of it on the console)
 
     sys.unraisablehook = dropped
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        for s in ours:
+            signal.signal(s, defaults[s])
         sys.unraisablehook = report_dropped
-        forget_terminated()
+        forget_interrupt()
 
 
 def _cpu_copy(obj: Any) -> Any:
@@ -682,6 +692,7 @@ class _OnInterrupt(pl.Callback):
         self.out_dir, self.latest = out_dir, latest
         self.resume_dir = resume_dir or out_dir  # an auto candidate's run resumes with its auto run
         self.pressed = self.ctrl_c = False
+        self.outer_sigint: Any = signal.default_int_handler  # SIGINT's handler outside the Lightning call
 
     @contextlib.contextmanager
     def exit_status(self) -> Iterator[None]:
@@ -701,13 +712,13 @@ class _OnInterrupt(pl.Callback):
     def setup(self, trainer: pl.Trainer, module: pl.LightningModule, stage: str) -> None:
         _in_lightning.set()  # SIGTERM is Lightning's now (sigterm_as_interrupt stands aside)
         main = threading.current_thread() is threading.main_thread()
-        if main and signal.getsignal(signal.SIGINT) is signal.default_int_handler:
-            signal.signal(signal.SIGINT, self._on_sigint)
+        if main and signal.getsignal(signal.SIGINT) in (signal.default_int_handler, _raise_interrupt):
+            self.outer_sigint = signal.signal(signal.SIGINT, self._on_sigint)
 
     def teardown(self, trainer: pl.Trainer, module: pl.LightningModule, stage: str) -> None:
         _in_lightning.clear()
         if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGINT) == self._on_sigint:
-            signal.signal(signal.SIGINT, signal.default_int_handler)
+            signal.signal(signal.SIGINT, self.outer_sigint)
 
     def _raise_if_pressed(self, *args: Any) -> None:
         if self.pressed:
