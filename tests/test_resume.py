@@ -119,10 +119,12 @@ def _resume_and_compare(run_dir: Path, uninterrupted: dict) -> None:
     assert validated == list(range(EPOCHS))
 
 
-@pytest.mark.parametrize("moved", [False, True], ids=["in-place", "moved"])
+@pytest.mark.parametrize("moved", [False, True], ids=["in-place", "moved-with-loader-processes"])
 def test_killed_run_resumes_to_the_same_result(photos, uninterrupted, tmp_path, moved):
+    """Moved: also with 2 loader processes, which fetch as soon as Lightning starts the loader, before it sets the
+    epoch: the first resumed epoch read epoch 0's order, and the run ended otherwise than uninterrupted."""
     run_dir = tmp_path / "run"
-    proc = _start(run_dir, photos)
+    proc = _start(run_dir, photos, *(["data.num_workers=2"] if moved else []))
     held = _signal_after_epoch(proc, run_dir, signal.SIGKILL)
     assert proc.returncode == -signal.SIGKILL
     assert 1 <= held < EPOCHS - 1 and read_results(run_dir) is None  # killed mid-training, nothing written

@@ -304,8 +304,12 @@ def train(
         epochs = len(history)
     else:
         stage_one = _save_stage_one(trainer, module, data, on_interrupt, out_dir) if lp_ft else None
+        train_loader = data.train_dataloader()
+        if resume is not None:  # Lightning starts the loader before it sets the epoch, and loader processes fetch at
+            # once: the first resumed epoch read epoch 0's order, and the run went otherwise than uninterrupted
+            train_loader.sampler.set_epoch(_resumed_epoch(resume))
         with on_interrupt.exit_status():
-            trainer.fit(module, data.train_dataloader(), data.val_dataloader(shard=True), ckpt_path=resume)
+            trainer.fit(module, train_loader, data.val_dataloader(shard=True), ckpt_path=resume)
         best_path = Path(checkpoint.best_model_path) if checkpoint.best_model_path else None
         if best_path is None:  # stopped before its first validation (trainer.max_steps within the first epoch, or
             # trainer.check_val_every_n_epoch above max_epochs): Lightning's test of "best" failed with a traceback
@@ -634,6 +638,12 @@ def sigterm_as_interrupt() -> Iterator[None]:
             signal.signal(s, defaults[s])
         sys.unraisablehook = report_dropped
         forget_interrupt()
+
+
+def _resumed_epoch(checkpoint: Path) -> int:
+    """The epoch a run resumed from ``checkpoint`` starts with (the one Lightning gives the samplers)."""
+    saved = torch.load(checkpoint, map_location="cpu", weights_only=False, mmap=True)
+    return int(saved["loops"]["fit_loop"]["epoch_progress"]["current"]["processed"])
 
 
 def _cpu_copy(obj: Any) -> Any:
