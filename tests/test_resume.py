@@ -253,7 +253,7 @@ def test_an_interrupt_that_python_drops_still_ends_the_extraction(monkeypatch, s
     stops a loader process starting up: the loader's "worker exited unexpectedly" made the run a failure."""
     from tlx.errors import Terminated
     from tlx.features import extract
-    from tlx.run import sigterm_as_interrupt
+    from tlx.run import signals_as_interrupts
 
     expected = Terminated if signum == signal.SIGTERM else KeyboardInterrupt
     raised_in_finalizer: list[bool] = []
@@ -287,14 +287,14 @@ def test_an_interrupt_that_python_drops_still_ends_the_extraction(monkeypatch, s
     printed: list = []  # what Python would print as 'Exception ignored in ...' with a traceback
     monkeypatch.setattr(sys, "unraisablehook", printed.append)
     cpu = torch.device("cpu")
-    with sigterm_as_interrupt(), pytest.raises(KeyboardInterrupt) as raised:
+    with signals_as_interrupts(), pytest.raises(KeyboardInterrupt) as raised:
         extract(Net(), ["pooled"], torch.utils.data.DataLoader(Images(1), batch_size=1), cpu, channels_last=False)
     assert type(raised.value) is expected
     assert raised_in_finalizer == [True] and printed == []  # dropped where it landed, raised again, nothing printed
     assert sys.unraisablehook == printed.append
     assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
     assert signal.getsignal(signal.SIGINT) == signal.default_int_handler
-    with sigterm_as_interrupt():  # a later run in this process is not ended by it
+    with signals_as_interrupts():  # a later run in this process is not ended by it
         (pooled,) = extract(Net(), ["pooled"], torch.utils.data.DataLoader(Images(None), batch_size=2), cpu)
     assert pooled[:, 0].tolist() == [0, 1, 2, 3]
 

@@ -294,9 +294,9 @@ def main(cfg: DictConfig) -> float:
 
         configure_console(bool(cfg.get("verbose")))  # before the imports below, whose warnings it filters
         from tlx.devices import place_job, visible_gpus
-        from tlx.run import sigterm_as_interrupt, train
+        from tlx.run import signals_as_interrupts, train
 
-        with sigterm_as_interrupt():  # SIGTERM while extracting features: recorded and resumable, as in training
+        with signals_as_interrupts():  # Ctrl-C or SIGTERM while extracting features: recorded and resumable
             if multirun:  # parallel sweep jobs (hydra/launcher=local_parallel) spread over the GPUs, job k on GPU k % n
                 place_job(cfg.trainer, hc.job.num, visible_gpus())
             if cfg.get("auto") is not None:

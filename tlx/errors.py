@@ -19,7 +19,7 @@ class Diverged(ConfigError):
 
 
 class Terminated(KeyboardInterrupt):
-    """SIGTERM outside Lightning's loops (feature extraction, building the model; ``tlx.run.sigterm_as_interrupt``):
+    """SIGTERM outside Lightning's loops (feature extraction, building the model; ``tlx.run.signals_as_interrupts``):
     handled as a Ctrl-C there is, but the process exits 143 (128 + SIGTERM), as it does when the signal comes during
     training."""
 

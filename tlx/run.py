@@ -611,12 +611,12 @@ def _raise_interrupt(signum: int, frame: Any) -> None:
 
 
 @contextlib.contextmanager
-def sigterm_as_interrupt() -> Iterator[None]:
+def signals_as_interrupts() -> Iterator[None]:
     """While the block runs, SIGTERM outside Lightning's loops raises :class:`Terminated`, so the run records itself
     as interrupted and says how to resume (Python's default action ended the process at once, with no word and no
-    results.json). Only where SIGTERM has its default action, in the main thread: submitit's own handler stays. A
-    Ctrl-C raises KeyboardInterrupt as Python's own handler does, and both are noted, so that one dropped where it
-    landed is raised again (:func:`tlx.errors.note_interrupt`)."""
+    results.json); where SIGTERM has its default action only, in the main thread: submitit's own handler stays. A
+    Ctrl-C raises KeyboardInterrupt, as Python's own handler does. Both are noted, so that one dropped where it landed
+    is raised again (:func:`tlx.errors.note_interrupt`)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -720,7 +720,7 @@ class _OnInterrupt(pl.Callback):
         raise KeyboardInterrupt
 
     def setup(self, trainer: pl.Trainer, module: pl.LightningModule, stage: str) -> None:
-        _in_lightning.set()  # SIGTERM is Lightning's now (sigterm_as_interrupt stands aside)
+        _in_lightning.set()  # SIGTERM is Lightning's now (signals_as_interrupts stands aside)
         main = threading.current_thread() is threading.main_thread()
         if main and signal.getsignal(signal.SIGINT) in (signal.default_int_handler, _raise_interrupt):
             self.outer_sigint = signal.signal(signal.SIGINT, self._on_sigint)
