@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -59,6 +60,17 @@ def _ctrl_c_as_at_a_terminal() -> None:
     asynchronous commands, and Python then installs no KeyboardInterrupt handler: the run would not see Ctrl-C at all,
     as it should not there. A run started at a terminal, the case tested here, has the default action."""
     signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+@pytest.fixture
+def sigint_as_at_a_terminal() -> Iterator[None]:
+    """In this process, for the test: SIGINT raises KeyboardInterrupt, as Python sets it up at a terminal (a suite
+    started in the background inherits it ignored, and tlx leaves an ignored SIGINT ignored)."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _launch(run_dir: Path, *overrides: str) -> subprocess.Popen:
@@ -172,6 +184,7 @@ def test_an_interrupted_run_resumes_from_its_last_finished_epoch_although_not_ye
     _resume_and_compare(run_dir, uninterrupted)
 
 
+@pytest.mark.usefixtures("sigint_as_at_a_terminal")
 def test_a_ctrl_c_lost_in_a_finalizer_still_stops_training(tmp_path):
     """CPython discards an exception raised inside a finalizer, so a KeyboardInterrupt that lands while io closes a file
     object being collected (Lightning's file of a checkpoint just written, in the Ctrl-C test above) is lost. While
@@ -185,21 +198,17 @@ def test_a_ctrl_c_lost_in_a_finalizer_still_stops_training(tmp_path):
             os.kill(os.getpid(), signal.SIGINT)  # the handler runs here, inside the finalizer's call of close()
             super().close()
 
-    previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # as at a terminal
     on_interrupt = _OnInterrupt(tmp_path, _LastCheckpoint(tmp_path / "last.ckpt", 0.0))
+    on_interrupt.setup(None, None, "fit")
     try:
-        on_interrupt.setup(None, None, "fit")
-        try:
-            File()  # collected at once: its finalizer closes it
-        except KeyboardInterrupt:
-            pytest.fail("the KeyboardInterrupt was not discarded: this test no longer shows a lost Ctrl-C")
-        assert on_interrupt.pressed
-        with pytest.raises(KeyboardInterrupt):
-            on_interrupt.on_train_batch_start(None, None, None, 0)
-        on_interrupt.teardown(None, None, "fit")
-        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
-    finally:
-        signal.signal(signal.SIGINT, previous)
+        File()  # collected at once: its finalizer closes it
+    except KeyboardInterrupt:
+        pytest.fail("the KeyboardInterrupt was not discarded: this test no longer shows a lost Ctrl-C")
+    assert on_interrupt.pressed
+    with pytest.raises(KeyboardInterrupt):
+        on_interrupt.on_train_batch_start(None, None, None, 0)
+    on_interrupt.teardown(None, None, "fit")
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
 def test_a_run_dir_is_continued_only_with_its_own_config(tmp_path):
@@ -245,6 +254,7 @@ def test_sigterm_while_extracting_features_is_recorded(tmp_path):
 
 
 @pytest.mark.parametrize(("signum", "then"), [(signal.SIGTERM, None), (signal.SIGINT, None), (signal.SIGINT, "fails")])
+@pytest.mark.usefixtures("sigint_as_at_a_terminal")
 def test_an_interrupt_that_python_drops_still_ends_the_extraction(monkeypatch, signum, then):
     """Python raises a signal handler's exception wherever the main thread is; inside an at-fork hook (logging's, as a
     DataLoader starts its worker processes), a finalizer or a weakref callback it prints 'Exception ignored' and drops
