@@ -9,13 +9,23 @@ from __future__ import annotations
 import base64
 import html
 import io
+import logging
 import os
+import re
+import unicodedata
+import warnings
+from functools import cache
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+from matplotlib import font_manager
 from matplotlib.figure import Figure
+from matplotlib.ft2font import FT2Font
+from matplotlib.text import Text
 from PIL import Image
+
+log = logging.getLogger(__name__)
 
 _CSS = """
 body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; color: #1f2328; background: #f6f8fa;
@@ -53,10 +63,97 @@ def data_uri(png: bytes) -> str:
 
 
 def figure_png(fig: Figure, dpi: int = 110) -> bytes:
-    """The figure rendered as PNG bytes."""
+    """The figure rendered as PNG bytes.
+
+    matplotlib draws text in DejaVu Sans alone, so class names in Chinese, Japanese, Korean, ... came out as boxes,
+    with a warning per missing glyph on the console, even where installed fonts draw them. Where glyphs are missing
+    the figure is drawn again with such fonts as fallbacks; what no installed font draws is said once, in one line.
+    """
+    png, missing = _render(fig, dpi)
+    if missing:
+        fallbacks = _fonts_drawing(frozenset(missing))
+        if fallbacks:
+            for text in fig.findobj(Text):  # all of them, tick labels included, exist once the figure has been drawn
+                text.set_fontfamily([*text.get_fontfamily(), *fallbacks])
+            png, missing = _render(fig, dpi)
+        if missing - _said_missing:
+            _said_missing.update(missing)
+            them = "it" if len(missing) == 1 else "them"
+            cjk = any(unicodedata.name(c, "").startswith(("CJK", "HIRAGANA", "KATAKANA", "HANGUL")) for c in missing)
+            log.warning(
+                "no installed font draws %s, so the report's plots show boxes for %s; a font that has %s%s is used "
+                "once installed",
+                " ".join(sorted(missing)),
+                them,
+                them,
+                " (e.g. Noto Sans CJK)" if cjk else "",
+            )
+    return png
+
+
+_GLYPH_MISSING = re.compile(r"Glyph (\d+) .*missing from font")
+_said_missing: set[str] = set()  # the characters said to be missing, in this process
+
+
+def _render(fig: Figure, dpi: int) -> tuple[bytes, set[str]]:
+    """The figure as PNG bytes, and the characters it drew as boxes (matplotlib's warnings about them not shown)."""
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=dpi)
-    return buf.getvalue()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        fig.savefig(buf, format="png", dpi=dpi)
+    missing = set()
+    for w in caught:
+        glyph = _GLYPH_MISSING.search(str(w.message))
+        if glyph:
+            missing.add(chr(int(glyph.group(1))))
+        else:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    return buf.getvalue(), missing
+
+
+@cache
+def _fonts_drawing(chars: frozenset[str]) -> tuple[str, ...]:
+    """Families of installed fonts that together draw as many of ``chars`` as any do. matplotlib's own list of fonts
+    comes first, fonts made to cover many scripts first in it; then font files installed after matplotlib made that
+    list (it is kept in a cache and not updated), added to it for this process. Stops once every character has a
+    font."""
+    wanted = {ord(c) for c in chars}
+    families: list[str] = []
+    manager = font_manager.fontManager
+
+    def draws(path: str) -> FT2Font | None:
+        try:
+            font = FT2Font(path)
+            drawn = wanted.intersection(font.get_charmap())
+        except (OSError, RuntimeError):  # a file FreeType cannot read
+            return None
+        wanted.difference_update(drawn)
+        return font if drawn else None
+
+    known: set[str] = set()
+    for entry in sorted(manager.ttflist, key=lambda e: _fallback_rank(e.name)):
+        if not wanted:
+            return tuple(families)
+        known.add(os.path.realpath(entry.fname))
+        if entry.style == "normal" and entry.name not in families and not entry.name.startswith("Last Resort"):
+            if draws(entry.fname):  # (matplotlib's Last Resort font draws a box for every character: left out)
+                families.append(entry.name)
+    for path in sorted(font_manager.findSystemFonts(), key=lambda p: _fallback_rank(Path(p).stem)):
+        if not wanted:
+            break
+        if os.path.realpath(path) not in known and (font := draws(path)):
+            manager.addfont(path)
+            families.append(font_manager.ttfFontProperty(font).name)
+    return tuple(families)
+
+
+def _fallback_rank(name: str) -> int:
+    name = name.lower()
+    if any(k in name for k in ("cjk", "unicode", "fallback", "han sans", "gothic", "hei", "hiragino")):
+        return 0
+    if name.startswith(("stix", "cm", "dejavu math")):  # math fonts last
+        return 2
+    return 1
 
 
 def image_png(img: Image.Image) -> bytes:
