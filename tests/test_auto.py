@@ -84,6 +84,27 @@ def test_probe_picks_the_candidate_with_lowest_val_loss():
     assert ((vx @ fitted.weight.t() + fitted.bias).argmax(1) == vy).float().mean() > 0.8
 
 
+def test_probe_trains_large_grids_on_the_runs_threads_and_small_ones_on_one(monkeypatch):
+    """Small steps (the demo's) run on one thread, where more were no faster; large ones (here 64 features x 1281 x
+    16 candidates x 30 classes a step) on the run's threads, 1.5-1.8x faster on 2 cores (bench/probe_large.py), with
+    the head that one thread gives, and the run's threads back afterwards."""
+    set_threads, used = torch.set_num_threads, []
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: used.append(n) or set_threads(n))
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(4096, 1280, generator=g), torch.arange(4096) % 30
+    probe = Probe(epochs=1)  # the 16 candidates
+    set_threads(2)
+    large = fit_probe(x, y, x[:300], y[:300], 30, probe)
+    assert used[-2:] == [2, 2] and torch.get_num_threads() == 2
+    small = fit_probe(x[:60, :100], y[:60] % 3, x[:30, :100], y[:30] % 3, 3, probe)
+    assert used[-2:] == [1, 2] and torch.get_num_threads() == 2
+    set_threads(1)
+    one = fit_probe(x, y, x[:300], y[:300], 30, probe)
+    set_threads(2)
+    assert (large.lr, large.weight_decay, large.epoch) == (one.lr, one.weight_decay, one.epoch)
+    assert torch.allclose(large.weight, one.weight, atol=1e-5) and small.weight.shape == (3, 100)
+
+
 def test_probe_draws_its_epochs_with_the_samplers_weights():
     """data.balance=sampler: the probe's epochs are draws in proportion to the sample weights, as the loader's are.
     With an lr too small to move the head, an epoch's train loss is the mean cross-entropy over what it drew: with
