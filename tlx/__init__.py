@@ -2,8 +2,13 @@
 
 import atexit
 import gc
+from pathlib import Path
 
 from omegaconf import OmegaConf
+
+_HERE = Path(__file__).resolve().parent
+# The Hydra configs: conf/ beside the package in a checkout (and an editable install), tlx/conf where a wheel put them.
+CONF = _HERE / "conf" if (_HERE / "conf" / "config.yaml").is_file() else _HERE.parent / "conf"
 
 # At exit, the interpreter's last garbage collection walks every object torch, timm and Lightning created: about 2 s
 # of a 9 s warm-cache run on 2 cores, spent after the run has finished. Freezing them first skips that walk (atexit

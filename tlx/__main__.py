@@ -22,12 +22,12 @@ from omegaconf.errors import MissingMandatoryValue
 
 # Light imports only up to here: Hydra parses the command line before torch, timm and Lightning load, so a mistyped
 # key or choice ends in one line within about a second.
+from tlx import CONF
 from tlx.errors import ConfigError, Terminated
 from tlx.jsonfile import probe_writable
 from tlx.rerun import anchor_data, data_location, make_rerunnable, override_key, saved_candidate, source_run
 
 log = logging.getLogger("tlx")
-CONF = Path(__file__).resolve().parents[1] / "conf"
 
 
 def _say_nothing(unraisable: Any) -> None:
@@ -269,7 +269,7 @@ def _record_failure(out_dir: Path, error: str) -> None:
         log.warning("could not record the failure in %s (%s)", out_dir, e)
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+@hydra.main(version_base="1.3", config_path=str(CONF), config_name="config")
 def main(cfg: DictConfig) -> float:
     """Hydra entry point; returns ``cfg.metric`` for sweepers (NaN for a failed job in a sweep)."""
     from tlx.results import resume_command, write_results

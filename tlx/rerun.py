@@ -17,9 +17,8 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from tlx import CONF
 from tlx.errors import ConfigError
-
-CONF = Path(__file__).resolve().parent.parent / "conf"  # hydra.main's config_path (tlx/__main__.py)
 
 
 def make_rerunnable(config_file: Path) -> None:
