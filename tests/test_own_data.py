@@ -16,6 +16,7 @@ from tlx.data import CSVData, FileSamples, FolderData, ImageData
 from tlx.errors import ConfigError
 from tlx.features import FeatureCache
 from tlx.predict import TrainedModel, predict
+from tlx.results import read_results
 from tlx.run import train
 
 from .conftest import write_images
@@ -318,3 +319,13 @@ def test_a_data_root_typed_as_people_type_paths(tmp_path, monkeypatch):
 
     saved = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
     assert saved.data.root == str(tmp_path / "Fotos für Oma (2024)")  # expanded: the run reruns from anywhere
+
+    # A folder name alone (no "/"), relative to where the command runs, was a lexer error too; and a relative
+    # --config-path was looked for inside tlx's package folder.
+    write_images(tmp_path / "here" / "fotosé", n=5)
+    monkeypatch.chdir(tmp_path / "here")
+    first = run_main(*TINY, "data=folder", "data.root=fotosé", "hydra.run.dir=run", f"cache.dir={tmp_path / 'cache'}")
+    assert first.returncode == 0, first.stderr[-2000:]
+    again = run_main("--config-path", "run/.hydra", "--config-name", "config", "hydra.run.dir=again")
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert read_results(Path("again"))["metrics"] == read_results(Path("run"))["metrics"]

@@ -333,24 +333,38 @@ def main(cfg: DictConfig) -> float:
     return float(results["metrics"].get(cfg.metric) or math.nan)
 
 
+# Keys whose values are paths: quoted for Hydra whatever they hold (a relative folder name has no "/")
+PATH_KEYS = {"data.root", "data.path", "cache.dir", "hydra.run.dir", "hydra.sweep.dir"}
+
+
 def path_friendly(argv: list[str]) -> list[str]:
     """The command line with paths as users type them made parseable by Hydra, whose grammar takes neither ``~``
     (the shell expands it only at the start of a word, not after ``data.root=``) nor non-ASCII letters or brackets
-    unquoted: ``data.root=~/photos`` and ``data.root=/data/Fotos für Oma`` failed with a lexer error. An argument
-    Hydra cannot parse whose value is a path (it holds a ``/``) gets ``~`` expanded and the value quoted; every
-    other argument is left as it is, and Hydra's own error still comes for anything else it cannot parse."""
+    unquoted: ``data.root=~/photos``, ``data.root=/data/Fotos für Oma`` and ``data.root=fotosé`` failed with a lexer
+    error. An argument Hydra cannot parse whose value is a path (it holds a ``/``, is there, or is the value of a key
+    in PATH_KEYS) gets ``~`` expanded and the value quoted; every other argument is left as it is, and Hydra's own
+    error still comes for anything else it cannot parse. A relative ``--config-path`` (a run's ``.hydra``) is made
+    absolute: Hydra looked for it under tlx's own package folder."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     parser = OverridesParser.create()
     out = []
-    for arg in argv:
+    for i, arg in enumerate(argv):
         key, eq, value = arg.partition("=")
-        if eq and "/" in value and not value.startswith(("'", '"', "[", "{")) and not _parses(parser, arg):
+        if key in ("--config-path", "-cp") and eq and value and not Path(value).is_absolute():
+            arg = f"{key}={Path(value).expanduser().absolute()}"
+        elif not eq and i > 0 and argv[i - 1] in ("--config-path", "-cp") and not Path(arg).is_absolute():
+            arg = str(Path(arg).expanduser().absolute())
+        elif eq and _path_like(key, value) and not value.startswith(("'", '"', "[", "{")) and not _parses(parser, arg):
             value = str(Path(value).expanduser()) if value.startswith("~") else value
             quoted = f"{key}='{value.replace(chr(92), chr(92) * 2).replace(chr(39), chr(92) + chr(39))}'"
             arg = quoted if _parses(parser, quoted) else arg
         out.append(arg)
     return out
+
+
+def _path_like(key: str, value: str) -> bool:
+    return "/" in value or key.lstrip("+~") in PATH_KEYS or Path(value).expanduser().exists()
 
 
 def _parses(parser: Any, arg: str) -> bool:
