@@ -7,6 +7,7 @@ import csv
 import json
 import re
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -428,3 +429,18 @@ def test_evaluate_errors_are_one_line(run_dir, tmp_path, capsys, case, expected)
         assert f"inputs={inputs / 'test'}" in err[0]
     # nothing written, and what the user had is untouched
     assert sorted(p.name for p in out.iterdir()) == ["notes.txt"] if case == "users_folder" else not out.exists()
+
+
+def test_onnx_export_without_the_onnx_package_is_one_line_before_the_model_loads(tmp_path, monkeypatch):
+    """It said so only after loading the run's model (about 4 s), naming an install of a 'tlx' from PyPI."""
+    from tests.conftest import run_main
+
+    monkeypatch.setitem(sys.modules, "onnx", None)  # as if not installed
+    done = run_main(f"run_dir={tmp_path}", f"out={tmp_path / 'export'}", module="tlx.export")  # (no model in it)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        "tlx.export: error: ONNX export needs the onnx package, which is not installed: pip install onnx (or all "
+        "export packages: the 'export' extra, pip install -e '.[export]' in a checkout), or export "
+        "formats=[torchscript]"
+    ]
+    assert not (tmp_path / "export").exists()

@@ -285,6 +285,7 @@ def main(cfg: DictConfig) -> float:
         if anchored:
             log.info("rerun: %s", anchored)
         check_source(cfg.data)  # a data.root or data.path that is not there: one line before the heavy imports
+        _check_trackers(cfg)
         _check_presets(hc.runtime.choices)
         _note_preset_lr(cfg, hc.runtime.choices, list(hc.overrides.task))
         seed = cfg.get("seed")
@@ -331,6 +332,31 @@ def main(cfg: DictConfig) -> float:
         print(f"tlx: error: {message}", file=sys.stderr)
         sys.exit(2)
     return float(results["metrics"].get(cfg.metric) or math.nan)
+
+
+# The packages of Lightning's trackers (any one of them does)
+TRACKER_PACKAGES = {
+    "TensorBoardLogger": ("tensorboard", "tensorboardX"),
+    "MLFlowLogger": ("mlflow",),
+    "WandbLogger": ("wandb",),
+    "CometLogger": ("comet_ml",),
+    "NeptuneLogger": ("neptune",),
+}
+
+
+def _check_trackers(cfg: DictConfig) -> None:
+    """A ``logger=`` whose package is not installed: one line before the heavy imports. It used to fail once every
+    feature had been extracted, in three lines naming an install command that works only in a checkout."""
+    import importlib.util
+
+    for key, conf in (cfg.get("logger") or {}).items():
+        target = str((conf or {}).get("_target_", "")).rpartition(".")[2]
+        packages = TRACKER_PACKAGES.get(target, ())
+        if packages and not any(importlib.util.find_spec(p) for p in packages):
+            raise ConfigError(
+                f"logger={key} needs the {packages[0]} package, which is not installed: pip install {packages[0]} "
+                "(or all trackers: the 'track' extra, pip install -e '.[track]' in a checkout)"
+            )
 
 
 # Keys whose values are paths: quoted for Hydra whatever they hold (a relative folder name has no "/")

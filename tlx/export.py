@@ -59,8 +59,7 @@ def export_torchscript(model: TrainedModel, path: Path) -> Path:
 
 def export_onnx(model: TrainedModel, path: Path, opset: int = 17) -> Path:
     """ONNX with a dynamic batch dimension, by torch's TorchScript-based exporter (needs only the onnx package)."""
-    if importlib.util.find_spec("onnx") is None:
-        raise ConfigError("ONNX export needs the onnx package: pip install 'tlx[export]', or formats=[torchscript]")
+    _check_onnx()
     import torch
 
     example = torch.zeros(1, *model.data_config["input_size"])  # (1, 3, H, W)
@@ -118,11 +117,21 @@ def _earlier_export(folder: Path) -> bool:
     return isinstance(meta, dict) and {"files", "preprocessing", "classes"} <= meta.keys()
 
 
+def _check_onnx() -> None:
+    if importlib.util.find_spec("onnx") is None:
+        raise ConfigError(
+            "ONNX export needs the onnx package, which is not installed: pip install onnx (or all export packages: "
+            "the 'export' extra, pip install -e '.[export]' in a checkout), or export formats=[torchscript]"
+        )
+
+
 def export(run_dir: Path, formats: list[str], out: Path | None = None, checkpoint: str = "best") -> dict[str, Any]:
     """Export the run's network in ``formats`` into ``out`` (default ``<run_dir>/export``); returns meta.json."""
     unknown = sorted(set(formats) - set(FORMATS))
     if unknown or not formats:
         raise ConfigError(f"unknown export format(s) {unknown or formats}; use formats=[{','.join(FORMATS)}]")
+    if "onnx" in formats:
+        _check_onnx()  # before the model loads
     out = Path(out).expanduser() if out else Path(run_dir) / "export"
     # A folder that holds anything but an earlier export (its meta.json) is the user's: its files are not replaced
     if out.is_dir() and any(out.iterdir()) and not _earlier_export(out):
