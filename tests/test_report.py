@@ -131,10 +131,20 @@ def test_cli_refuses_what_it_cannot_report_and_keeps_the_report(sweep: Path, tmp
     for sweep_copy in ("a", "b"):
         shutil.copytree(sweep, tmp_path / "two" / sweep_copy)
         (tmp_path / "two" / sweep_copy / "multirun.yaml").write_text("hydra: {}\n")
+    # outputs/runs: runs started without -m (their .hydra/hydra.yaml says so, as Hydra writes it), reported as one
+    # sweep whose "jobs" were every run of every kind
+    for i, job in enumerate(sorted(p.parent.parent for p in sweep.rglob(".hydra/config.yaml"))[:2]):
+        shutil.copytree(job, tmp_path / "runs" / f"run{i}")
+        (tmp_path / "runs" / f"run{i}" / ".hydra" / "hydra.yaml").write_text("hydra:\n  run: {}\n  mode: RUN\n")
     for argv, expected in (
         ([str(sweep), "--metric", "test/accc"], "no finished job has the metric test/accc; theirs: test/acc, val/acc"),
         ([str(tmp_path / "empty")], f"no run, evaluation or sweep job in {tmp_path / 'empty'}"),
         ([str(tmp_path / "two")], f"{tmp_path / 'two'} holds 2 sweeps; give one of them: {tmp_path / 'two' / 'a'}, "),
+        (
+            [str(tmp_path / "runs")],
+            f"{tmp_path / 'runs'} holds 2 single runs, not a sweep (no multirun.yaml); give one of them (python -m "
+            f"tlx.report {tmp_path / 'runs' / 'run0'}) or a sweep directory (hydra.sweep.dir)",
+        ),
     ):
         with pytest.raises(SystemExit) as exit_:
             main(argv)
@@ -142,6 +152,7 @@ def test_cli_refuses_what_it_cannot_report_and_keeps_the_report(sweep: Path, tmp
         assert capsys.readouterr().err.startswith(f"tlx.report: error: {expected}")
     assert {p.name: p.read_bytes() for p in sweep.glob("report.*")} == before
     assert not list((tmp_path / "empty").iterdir()) and not list((tmp_path / "two").glob("report.*"))
+    assert not list((tmp_path / "runs").glob("report.*"))
 
 
 def test_an_interrupted_job_is_listed_as_resumable_not_as_an_unexplained_failure(tmp_path: Path) -> None:

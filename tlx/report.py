@@ -16,6 +16,7 @@ import argparse
 import csv
 import logging
 import math
+import re
 import statistics
 import sys
 import textwrap
@@ -28,7 +29,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import NullLocator
 from omegaconf import DictConfig, OmegaConf
 
-from tlx.errors import ConfigError
+from tlx.errors import ConfigError, plural
 from tlx.page import esc, figure_png, img_tag, link, page, section, table, write_page
 from tlx.results import RESULTS, read_results
 
@@ -561,6 +562,7 @@ def _html(
     return page(f"Sweep report: {metric}", subtitle, sections)
 
 
+_SINGLE_RUN = re.compile(r"^  mode: RUN$", re.M)  # hydra.yaml of a run started without -m
 OPTUNA_DB = "optuna.db"  # where conf/hparams_search/ keeps a study: in its sweep dir
 _TRIAL_FIELDS = "trial state value best params test_acc cache_hits wall_s path".split()
 
@@ -739,6 +741,14 @@ def sweep_jobs(sweep_dir: Path, metric: str) -> list[Job]:
     if len(sweeps) > 1 and sweep_dir not in sweeps:
         shown = ", ".join(str(d) for d in sweeps[:3]) + (f" and {len(sweeps) - 3} more" if len(sweeps) > 3 else "")
         raise ConfigError(f"{sweep_dir} holds {len(sweeps)} sweeps; give one of them: {shown}")
+    if not sweeps:  # outputs/runs: single runs of all kinds, which a report of one sweep would average as its jobs
+        modes = {f.parent.parent: _SINGLE_RUN.search(f.read_text()) for f in sweep_dir.rglob(".hydra/hydra.yaml")}
+        if modes and all(modes.values()):
+            first = min(modes)
+            raise ConfigError(
+                f"{sweep_dir} holds {plural(len(modes), 'single run')}, not a sweep (no multirun.yaml); give one "
+                f"of them (python -m tlx.report {first}) or a sweep directory (hydra.sweep.dir)"
+            )
     jobs = collect_jobs(sweep_dir, metric)
     if not jobs:
         raise ConfigError(
