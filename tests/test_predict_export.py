@@ -219,27 +219,37 @@ def test_predict_errors_are_one_line(run_dir, tmp_path, capsys, case, expected):
 @pytest.mark.parametrize(
     ("module", "args", "expected"),
     [
-        ("tlx.predict", ["run_dir=NOPE", "inputs=NOPE"], "inputs not found"),
+        ("tlx.predict", ["run_dir=RUN", "inputs=NOPE"], "inputs not found"),
         ("tlx.predict", ["run_dir=NOPE", "inputs=PHOTOS"], "run directory not found"),
+        ("tlx.predict", ["run_dir=NOPE", "inputs=CLUTTER"], "run directory not found"),  # not after a warning on it
+        ("tlx.predict", ["run_dir=RUN", "inputs=CLUTTER", "top_k=0"], "top_k=0: use 1 or more"),
         ("tlx.predict", ["run_dirr=NOPE"], "unknown option 'run_dirr'"),
         ("tlx.export", ["run_dir=NOPE"], "run directory not found"),
         ("tlx.export", ["run_dir=RUN", "out=RUN/files.json/export"], "cannot write out="),
         ("tlx.export", ["run_dir=RUN", "out=PHOTOS"], "holds other files and no earlier export"),  # were replaced
-        ("tlx.evaluate", ["run_dir=NOPE", "inputs=NOPE"], "inputs not found"),
+        ("tlx.evaluate", ["run_dir=RUN", "inputs=NOPE"], "inputs not found"),
         ("tlx.evaluate", ["run_dir=NOPE", "inputs=PHOTOS"], "run directory not found"),
-        ("tlx.evaluate", ["run_dir=NOPE", "inputs=PHOTOS/ant/0.png"], "is a file; give a folder"),
+        ("tlx.evaluate", ["run_dir=NOPE", "inputs=CLUTTER"], "run directory not found"),
+        ("tlx.evaluate", ["run_dir=RUN", "inputs=PHOTOS/ant/0.png"], "is a file; give a folder"),
     ],
 )
 def test_bad_arguments_end_before_torch_loads(run_dir, tmp_path, module, args, expected):
+    """One line each. A mistyped run_dir with inputs holding a file that is no image came after a warning about that
+    file (and top_k=0 after it too, 3 s later)."""
+    write_images(tmp_path / "clutter", n=1)
+    (tmp_path / "clutter" / "ant" / "notes.txt").write_text("not an image")
     args = [
         a.replace("NOPE", str(tmp_path / "nope"))
         .replace("PHOTOS", str(run_dir.parent / "photos"))
+        .replace("CLUTTER", str(tmp_path / "clutter"))
         .replace("RUN", str(run_dir))
         for a in args
     ]
     proc = run_cli(*args, module=module, env={"PYTHONPROFILEIMPORTTIME": "1"})
     imported = imported_modules(proc)
-    assert proc.returncode == 2 and proc.stderr.startswith(f"{module}: error: ") and expected in proc.stderr
+    said = [line for line in proc.stderr.splitlines() if not line.startswith("import time:")]
+    assert proc.returncode == 2 and said[0].startswith(f"{module}: error: ") and expected in said[0]
+    assert len(said) == 1, said
     assert "tlx.errors" in imported and not HEAVY & imported  # the profile was read, and has no torch
 
 

@@ -25,7 +25,7 @@ from omegaconf import MISSING
 
 from tlx.errors import ConfigError, plural
 from tlx.jsonfile import probe_writable, write_json_atomic
-from tlx.predict import check_options, load_run, parse_args, torch_device  # light: torch loads in load_run
+from tlx.predict import check_options, check_run_dir, load_run, parse_args, torch_device  # light: torch loads later
 from tlx.results import print_table, read_results, summary_table
 from tlx.sources import SPLITS, FileScan, read_rows
 
@@ -153,9 +153,9 @@ def evaluate(
     ``eval_predictions.csv``, ``gallery/`` and ``report.html`` into ``out``. Returns the evaluation and ``out``."""
     start = time.perf_counter()
     check_options(device, num_workers, batch_size)
+    run_dir = check_run_dir(run_dir)  # before the inputs are listed (and what is left out of them said)
     scan = FileScan()
     paths, names = labelled_images(inputs, scan)
-    run_dir = Path(run_dir).expanduser()
     out = _out_dir(run_dir, out)
     model = load_run(run_dir, checkpoint)
     if not names and scan.skipped.get("not_in_a_class_folder"):

@@ -58,6 +58,14 @@ class TrainedModel:
     channels_last: bool = False
 
 
+def check_run_dir(run_dir: Path) -> Path:
+    """``run_dir`` with ``~`` expanded, or a ConfigError when there is no such folder."""
+    run_dir = Path(run_dir).expanduser()
+    if not run_dir.is_dir():
+        raise ConfigError(f"run directory not found: {run_dir}; set run_dir=<a run directory of python -m tlx>")
+    return run_dir
+
+
 def load_run(run_dir: Path, checkpoint: str = "best") -> TrainedModel:
     """Rebuild the network of a finished (or interrupted) run and load its checkpoint.
 
@@ -65,9 +73,7 @@ def load_run(run_dir: Path, checkpoint: str = "best") -> TrainedModel:
         run_dir: a ``python -m tlx`` run directory (it holds ``.hydra/config.yaml`` and ``files.json``).
         checkpoint: ``best``, ``last`` or a path to a ``.ckpt`` file.
     """
-    run_dir = Path(run_dir).expanduser()
-    if not run_dir.is_dir():
-        raise ConfigError(f"run directory not found: {run_dir}; set run_dir=<a run directory of python -m tlx>")
+    run_dir = check_run_dir(run_dir)
     winner = (read_results(run_dir) or {}).get("auto", {}).get("winner_dir")
     if winner and checkpoint in ("best", "last"):  # an auto run's model is its winning candidate's
         run_dir = run_dir / winner
@@ -354,6 +360,9 @@ def main(argv: list[str] | None = None) -> None:
             raise ConfigError(f"output={args.output}: use a .csv or .json file name")
         check_options(args.device, args.num_workers, args.batch_size)
         writable_file(Path(args.output), "output")
+        check_run_dir(args.run_dir)  # before the inputs are listed (and what is left out of them said)
+        if args.top_k is not None and args.top_k < 1:
+            raise ConfigError(f"top_k={args.top_k}: use 1 or more (at most the model's number of classes)")
         images = find_images(Path(args.inputs))
         model = load_run(Path(args.run_dir), args.checkpoint)
         device = torch_device(args.device)
@@ -372,7 +381,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"tlx.predict: error: {e}", file=sys.stderr)
         sys.exit(2)
     print(
-        f"{len(records)} predictions -> {args.output}"
+        f"{plural(len(records), 'prediction')} -> {args.output}"
         + (f" ({plural(len(skipped), 'unreadable file')} skipped)" if skipped else "")
     )
 
