@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
+import sys
 from pathlib import Path
 
 import pytest
@@ -495,3 +497,22 @@ def test_sgd_at_a_presets_adamw_lr_is_pointed_out(make_cfg, caplog, lr):
     said = [r.getMessage() for r in caplog.records]
     assert said == ([] if lr else ["optim=sgd trains at optim.lr=0.003, the preset's (strategy=full) lr for AdamW, "
                                    "not optim=sgd's own 0.01; set optim.lr= to choose"])  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("arg", "module", "package"),
+    [
+        ("hydra/launcher=local_parallel", "hydra_plugins.hydra_joblib_launcher", "hydra-joblib-launcher"),
+        ("hydra/launcher=slurm", "hydra_plugins.hydra_submitit_launcher", "hydra-submitit-launcher"),
+        ("hparams_search=small_data_optuna", "hydra_plugins.hydra_optuna_sweeper", "hydra-optuna-sweeper"),
+    ],
+)
+def test_a_sweep_whose_hydra_plugin_is_not_installed_names_the_package(arg, module, package, tmp_path, monkeypatch):
+    """Hydra said "Could not load 'hydra/launcher/joblib'" (or "Could not find 'hydra/sweeper/optuna'") and listed its
+    search path: ten lines, and not a word of what to install."""
+    monkeypatch.setitem(sys.modules, module, None)  # as if not installed
+    monkeypatch.chdir(tmp_path)
+    done = run_main("-m", arg, "+experiment=small_data", "hydra.sweep.dir=sweep")
+    assert done.returncode == 2 and os.listdir(tmp_path) == []
+    (line,) = done.stderr.strip().splitlines()
+    assert line.startswith(f"tlx: error: {arg} needs Hydra's ") and f"not installed: pip install {package} (" in line

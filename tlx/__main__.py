@@ -359,6 +359,40 @@ def _check_trackers(cfg: DictConfig) -> None:
             )
 
 
+# Hydra's plugins behind tlx's launcher and search configs: the module, its package and tlx's extra that has it
+HYDRA_PLUGINS = {
+    "joblib": ("hydra_plugins.hydra_joblib_launcher", "hydra-joblib-launcher", "parallel"),
+    "submitit_slurm": ("hydra_plugins.hydra_submitit_launcher", "hydra-submitit-launcher", "slurm"),
+    "submitit_local": ("hydra_plugins.hydra_submitit_launcher", "hydra-submitit-launcher", "slurm"),
+    "optuna": ("hydra_plugins.hydra_optuna_sweeper", "hydra-optuna-sweeper", "search"),
+}
+
+
+def _missing_plugin(argv: list[str]) -> str | None:
+    """Why the command cannot run where it picks a launcher or a search whose Hydra plugin is not installed. Hydra
+    said only "Could not load 'hydra/launcher/joblib'" or "Could not find 'hydra/sweeper/optuna'", with its search
+    path, and no word of what to install."""
+    import importlib.util
+
+    for arg in argv:
+        key, _, name = arg.lstrip("+~").partition("=")
+        if key not in ("hydra/launcher", "hydra/sweeper", "hparams_search"):
+            continue
+        path = CONF / key / f"{name}.yaml"
+        text = path.read_text() if path.is_file() else ""
+        picked = [
+            p for p in HYDRA_PLUGINS if p == name or re.search(rf"^\s*- (override /hydra/\w+: )?{p}\s*$", text, re.M)
+        ]
+        for plugin in picked:
+            module, package, extra = HYDRA_PLUGINS[plugin]
+            if importlib.util.find_spec("hydra_plugins") is None or importlib.util.find_spec(module) is None:
+                return (
+                    f"{arg} needs Hydra's {plugin} plugin, which is not installed: pip install {package} (or tlx's "
+                    f"'{extra}' extra, pip install -e '.[{extra}]' in a checkout)"
+                )
+    return None
+
+
 # Keys whose values are paths: quoted for Hydra whatever they hold (a relative folder name has no "/")
 PATH_KEYS = {"data.root", "data.path", "cache.dir", "hydra.run.dir", "hydra.sweep.dir"}
 
@@ -445,7 +479,7 @@ def _main() -> None:
     """``python -m tlx``: a Ctrl-C while a sweep waits for its SLURM jobs is one line naming the jobs that go on (a
     run or an in-process sweep job records its own interruption and exits 130 itself)."""
     sys.argv[1:] = path_friendly(sys.argv[1:])
-    refused = _rerun_groups(sys.argv[1:])
+    refused = _rerun_groups(sys.argv[1:]) or _missing_plugin(sys.argv[1:])
     if refused:
         print(f"tlx: error: {refused}", file=sys.stderr)
         sys.exit(2)
