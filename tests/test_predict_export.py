@@ -124,7 +124,7 @@ def test_predict_cli_writes_top_k_csv_and_skips_bad_files(run_dir, reference, tm
 def test_predict_json_for_one_file(run_dir, reference, tmp_path, capsys):
     image = run_dir.parent / "photos" / "cat" / "0.png"
     main([f"run_dir={run_dir}", f"inputs={image}", f"output={tmp_path / 'preds.json'}", "top_k=2", "num_workers=0"])
-    assert "1 predictions" in capsys.readouterr().out
+    assert "1 prediction -> " in capsys.readouterr().out
     saved = json.loads((tmp_path / "preds.json").read_text())
     assert saved["classes"] == ["ant", "bee", "cat"] and saved["checkpoint"].endswith("best.ckpt")
     (record,) = saved["predictions"]
