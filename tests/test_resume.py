@@ -131,17 +131,17 @@ def _resume_and_compare(run_dir: Path, uninterrupted: dict) -> None:
     assert validated == list(range(EPOCHS))
 
 
-@pytest.mark.parametrize("moved", [False, True], ids=["in-place", "moved-with-loader-processes"])
-def test_killed_run_resumes_to_the_same_result(photos, uninterrupted, tmp_path, moved):
-    """Moved: also with 2 loader processes, which fetch as soon as Lightning starts the loader, before it sets the
-    epoch: the first resumed epoch read epoch 0's order, and the run ended otherwise than uninterrupted."""
+def test_killed_and_moved_run_resumes_to_the_same_result(photos, uninterrupted, tmp_path):
+    """Killed (no handler runs: last.ckpt as the run wrote it), then moved to another folder (another disk, a renamed
+    sweep), whose paths the checkpoint's state does not name; with 2 loader processes, which fetch as soon as
+    Lightning starts the loader, before it sets the epoch: the first resumed epoch read epoch 0's order, and the run
+    ended otherwise than uninterrupted. (A resume in place: the SIGTERM test below.)"""
     run_dir = tmp_path / "run"
-    proc = _start(run_dir, photos, *(["data.num_workers=2"] if moved else []))
+    proc = _start(run_dir, photos, "data.num_workers=2")
     held = _signal_after_epoch(proc, run_dir, signal.SIGKILL)
     assert proc.returncode == -signal.SIGKILL
     assert 1 <= held < EPOCHS - 1 and read_results(run_dir) is None  # killed mid-training, nothing written
-    if moved:  # to another folder (another disk, a renamed sweep): the checkpoint's state names the old paths
-        run_dir = Path(shutil.move(run_dir, tmp_path / "elsewhere" / "run"))
+    run_dir = Path(shutil.move(run_dir, tmp_path / "elsewhere" / "run"))
     _resume_and_compare(run_dir, uninterrupted)
     # best.ckpt is still the best epoch's (Lightning forgot the best score of a moved directory, and the first epoch
     # after the resume replaced it, so the run tested other weights than its val metrics are of)
