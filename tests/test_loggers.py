@@ -204,7 +204,7 @@ def test_a_tracker_that_is_not_installed_is_one_line_before_any_work(logger, tmp
     done = run_main("+experiment=small_data", *TINY, f"logger={logger}", "hydra.run.dir=run", "cache.dir=cache")
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == [
-        f"tlx: error: logger={logger} needs the {logger} package, which is not installed: pip install {logger} (or all "
-        "trackers: the 'track' extra, pip install -e '.[track]' in a checkout)"
+        f"tlx: error: logger={logger} needs the {logger} package, which is not installed: pip install {logger} (or "
+        "tlx's 'track' extra: pip install -e '.[track]' in a checkout)"
     ]
     assert not (tmp_path / "cache").exists() and sorted(os.listdir("run")) == [".hydra", "results.json", "tlx.log"]

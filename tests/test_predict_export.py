@@ -449,8 +449,7 @@ def test_onnx_export_without_the_onnx_package_is_one_line_before_the_model_loads
     done = run_main(f"run_dir={tmp_path}", f"out={tmp_path / 'export'}", module="tlx.export")  # (no model in it)
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == [
-        "tlx.export: error: ONNX export needs the onnx package, which is not installed: pip install onnx (or all "
-        "export packages: the 'export' extra, pip install -e '.[export]' in a checkout), or export "
-        "formats=[torchscript]"
+        "tlx.export: error: ONNX export needs the onnx package, which is not installed: pip install onnx (or tlx's "
+        "'export' extra: pip install -e '.[export]' in a checkout); or export formats=[torchscript]"
     ]
     assert not (tmp_path / "export").exists()

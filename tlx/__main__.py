@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import math
 import re
@@ -23,7 +24,7 @@ from omegaconf.errors import MissingMandatoryValue
 # Light imports only up to here: Hydra parses the command line before torch, timm and Lightning load, so a mistyped
 # key or choice ends in one line within about a second.
 from tlx import CONF
-from tlx.errors import ConfigError, Terminated
+from tlx.errors import ConfigError, Terminated, install_hint
 from tlx.jsonfile import probe_writable
 from tlx.rerun import anchor_data, data_location, make_rerunnable, override_key, saved_candidate, source_run
 
@@ -347,15 +348,13 @@ TRACKER_PACKAGES = {
 def _check_trackers(cfg: DictConfig) -> None:
     """A ``logger=`` whose package is not installed: one line before the heavy imports. It used to fail once every
     feature had been extracted, in three lines naming an install command that works only in a checkout."""
-    import importlib.util
-
     for key, conf in (cfg.get("logger") or {}).items():
         target = str((conf or {}).get("_target_", "")).rpartition(".")[2]
         packages = TRACKER_PACKAGES.get(target, ())
         if packages and not any(importlib.util.find_spec(p) for p in packages):
             raise ConfigError(
-                f"logger={key} needs the {packages[0]} package, which is not installed: pip install {packages[0]} "
-                "(or all trackers: the 'track' extra, pip install -e '.[track]' in a checkout)"
+                f"logger={key} needs the {packages[0]} package, which is not installed: "
+                + install_hint(packages[0], "track")
             )
 
 
@@ -372,8 +371,6 @@ def _missing_plugin(argv: list[str]) -> str | None:
     """Why the command cannot run where it picks a launcher or a search whose Hydra plugin is not installed. Hydra
     said only "Could not load 'hydra/launcher/joblib'" or "Could not find 'hydra/sweeper/optuna'", with its search
     path, and no word of what to install."""
-    import importlib.util
-
     for arg in argv:
         key, _, name = arg.lstrip("+~").partition("=")
         if key not in ("hydra/launcher", "hydra/sweeper", "hparams_search"):
@@ -386,10 +383,7 @@ def _missing_plugin(argv: list[str]) -> str | None:
         for plugin in picked:
             module, package, extra = HYDRA_PLUGINS[plugin]
             if importlib.util.find_spec("hydra_plugins") is None or importlib.util.find_spec(module) is None:
-                return (
-                    f"{arg} needs Hydra's {plugin} plugin, which is not installed: pip install {package} (or tlx's "
-                    f"'{extra}' extra, pip install -e '.[{extra}]' in a checkout)"
-                )
+                return f"{arg} needs Hydra's {plugin} plugin, which is not installed: " + install_hint(package, extra)
     return None
 
 

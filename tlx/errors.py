@@ -52,6 +52,12 @@ def forget_interrupt() -> None:
     _noted.clear()
 
 
+def install_hint(package: str, extra: str) -> str:
+    """How to install a missing optional ``package``, and the tlx extra that has it (in a checkout, as the README
+    installs tlx; a plain ``pip install 'tlx[...]'`` would look for another project on PyPI)."""
+    return f"pip install {package} (or tlx's '{extra}' extra: pip install -e '.[{extra}]' in a checkout)"
+
+
 def plural(n: int, noun: str, nouns: str | None = None) -> str:
     """``1 image``, ``2 images`` (``nouns``: an irregular plural, ``entries``): a count with its noun, for messages."""
     return f"{n} {noun if n == 1 else nouns or noun + 's'}"

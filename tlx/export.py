@@ -20,7 +20,7 @@ from typing import Any
 
 from omegaconf import MISSING
 
-from tlx.errors import ConfigError
+from tlx.errors import ConfigError, install_hint
 from tlx.jsonfile import write_json_atomic
 from tlx.predict import TrainedModel, load_run, parse_args, writable_file  # light: torch loads in load_run
 
@@ -120,8 +120,8 @@ def _earlier_export(folder: Path) -> bool:
 def _check_onnx() -> None:
     if importlib.util.find_spec("onnx") is None:
         raise ConfigError(
-            "ONNX export needs the onnx package, which is not installed: pip install onnx (or all export packages: "
-            "the 'export' extra, pip install -e '.[export]' in a checkout), or export formats=[torchscript]"
+            f"ONNX export needs the onnx package, which is not installed: {install_hint('onnx', 'export')}; or "
+            "export formats=[torchscript]"
         )
 
 
