@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import logging
 import os
+import subprocess
+import sys
+import time
 
 import pytest
 import torch
 
 from tlx.backbones import create_backbone
 from tlx.data import FolderData
+from tlx.errors import ConfigError
 from tlx.features import FeatureCache, extract, find_cut, use_cached_features
 from tlx.freeze import Freeze
 from tlx.heads import LinearHead, Network, ReinitLastHead
@@ -245,6 +249,76 @@ def test_cache_cli_lists_and_clears(photos, cache_dir):
     assert len(list(cache_dir.glob("*/*.pt"))) == 3
     assert main(["clear", "--dir", str(cache_dir)]) == 0
     assert list(cache_dir.glob("*/*.pt")) == [mine]  # (clear deleted it with the entries)
+
+
+def test_cache_cli_leaves_what_running_jobs_extract_and_refuses_a_folder_that_is_not_there(
+    photos, cache_dir, tmp_path, capsys
+):
+    """clear removed the lock a running job held, so another job extracted the same entry at once; a mistyped --dir
+    was an empty cache (exit 0); entries under 50 KiB were listed as 0.0 MiB."""
+    import fcntl
+
+    from tlx.cache import main
+
+    _setup(photos, cache_dir)
+    entry = next(cache_dir.glob("*/*.pt"))
+    held, dead = cache_dir / "ab" / f".{'ab' * 20}.pt.lock", cache_dir / "cd" / f".{'cd' * 20}.pt.lock"
+    writing = held.with_name(f".{'ab' * 20}.pt.{os.getpid()}.{time.time_ns()}.tmp")  # this process's write
+    left_over = dead.with_name(f".{'cd' * 20}.pt.999999999.{time.time_ns()}.tmp")  # of a process long gone
+    for f in (held, dead, writing, left_over):
+        f.parent.mkdir(exist_ok=True)
+        f.write_bytes(b"")
+    fd = os.open(held, os.O_RDWR)
+    fcntl.flock(fd, fcntl.LOCK_EX)  # as a job extracting that entry holds it
+    try:
+        capsys.readouterr()
+        assert main(["list", "--dir", str(cache_dir)]) == 0
+        assert " KiB  tf_efficientnet_lite0  cut=pooled" in capsys.readouterr().out  # small entries: KiB, not 0.0 MiB
+        assert main(["clear", "--dir", str(cache_dir)]) == 0
+        assert capsys.readouterr().out.strip().endswith("left 1 entry that running jobs are extracting")
+        assert sorted(p.name for p in cache_dir.rglob("*") if p.is_file()) == sorted([held.name, writing.name])
+    finally:
+        os.close(fd)
+    (tmp_path / "a_file").write_text("")
+    for missing in (tmp_path / "typo", tmp_path / "a_file"):
+        with pytest.raises(SystemExit) as exit_:
+            main(["list", "--dir", str(missing)])
+        assert exit_.value.code == 2
+        assert capsys.readouterr().err.startswith(f"python -m tlx.cache: error: no cache folder at {missing}")
+
+
+def test_a_cache_entry_that_cannot_be_stored_leaves_no_file_and_the_run_goes_on(tmp_path):
+    """A full disk while an entry was written: torch's writer raised a RuntimeError (not an OSError), so the run ended
+    in a traceback after its extraction, and left a half-written temporary file that every later run added to. Here
+    the write really fails: the process may not write files over 64 KiB (RLIMIT_FSIZE), as on a full disk."""
+    code = f"""
+import logging, resource, signal, torch
+from tlx.features import FeatureCache
+logging.basicConfig(level=logging.WARNING, format="%(message)s")
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # the write fails with EFBIG instead of killing the process
+resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, resource.RLIM_INFINITY))
+cache = FeatureCache(dir={str(tmp_path / "cache")!r})
+cache.check_writable()
+cache.save("ab" * 20, torch.zeros(1000, 1280), {{}})
+print("went on")
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout == "went on\n", done.stderr[-3000:]
+    (said,) = done.stderr.strip().splitlines()
+    assert said.startswith(f"could not store a feature cache entry of 4.9 MiB in {tmp_path / 'cache'} (")
+    assert "this run goes on with the features in memory" in said
+    assert [p for p in (tmp_path / "cache").rglob("*") if p.is_file()] == []  # no half-written file
+
+
+@pytest.mark.parametrize(
+    ("setting", "value"),
+    [("views", 1.5), ("max_gb", -1), ("max_gb", 0), ("max_gb", float("nan")), ("lock_timeout_s", -5)],
+)
+def test_cache_settings_out_of_range_are_one_line(setting, value):
+    """cache.views=1.5 ran as 1, a negative or NaN max_gb turned the cache off or its limit off, and a negative lock
+    wait was taken, all without a word."""
+    with pytest.raises(ConfigError, match=rf"^cache\.{setting} must be "):
+        FeatureCache(**{setting: value})
 
 
 def test_find_cut_is_pooled_for_head_only():

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from tlx.errors import plural
-from tlx.features import clear, default_cache_dir, list_entries
+from tlx.features import clear, default_cache_dir, list_entries, size_text
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -17,11 +17,22 @@ def main(argv: list[str] | None = None) -> int:
         description="Show or empty the frozen-feature cache (the backbone activations runs store and reuse).",
     )
     parser.add_argument("action", choices=["list", "clear"], help="list: one line per entry; clear: remove them all")
-    parser.add_argument("--dir", type=Path, default=None, help="cache folder (default: $TLX_CACHE_DIR or ~/.cache/tlx)")
+    parser.add_argument(
+        "--dir",
+        type=Path,
+        default=None,
+        help="cache folder (default: $TLX_CACHE_DIR, else $XDG_CACHE_HOME/tlx, else ~/.cache/tlx)",
+    )
     args = parser.parse_args(argv)
     root = (args.dir or default_cache_dir()).expanduser()
+    if args.dir is not None and not root.is_dir():  # (the default folder is made by the first run that caches)
+        parser.exit(
+            2, f"python -m tlx.cache: error: no cache folder at {root} ({'a file' if root.exists() else 'none'})\n"
+        )
     if args.action == "clear":
-        print(f"removed {plural(clear(root), 'entry', 'entries')} from {root}")
+        removed, busy = clear(root)
+        running = f"; left {plural(busy, 'entry', 'entries')} that running jobs are extracting" if busy else ""
+        print(f"removed {plural(removed, 'entry', 'entries')} from {root}{running}")
         return 0
     rows = list_entries(root)
     for r in rows:
@@ -30,8 +41,8 @@ def main(argv: list[str] | None = None) -> int:
             if r["unreadable"]
             else (f"{r['backbone']}  cut={r['cut']}  n={r['n']}  shape={r['shape']}")
         )
-        print(f"{r['key'][:16]}  {r['bytes'] / 2**20:9.1f} MiB  {what}")
-    print(f"{plural(len(rows), 'entry', 'entries')}, {sum(r['bytes'] for r in rows) / 2**20:.1f} MiB in {root}")
+        print(f"{r['key'][:16]}  {size_text(r['bytes']):>9}  {what}")
+    print(f"{plural(len(rows), 'entry', 'entries')}, {size_text(sum(r['bytes'] for r in rows))} in {root}")
     return 0
 
 

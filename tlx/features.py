@@ -21,6 +21,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -92,10 +93,14 @@ class FeatureCache:
     ) -> None:
         if str(enabled) not in ("auto", "True", "False", "true", "false"):
             raise ConfigError(f"cache.enabled must be auto, true or false, got {enabled}")
-        if int(views) < 1:
-            raise ConfigError(f"cache.views must be >= 1, got {views}")
+        if isinstance(views, bool) or not float(views).is_integer() or int(views) < 1:
+            raise ConfigError(f"cache.views must be a whole number >= 1, got {views}")
         if dtype not in ("float32", "float16"):
             raise ConfigError(f"cache.dtype must be float32 or float16, got {dtype}")
+        if not float(max_gb) > 0 or float(max_gb) == float("inf"):  # (NaN too: no comparison was ever over it)
+            raise ConfigError(f"cache.max_gb must be a number of GiB > 0, got {max_gb} (cache.enabled=false: no cache)")
+        if not float(lock_timeout_s) >= 0:
+            raise ConfigError(f"cache.lock_timeout_s must be a number of seconds >= 0, got {lock_timeout_s}")
         self.enabled = str(enabled).lower()
         self.root = Path(dir).expanduser() if dir else default_cache_dir()
         self.views, self.max_bytes, self.dtype = int(views), float(max_gb) * 2**30, getattr(torch, dtype)
@@ -124,7 +129,7 @@ class FeatureCache:
         except Exception as e:  # a damaged file is a miss, never a crash; said once (it is looked up again in the lock)
             if path not in self._said_unreadable:
                 self._said_unreadable.add(path)
-                reason = str(e).split(".")[0]  # (torch's advice on checkpoints after it is no help here)
+                reason = str(e).split(".")[0] or type(e).__name__  # (torch's advice after it is no help here)
                 log.warning("ignoring unreadable cache entry %s (%s): it is extracted again", path, reason)
         return None
 
@@ -177,15 +182,32 @@ class FeatureCache:
         )
 
     def save(self, key: str, features: torch.Tensor, meta: dict[str, Any]) -> None:
-        """Store atomically: write a uniquely named temporary file in the same folder, then rename it."""
+        """Store atomically: write a uniquely named temporary file in the same folder, then rename it.
+
+        The folder was found writable before the extraction (check_writable); a write that fails now (a full disk:
+        torch's writer raised a RuntimeError, 'unexpected pos', a traceback) leaves no temporary file behind and does
+        not end the run, which has the features in memory: it is said in one line, and a later run extracts again."""
         path = self.path(key)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{time.time_ns()}.tmp")
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f".{path.name}.{os.getpid()}.{time.time_ns()}.tmp")
             torch.save({"format": FORMAT, "key": key, "meta": meta, "features": features}, tmp)
             os.replace(tmp, path)
-        except OSError as e:
-            raise self._unwritable(e) from e
+        except (OSError, RuntimeError) as e:
+            tmp.unlink(missing_ok=True)
+            try:
+                free = f"; {size_text(shutil.disk_usage(self.root).free)} free there"
+            except OSError:
+                free = ""
+            reason = (e.strerror if isinstance(e, OSError) else None) or str(e).splitlines()[0] or type(e).__name__
+            log.warning(
+                "could not store a feature cache entry of %s in %s (%s%s): this run goes on with the features in "
+                "memory, and a later run extracts them again; free some space there or set cache.dir",
+                size_text(features.numel() * features.element_size()),
+                self.root,
+                reason,
+                free,
+            )
 
 
 def cache_key(parts: dict[str, Any]) -> str:
@@ -253,8 +275,8 @@ def use_cached_features(
     estimate = sum(_estimate_bytes(net, c, data, cache, train_views) for c in cuts)
     if estimate > cache.max_bytes:
         msg = (
-            f"the feature cache for this run would take {estimate / 2**30:.1f} GiB, over cache.max_gb="
-            f"{cache.max_bytes / 2**30:.1f}"
+            f"the feature cache for this run would take {size_text(estimate)}, over cache.max_gb="
+            f"{cache.max_bytes / 2**30:g} ({size_text(cache.max_bytes)})"
         )
         if cache.enabled == "true":
             raise ConfigError(f"{msg}; raise cache.max_gb, cut later (larger freeze.n), or cache.dtype=float16")
@@ -445,12 +467,51 @@ def list_entries(root: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def clear(root: Path) -> int:
-    """Remove every entry, lock and leftover temporary file of the cache; returns how many entries went."""
+def clear(root: Path) -> tuple[int, int]:
+    """Remove every entry, lock and leftover temporary file of the cache, except the lock and the file being written
+    of an entry a running job extracts (removing its lock let another job extract the same entry at once); returns
+    how many entries went and how many extractions in progress were left alone."""
     files = _cache_files(root)
+    busy = {f for f in files if f.name.endswith(".lock") and _held(f)}
+    busy |= {f for f in files if f.name.endswith(".tmp") and _alive(int(f.name.split(".")[-3]))}
     for f in files:
-        f.unlink(missing_ok=True)
+        if f not in busy:
+            f.unlink(missing_ok=True)
     for d in {f.parent for f in files}:
         if not any(d.iterdir()):
             d.rmdir()
-    return sum(not f.name.startswith(".") for f in files)
+    return sum(not f.name.startswith(".") for f in files), sum(f.name.endswith(".lock") for f in busy)
+
+
+def _held(lock: Path) -> bool:
+    """Whether a process holds the lock file (flock: a lock dies with its process)."""
+    try:
+        fd = os.open(lock, os.O_RDWR)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return False
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def size_text(n: float) -> str:
+    """Bytes as people read them: ``812 KiB``, ``3.4 MiB``, ``1.2 GiB``."""
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n / 2**10:.0f} KiB"
