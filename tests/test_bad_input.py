@@ -262,6 +262,9 @@ def test_cache_dir_cannot_be_written(tmp_path):
     _assert_fails(
         proc, results, f"cannot write the feature cache at {blocker / 'cache'}", "set cache.dir=", "cache.enabled=false"
     )
+    # A run that never uses the cache (augmentation before the cut, one view) needs no cache folder: it was refused too
+    proc, results = _run(tmp_path, f"cache.dir={blocker / 'cache'}", "data.augment=true", "trainer.max_epochs=1")
+    assert proc.returncode == 0 and results["status"] == "ok" and not results["cache"]["used"], proc.stderr[-2000:]
 
 
 # Close relatives of the cases above, checked in-process (the command line turns any ConfigError into its one line).

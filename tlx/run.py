@@ -553,7 +553,12 @@ def _check_before_data(cfg: DictConfig, stages: int, out_dir: Path) -> None:
     except OSError as e:
         raise ConfigError(f"cannot write the run directory {out_dir} ({e.strerror or e}); set hydra.run.dir") from e
     cache = instantiate(cfg.cache)
-    if cache.enabled != "false" and cfg.freeze.get("mode") != "none":  # freeze=none never caches
+    # Runs that never cache need no writable cache folder: freeze=none, and (but for LP-FT's probe stage, which reads
+    # un-augmented pooled features) augmentation before the cut with one view, or frozen BatchNorm that trains.
+    augmented = bool(cfg.data.get("augment")) and cache.views == 1
+    lp_ft = bool(OmegaConf.select(cfg, "lp_ft.enabled", default=False))
+    never = cfg.freeze.get("mode") == "none" or (not lp_ft and (augmented or bool(cfg.freeze.get("train_bn"))))
+    if cache.enabled != "false" and not never:
         cache.check_writable()
 
 
