@@ -138,3 +138,23 @@ def test_training_lines_report_the_epochs_mean_loss_and_progress_within_it(caplo
         mean = sum(loss * n for loss, n in batches) / 10  # over images, as the run logs train/loss per epoch
         assert re.fullmatch(r"epoch \d/2: train/loss ([\d.]+), val/acc ([\d.]+) \([\d.]+s\)", line), line
         assert float(line.split("train/loss ")[1].split(",")[0]) == pytest.approx(mean, rel=1e-3)
+
+
+def test_the_summary_says_how_many_splits_the_cache_had(tmp_path, capsys):
+    """'1 extracted at pooled' read as one image, where one split of three had missed and two had hit."""
+    from tests.conftest import run_main
+    from tlx.results import print_summary, read_results
+
+    run_dir = tmp_path / "run"
+    done = run_main("+experiment=small_data", *TINY, f"hydra.run.dir={run_dir}", f"cache.dir={tmp_path}")
+    assert done.returncode == 0, done.stderr[-2000:]
+    results = read_results(run_dir)
+    for hits, misses, row in (
+        (3, 0, "hit at pooled"),
+        (0, 3, "3 splits extracted at pooled"),
+        (2, 1, "1 split extracted, 2 hit at pooled"),
+    ):
+        results["cache"].update(hits=hits, misses=misses)
+        capsys.readouterr()
+        print_summary(results, run_dir)
+        assert re.search(rf"│ feature cache +│ {row} +│", capsys.readouterr().out), row

@@ -10,7 +10,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from tlx.errors import ConfigError
+from tlx.errors import ConfigError, plural
 from tlx.jsonfile import write_json_atomic
 
 log = logging.getLogger(__name__)
@@ -104,12 +104,14 @@ def print_summary(results: dict[str, Any], run_dir: Path) -> None:
     )
     table.add_row("weights", results["weights"])
     cache = results["cache"]
-    table.add_row(
-        "feature cache",
-        ("hit" if cache["misses"] == 0 else f"{cache['misses']} extracted") + f" at {cache['cut']}"
-        if cache["used"]
-        else "not used",
-    )
+    if not cache["used"]:
+        cached = "not used"
+    elif cache["misses"] == 0:
+        cached = f"hit at {cache['cut']}"
+    else:  # (an entry is one split's activations: "1 extracted" read as one image)
+        hits = f", {cache['hits']} hit" if cache.get("hits") else ""
+        cached = f"{plural(cache['misses'], 'split')} extracted{hits} at {cache['cut']}"
+    table.add_row("feature cache", cached)
     if "auto" in results:
         table.add_row("auto", results["auto"]["reason"])
         time_row = f"{t['total_s']:.1f}s for the search (the winner's own run in it: {t['winner_s']:.1f}s)"
