@@ -261,7 +261,6 @@ def test_cache_cli_leaves_what_running_jobs_extract_and_refuses_a_folder_that_is
     from tlx.cache import main
 
     _setup(photos, cache_dir)
-    entry = next(cache_dir.glob("*/*.pt"))
     held, dead = cache_dir / "ab" / f".{'ab' * 20}.pt.lock", cache_dir / "cd" / f".{'cd' * 20}.pt.lock"
     writing = held.with_name(f".{'ab' * 20}.pt.{os.getpid()}.{time.time_ns()}.tmp")  # this process's write
     left_over = dead.with_name(f".{'cd' * 20}.pt.999999999.{time.time_ns()}.tmp")  # of a process long gone
