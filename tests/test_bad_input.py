@@ -262,6 +262,8 @@ def test_cache_dir_cannot_be_written(tmp_path):
     _assert_fails(
         proc, results, f"cannot write the feature cache at {blocker / 'cache'}", "set cache.dir=", "cache.enabled=false"
     )
+    proc, results = _run(tmp_path, f"cache.dir={blocker}")  # the file itself: mkdir said "File exists"
+    _assert_fails(proc, results, f"cannot write the feature cache at {blocker} (it is a file, not a folder)")
     # A run that never uses the cache (augmentation before the cut, one view) needs no cache folder: it was refused too
     proc, results = _run(tmp_path, f"cache.dir={blocker / 'cache'}", "data.augment=true", "trainer.max_epochs=1")
     assert proc.returncode == 0 and results["status"] == "ok" and not results["cache"]["used"], proc.stderr[-2000:]

@@ -176,9 +176,10 @@ class FeatureCache:
                 time.sleep(0.2)
 
     def _unwritable(self, e: OSError) -> ConfigError:
+        why = "it is a file, not a folder" if self.root.is_file() else e.strerror or e  # (mkdir said "File exists")
         return ConfigError(
-            f"cannot write the feature cache at {self.root} ({e.strerror or e}); set "
-            "cache.dir=<writable folder> or TLX_CACHE_DIR, or cache.enabled=false"
+            f"cannot write the feature cache at {self.root} ({why}); set cache.dir=<writable folder> or TLX_CACHE_DIR, "
+            "or cache.enabled=false"
         )
 
     def save(self, key: str, features: torch.Tensor, meta: dict[str, Any]) -> None:
