@@ -116,7 +116,33 @@ def test_what_no_installed_font_draws_is_said_once(fonts, caplog):
         again, shown_again = _png_and_warnings()
     assert shown == shown_again == []  # not matplotlib's warning per glyph and figure
     assert [r.getMessage() for r in caplog.records] == [
-        "no installed font draws 京 東, so the report's plots show boxes for them; a font that has them (e.g. Noto "
-        "Sans CJK) is used once installed"
+        "no installed font that matplotlib can draw with has 京 東, so the report's plots show boxes for them; a "
+        "font with outlines (not bitmaps, as colour emoji fonts have) that has them (e.g. Noto Sans CJK) is used once "
+        "installed"
     ]
     assert png == again == _boxes()
+
+
+def test_a_bitmap_font_that_has_the_characters_is_left_out(fonts, tmp_path, caplog):
+    """A colour emoji font (Noto Color Emoji) has bitmaps only, which matplotlib cannot draw: adding it as a fallback
+    raised NotImplementedError ("Non-scalable fonts are not supported") and the report was not written. Here a BDF
+    bitmap font that has both characters."""
+    bitmap = tmp_path / "squares.bdf"
+    glyphs = "".join(
+        f"STARTCHAR c{ord(c)}\nENCODING {ord(c)}\nSWIDTH 500 0\nDWIDTH 8 0\nBBX 8 8 0 0\nBITMAP\n"
+        + "FF\n" * 8
+        + "ENDCHAR\n"
+        for c in HAN
+    )
+    bitmap.write_text(
+        "STARTFONT 2.1\nFONT -tlx-squares-medium-r-normal--8-80-75-75-c-80-iso10646-1\nSIZE 8 75 75\n"
+        "FONTBOUNDINGBOX 8 8 0 0\nSTARTPROPERTIES 2\nFONT_ASCENT 8\nFONT_DESCENT 0\nENDPROPERTIES\n"
+        f"CHARS {len(HAN)}\n{glyphs}ENDFONT\n"
+    )
+    fonts.append(str(bitmap))
+    with caplog.at_level(logging.WARNING, logger="tlx.page"):
+        png, shown = _png_and_warnings()
+    assert shown == [] and png == _boxes()
+    assert [r.getMessage().split(",")[0] for r in caplog.records] == [
+        "no installed font that matplotlib can draw with has 京 東"
+    ]

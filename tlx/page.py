@@ -81,8 +81,8 @@ def figure_png(fig: Figure, dpi: int = 110) -> bytes:
             them = "it" if len(missing) == 1 else "them"
             cjk = any(unicodedata.name(c, "").startswith(("CJK", "HIRAGANA", "KATAKANA", "HANGUL")) for c in missing)
             log.warning(
-                "no installed font draws %s, so the report's plots show boxes for %s; a font that has %s%s is used "
-                "once installed",
+                "no installed font that matplotlib can draw with has %s, so the report's plots show boxes for %s; a "
+                "font with outlines (not bitmaps, as colour emoji fonts have) that has %s%s is used once installed",
                 " ".join(sorted(missing)),
                 them,
                 them,
@@ -121,14 +121,13 @@ def _fonts_drawing(chars: frozenset[str]) -> tuple[str, ...]:
     families: list[str] = []
     manager = font_manager.fontManager
 
-    def draws(path: str) -> FT2Font | None:
+    def draws(path: str) -> tuple[FT2Font | None, set[int]]:
         try:
             font = FT2Font(path)
-            drawn = wanted.intersection(font.get_charmap())
+            # matplotlib draws scalable fonts only (a bitmap font, e.g. Noto Color Emoji, made addfont raise)
+            return font, wanted.intersection(font.get_charmap()) if font.scalable else set()
         except (OSError, RuntimeError):  # a file FreeType cannot read
-            return None
-        wanted.difference_update(drawn)
-        return font if drawn else None
+            return None, set()
 
     known: set[str] = set()
     for entry in sorted(manager.ttflist, key=lambda e: _fallback_rank(e.name)):
@@ -136,14 +135,21 @@ def _fonts_drawing(chars: frozenset[str]) -> tuple[str, ...]:
             return tuple(families)
         known.add(os.path.realpath(entry.fname))
         if entry.style == "normal" and entry.name not in families and not entry.name.startswith("Last Resort"):
-            if draws(entry.fname):  # (matplotlib's Last Resort font draws a box for every character: left out)
+            drawn = draws(entry.fname)[1]  # (matplotlib's Last Resort font draws a box for every character: left out)
+            if drawn:
                 families.append(entry.name)
+                wanted -= drawn
     for path in sorted(font_manager.findSystemFonts(), key=lambda p: _fallback_rank(Path(p).stem)):
         if not wanted:
             break
-        if os.path.realpath(path) not in known and (font := draws(path)):
-            manager.addfont(path)
+        font, drawn = draws(path) if os.path.realpath(path) not in known else (None, set())
+        if drawn:
+            try:
+                manager.addfont(path)
+            except Exception:  # (a font matplotlib cannot list: its own error, e.g. no name table)
+                continue
             families.append(font_manager.ttfFontProperty(font).name)
+            wanted -= drawn
     return tuple(families)
 
 
