@@ -138,6 +138,7 @@ def test_two_processes_count_every_validation_and_test_image_once(tmp_path) -> N
     assert len(rows) == 9 and counted == results["per_class"]["val"]["confusion"]
 
 
+@pytest.mark.slow  # 14 s; DDP's write-once is also tested by two single runs (here and in test_sweep)
 def test_an_auto_search_on_two_processes_speaks_and_writes_once(tmp_path) -> None:
     """Each process of a multi-device run runs the whole command: both printed every auto line and the summary, and
     both wrote results.json, best.ckpt and the report."""

@@ -73,6 +73,7 @@ def _wandb_run(run_dir: Path) -> dict[str, Any]:
     return run
 
 
+@pytest.mark.slow  # 16 s: a sweep with three trackers; each tracker's single run is tested by default
 def test_sweep_jobs_land_as_one_experiment_in_every_tracker(tmp_path: Path) -> None:
     """`logger=many` on a 2-job sweep: each tracker has both jobs, as runs named after their overrides, under one
     experiment named after the sweep, with the resolved config, per-epoch val/acc and results.json."""
