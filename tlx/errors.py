@@ -52,6 +52,12 @@ def forget_interrupt() -> None:
     _noted.clear()
 
 
+def first_line(error: BaseException) -> str:
+    """The first non-empty line of an error's message, or its type's name where it has none (a one-line error from a
+    library's several lines)."""
+    return next((line.strip() for line in str(error).splitlines() if line.strip()), type(error).__name__)
+
+
 def install_hint(package: str, extra: str) -> str:
     """How to install a missing optional ``package``, and the tlx extra that has it (in a checkout, as the README
     installs tlx; a plain ``pip install 'tlx[...]'`` would look for another project on PyPI)."""

@@ -30,7 +30,7 @@ from typing import Any
 import torch
 
 from tlx.data import ImageData
-from tlx.errors import ConfigError, raise_noted_interrupt
+from tlx.errors import ConfigError, first_line, raise_noted_interrupt
 from tlx.heads import Network
 from tlx.jsonfile import probe_writable
 from tlx.progress import progress
@@ -200,7 +200,7 @@ class FeatureCache:
                 free = f"; {size_text(shutil.disk_usage(self.root).free)} free there"
             except OSError:
                 free = ""
-            reason = (e.strerror if isinstance(e, OSError) else None) or str(e).splitlines()[0] or type(e).__name__
+            reason = (e.strerror if isinstance(e, OSError) else None) or first_line(e)
             log.warning(
                 "could not store a feature cache entry of %s in %s (%s%s): this run goes on with the features in "
                 "memory, and a later run extracts them again; free some space there or set cache.dir",

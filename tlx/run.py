@@ -543,7 +543,8 @@ def _check_before_data(cfg: DictConfig, stages: int, out_dir: Path) -> None:
             f"freeze.n={cfg.freeze.n} but the backbone has only {stages - head_n} stages{left}; "
             f"use freeze.n<={stages - head_n} or freeze=none"
         )
-    if OmegaConf.select(cfg, "lp_ft.enabled", default=False) and str(cfg.probe.enabled).lower() == "false":
+    lp_ft = bool(OmegaConf.select(cfg, "lp_ft.enabled", default=False))
+    if lp_ft and str(cfg.probe.enabled).lower() == "false":
         raise ConfigError(
             "lp_ft.enabled=true trains its first stage with the linear probe, which probe.enabled=false turns off; "
             "drop probe.enabled=false, or fine-tune without the probe stage (strategy=last_n2 or strategy=full)"
@@ -556,7 +557,6 @@ def _check_before_data(cfg: DictConfig, stages: int, out_dir: Path) -> None:
     # Runs that never cache need no writable cache folder: freeze=none, and (but for LP-FT's probe stage, which reads
     # un-augmented pooled features) augmentation before the cut with one view, or frozen BatchNorm that trains.
     augmented = bool(cfg.data.get("augment")) and cache.views == 1
-    lp_ft = bool(OmegaConf.select(cfg, "lp_ft.enabled", default=False))
     never = cfg.freeze.get("mode") == "none" or (not lp_ft and (augmented or bool(cfg.freeze.get("train_bn"))))
     if cache.enabled != "false" and not never:
         cache.check_writable()

@@ -16,7 +16,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.loggers import CSVLogger, Logger, MLFlowLogger, TensorBoardLogger, WandbLogger
 
-from tlx.errors import ConfigError
+from tlx.errors import ConfigError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +63,7 @@ def create_loggers(cfg: DictConfig, out_dir: Path, resume: Path | None = None) -
             logger = instantiate(conf, **overrides)
         except InstantiationException as e:
             if isinstance(e.__cause__, ModuleNotFoundError):  # (tlx.__main__ checks the usual ones before the run)
-                missing = _first_line(e.__cause__)
+                missing = first_line(e.__cause__)
                 raise ConfigError(f"logger={key} needs a package that is not installed: {missing}") from e
             raise
         kept = _csv_rows_until(Path(logger.log_dir) / "metrics.csv", resume) if isinstance(logger, CSVLogger) else None
@@ -77,10 +77,6 @@ def create_loggers(cfg: DictConfig, out_dir: Path, resume: Path | None = None) -
         log.info("logger=%s: %s", key, _where(logger, conf))
         loggers.append(logger)
     return loggers
-
-
-def _first_line(error: BaseException) -> str:
-    return next((line.strip() for line in str(error).splitlines() if line.strip()), type(error).__name__)
 
 
 def _csv_rows_until(path: Path, resume: Path | None) -> list[dict[str, str]]:
